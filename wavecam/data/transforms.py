@@ -1,0 +1,109 @@
+"""Image and label transforms shared by every pass (numpy, H x W x C images).
+
+Randomness comes from torch's generator so that `torch.manual_seed` and DataLoader worker
+seeding make a run reproducible without a separate numpy seed.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from wavecam.data.classes import IGNORE_INDEX
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def randint(low: int, high: int) -> int:
+    """Uniform integer in [low, high], both inclusive."""
+    return int(torch.randint(low, high + 1, ()).item())
+
+
+def uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()).item())
+
+
+def rescale(img: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray:
+    """Resize by `scale` (bicubic for images, nearest for label maps), IRN's rounding."""
+    h, w = img.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return img
+    return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_CUBIC)
+
+
+def random_resize_long(img: np.ndarray, min_long: int, max_long: int) -> np.ndarray:
+    target = randint(min_long, max_long)
+    return rescale(img, target / max(img.shape[:2]))
+
+
+def normalize(img: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 with ImageNet mean/std."""
+    return (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def denormalize(img: np.ndarray) -> np.ndarray:
+    return np.clip((img * IMAGENET_STD + IMAGENET_MEAN) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def random_crop(arrays: list[np.ndarray], size: int, fill: list[float]) -> list[np.ndarray]:
+    """One random `size` x `size` window applied to every array (same H, W). Where an array is
+    smaller than the window it is placed at a random offset on a canvas of `fill` values, as IRN
+    does, so small images are padded rather than stretched."""
+    h, w = arrays[0].shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    top_src, top_dst = _offsets(h, size)
+    left_src, left_dst = _offsets(w, size)
+    out = []
+    for a, f in zip(arrays, fill, strict=True):
+        canvas = np.full((size, size, *a.shape[2:]), f, dtype=a.dtype)
+        canvas[top_dst:top_dst + ch, left_dst:left_dst + cw] = a[top_src:top_src + ch, left_src:left_src + cw]
+        out.append(canvas)
+    return out
+
+
+def _offsets(length: int, size: int) -> tuple[int, int]:
+    """(start in the source, start in the canvas) along one axis."""
+    if length >= size:
+        return randint(0, length - size), 0
+    return 0, randint(0, size - length)
+
+
+def hwc_to_chw(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def classification_transform(
+    img: np.ndarray, resize_long: tuple[int, int] | None, hflip: bool, crop_size: int | None
+) -> torch.Tensor:
+    """CAM training: random long-side resize, flip, ImageNet normalisation, random crop (pad 0)."""
+    if resize_long:
+        img = random_resize_long(img, *resize_long)
+    if hflip and randint(0, 1):
+        img = img[:, ::-1]
+    img = normalize(img)
+    if crop_size:
+        (img,) = random_crop([img], crop_size, [0.0])
+    return hwc_to_chw(img)
+
+
+def segmentation_transform(
+    img: np.ndarray,
+    label: np.ndarray,
+    scale_range: tuple[float, float] | None,
+    hflip: bool,
+    crop_size: int | None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """IRN training: random rescale of image and label together, flip, normalise, joint crop
+    (image padded with 0, label with 255 = ignore)."""
+    if scale_range:
+        s = uniform(*scale_range)
+        img, label = rescale(img, s), rescale(label, s, nearest=True)
+    if hflip and randint(0, 1):
+        img, label = img[:, ::-1], label[:, ::-1]
+    img = normalize(img)
+    if crop_size:
+        img, label = random_crop([img, label], crop_size, [0.0, IGNORE_INDEX])
+    return hwc_to_chw(img), np.ascontiguousarray(label)

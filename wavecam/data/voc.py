@@ -1,0 +1,210 @@
+"""PASCAL VOC 2012 (+ SBD SegmentationClassAug): id lists, image-level labels, images, masks.
+
+The paper's repository shipped `train_aug.txt`, `cls_labels.npy` and friends as files; here they
+are derived from the dataset itself: `train_aug` is every id with a SegmentationClassAug mask
+minus `val`, and labels come from the masks (from `Annotations/*.xml` where an image has none).
+Labels are cached per dataset root, outside the root (datasets are often read-only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from wavecam.data.classes import IGNORE_INDEX, VOC_CLASSES
+from wavecam.io import BadFileError, WavecamError, load_npz, load_png, save_npz
+
+VOC_LAYOUT_HELP = (
+    "Expected the PASCAL VOC 2012 layout: ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClass/<id>.png, "
+    "ROOT/ImageSets/Segmentation/{train,val}.txt, ROOT/Annotations/<id>.xml, and SBD's masks in "
+    "ROOT/SegmentationClassAug/<id>.png for train_aug (see the README, 'Datasets')."
+)
+SPLITS = ("train", "val", "trainval", "train_aug")
+
+
+def default_cache_dir(root: Path) -> Path:
+    base = Path(os.environ.get("WAVECAM_CACHE", Path.home() / ".cache" / "wavecam"))
+    return base / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Ids from a list file. Accepts plain ids and DeepLab-style lines
+    (`/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WavecamError(f"id list not found: {path}; give an existing file or one of {', '.join(SPLITS)}")
+    ids = []
+    for line in path.read_text().splitlines():
+        token = line.strip().split(" ")[0] if line.strip() else ""
+        if token:
+            ids.append(Path(token).stem)
+    return ids
+
+
+def load_image(path: Path, image_id: str) -> np.ndarray:
+    """RGB uint8 H x W x 3; one readable error for a missing or corrupt file."""
+    if not path.is_file():
+        raise WavecamError(f"image for id {image_id} not found: {path}; check the id list and the dataset root")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as e:
+        raise BadFileError(
+            f"{path}: unreadable image for id {image_id} ({e}); replace the file, or pass --skip_bad_images"
+        ) from e
+
+
+class VOC12:
+    """A VOC 2012 root. All derived lists and labels refer to 0-based foreground classes."""
+
+    class_names = VOC_CLASSES
+    num_classes = len(VOC_CLASSES)
+
+    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise WavecamError(f"--voc12_root {self.root}: folder not found. {VOC_LAYOUT_HELP}")
+        if not (self.root / "JPEGImages").is_dir():
+            raise WavecamError(f"--voc12_root {self.root}: no JPEGImages folder. {VOC_LAYOUT_HELP}")
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
+        self._labels: dict[str, np.ndarray] | None = None
+
+    # --- files -------------------------------------------------------------------------------
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        return load_image(self.image_path(image_id), image_id)
+
+    def mask_path(self, image_id: str) -> Path | None:
+        """The official mask if there is one (it marks borders 255), else SBD's."""
+        for folder in ("SegmentationClass", "SegmentationClassAug"):
+            p = self.root / folder / f"{image_id}.png"
+            if p.is_file():
+                return p
+        return None
+
+    def load_gt(self, image_id: str) -> np.ndarray:
+        """Ground-truth label map (0 background, 1..20, 255 ignore)."""
+        p = self.mask_path(image_id)
+        if p is None:
+            raise WavecamError(
+                f"no ground-truth mask for id {image_id} under {self.root}/SegmentationClass or "
+                "SegmentationClassAug; evaluate on a split with masks (--chainer_eval_set train or val)"
+            )
+        return load_png(p)
+
+    # --- id lists ----------------------------------------------------------------------------
+    def split(self, name_or_path: str | os.PathLike) -> list[str]:
+        """Ids of a named split (train, val, trainval, train_aug) or of a list file."""
+        name = str(name_or_path)
+        if name in ("train", "val", "trainval"):
+            p = self.root / "ImageSets" / "Segmentation" / f"{name}.txt"
+            if not p.is_file():
+                raise WavecamError(f"{p} not found: the {name} split needs it. {VOC_LAYOUT_HELP}")
+            return read_id_list(p)
+        if name == "train_aug":
+            aug = self.root / "SegmentationClassAug"
+            if not aug.is_dir():
+                raise WavecamError(
+                    f"{aug} not found: train_aug needs SBD's SegmentationClassAug masks. {VOC_LAYOUT_HELP}"
+                )
+            val = set(self.split("val"))
+            return sorted(p.stem for p in aug.glob("*.png") if p.stem not in val)
+        return read_id_list(name)
+
+    def check_ids(self, ids: list[str]) -> None:
+        missing = [i for i in ids if not self.image_path(i).is_file()]
+        if missing:
+            raise WavecamError(
+                f"{len(missing)} id(s) have no image, e.g. {missing[0]} (looked for {self.image_path(missing[0])}); "
+                "check the id list against --voc12_root"
+            )
+
+    # --- image-level labels --------------------------------------------------------------------
+    def labels(self, ids: list[str]) -> np.ndarray:
+        """(N, 20) float32 multi-hot labels, computed once per image and cached."""
+        cache = self._load_label_cache()
+        todo = [i for i in ids if i not in cache]
+        if todo:
+            for i in tqdm(todo, desc="image labels", disable=len(todo) < 200, leave=False):
+                cache[i] = self._label_of(i)
+            self._save_label_cache(cache)
+        return np.stack([cache[i] for i in ids]).astype(np.float32) if ids else np.zeros((0, self.num_classes))
+
+    def _label_of(self, image_id: str) -> np.ndarray:
+        label = np.zeros(self.num_classes, dtype=np.uint8)
+        mask = self.mask_path(image_id)
+        if mask is not None:
+            values = np.unique(load_png(mask))
+            values = values[(values > 0) & (values != IGNORE_INDEX)]
+            if values.size and values.max() > self.num_classes:
+                raise BadFileError(f"{mask}: label {values.max()} is not a VOC class index (1..20)")
+            label[values - 1] = 1
+            return label
+        xml = self.root / "Annotations" / f"{image_id}.xml"
+        if not xml.is_file():
+            raise WavecamError(
+                f"no label source for id {image_id}: neither a mask in SegmentationClass(Aug) nor {xml}"
+            )
+        try:
+            names = [o.findtext("name", "").strip() for o in ET.parse(xml).getroot().iter("object")]
+        except ET.ParseError as e:
+            raise BadFileError(f"{xml}: malformed XML ({e})") from e
+        unknown = sorted(set(names) - set(VOC_CLASSES))
+        if unknown:
+            raise BadFileError(f"{xml}: unknown class name(s) {unknown}")
+        for n in names:
+            label[VOC_CLASSES.index(n)] = 1
+        return label
+
+    def _cache_file(self) -> Path:
+        return self.cache_dir / "voc12_labels.npz"
+
+    def _load_label_cache(self) -> dict[str, np.ndarray]:
+        if self._labels is None:
+            self._labels = {}
+            f = self._cache_file()
+            if f.is_file():
+                try:
+                    data = load_npz(f)
+                    self._labels = dict(zip(data["ids"].tolist(), data["labels"]))
+                except (BadFileError, KeyError):
+                    self._labels = {}  # a bad cache is only a cache: rebuild it
+        return self._labels
+
+    def _save_label_cache(self, cache: dict[str, np.ndarray]) -> None:
+        ids = sorted(cache)
+        try:
+            save_npz(self._cache_file(), ids=np.array(ids, dtype=str), labels=np.stack([cache[i] for i in ids]))
+        except OSError:
+            pass  # an unwritable cache folder costs time on the next run, nothing else
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Derive and summarise the VOC 2012 id lists and image-level labels.")
+    p.add_argument("--voc12_root", required=True)
+    p.add_argument("--cache_dir", default=None)
+    args = p.parse_args(argv)
+    try:
+        ds = VOC12(args.voc12_root, args.cache_dir)
+        for s in SPLITS:
+            ids = ds.split(s)
+            labels = ds.labels(ids)
+            print(f"{s:<10} {len(ids):6d} images  {labels.sum(0).astype(int).tolist()}")
+    except WavecamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Loading state dicts by key mapping, with one readable error when they do not fit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from wavecam.io import BadFileError, load_checkpoint
+
+KeyMap = Callable[[str], "str | None"]
+
+
+def _as_state_dict(obj, source: str) -> Mapping[str, torch.Tensor]:
+    # Accept a bare state dict, or the common wrappers {"model": sd} / {"state_dict": sd}.
+    if isinstance(obj, Mapping):
+        for wrapper in ("model", "state_dict"):
+            if wrapper in obj and isinstance(obj[wrapper], Mapping):
+                return obj[wrapper]
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise BadFileError(f"{source}: holds no state dict (expected a mapping of parameter names to tensors)")
+
+
+def load_weights(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+    key_map: KeyMap | None = None,
+    strict: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Load `checkpoint` (a path or a state dict) into `model`.
+
+    `key_map` renames each checkpoint key to the model's name, or drops it by returning None
+    (aliases such as ReCAM's `backbone.*` copies). With `strict`, missing/unexpected keys and
+    shape mismatches raise one BadFileError that lists them. Returns (missing, unexpected).
+    """
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    sd = _as_state_dict(sd, source)
+
+    mapped: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        k = k[len("module."):] if k.startswith("module.") else k  # saved from DDP/DataParallel
+        name = key_map(k) if key_map else k
+        if name is not None and name not in mapped:
+            mapped[name] = v
+
+    own = model.state_dict()
+    missing = sorted(set(own) - set(mapped))
+    unexpected = sorted(set(mapped) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(mapped))
+        if mapped[k].shape != own[k].shape
+    ]
+    if strict and (missing or unexpected or mismatched):
+        lines = [f"{source} does not fit {type(model).__name__}:"]
+        for title, items in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+                lines.append(f"  {title}: {shown}")
+        lines.append("  Is it the right network and class count (--cam_network, dataset) for this pass?")
+        raise BadFileError("\n".join(lines))
+    ok = {k: v for k, v in mapped.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(ok, strict=False)
+    return missing, unexpected
