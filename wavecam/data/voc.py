@@ -55,7 +55,7 @@ def load_image(path: Path, image_id: str) -> np.ndarray:
         raise WavecamError(f"image for id {image_id} not found: {path}; check the id list and the dataset root")
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))  # writable: pydensecrf and in-place ops need it
     except OSError as e:
         raise BadFileError(
             f"{path}: unreadable image for id {image_id} ({e}); replace the file, or pass --skip_bad_images"

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wavecam.io import load_checkpoint
 from wavecam.models.checkpoints import load_weights
 from wavecam.models.resnet import IMAGENET, build_resnet50, freeze_bn_stats
 from wavecam.models.wave import WaveModeling
@@ -32,10 +33,14 @@ CAM_PARTS = ("stage1", "stage2", "stage3", "stage4", "classifier")
 class CAMNet(nn.Module):
     """ResNet-50 (output stride 16) + a bias-free 1x1 classifier on globally pooled features."""
 
-    def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = IMAGENET, strides=(2, 2, 2, 1)):
+    def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = IMAGENET, strides=(2, 2, 2, 1),
+                 freeze_bn: bool = True):
         super().__init__()
         net = build_resnet50(pretrained, strides)
         self.num_classes = num_classes
+        # Frozen statistics presuppose trained ones: a network started from random weights must
+        # learn them (the reference always starts from ImageNet).
+        self.freeze_bn = freeze_bn
         self.stage1 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         self.stage2 = nn.Sequential(net.layer2)
         self.stage3 = nn.Sequential(net.layer3)
@@ -59,8 +64,9 @@ class CAMNet(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         # Only the backbone's BatchNorms keep ImageNet statistics; a subclass's new modules train normally.
-        for stage in self.backbone_stages():
-            freeze_bn_stats(stage)
+        if self.freeze_bn:
+            for stage in self.backbone_stages():
+                freeze_bn_stats(stage)
         return self
 
     def backbone_stages(self) -> tuple[nn.Module, ...]:
@@ -76,8 +82,9 @@ class WaveCAMNet(CAMNet):
     """CAMNet + WaveModeling: each present class's CAM-weighted feature is fused with the wave
     representation of the CAMs. State-dict compatible with CAMNet apart from `wave.*`."""
 
-    def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = None, strides=(2, 2, 2, 1)):
-        super().__init__(num_classes, pretrained, strides)
+    def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = None, strides=(2, 2, 2, 1),
+                 freeze_bn: bool = True):
+        super().__init__(num_classes, pretrained, strides, freeze_bn)
         self.wave = WaveModeling(num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,14 +95,8 @@ class WaveCAMNet(CAMNet):
         return self.logits(f), fused
 
     def wave_features(self, cams: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) normalised CAMs -> (B, C, D): the wave output on a g x g grid with 2 g^2 = D."""
-        b, c = cams.shape[:2]
-        d = self.classifier.in_channels
-        g = math.isqrt(d // 2)
-        assert 2 * g * g == d, f"feature width {d} is not 2*g*g for an integer grid size g"
-        grid = F.interpolate(cams, size=(g, g), mode="bilinear", align_corners=False)
-        # A plain reshape of (B, 2C, g, g): class k takes channels 2k and 2k+1, as in the paper's code.
-        return self.wave(grid).reshape(b, c, d)
+        """(B, C, h, w) normalised CAMs -> (B, C, 2048): see `wave_features`."""
+        return wave_features(self.wave, cams, self.classifier.in_channels)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone + classifier, wave) trainable parameters, for the 0.1x and 1x learning rates."""
@@ -107,6 +108,24 @@ def normalised_cams(features: torch.Tensor, classifier_weight: torch.Tensor) -> 
     """(B, D, h, w), (C, D, 1, 1) -> (B, C, h, w) ReLU'd CAMs, each divided by its maximum."""
     cams = F.relu(F.conv2d(features, classifier_weight))
     return cams / (cams.amax(dim=(2, 3), keepdim=True) + 1e-5)
+
+
+def wave_grid_size(dim: int) -> int:
+    """The side g of the grid the wave module runs on, so that its 2C x g x g output gives C rows of `dim`."""
+    g = math.isqrt(dim // 2)
+    if 2 * g * g != dim:
+        raise ValueError(f"feature width {dim} is not 2*g*g for an integer grid size g; WaveCAM cannot use it")
+    return g
+
+
+def wave_features(wave: WaveModeling, cams: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B, C, h, w) normalised CAMs -> (B, C, dim): the wave output on a g x g grid with 2 g^2 = dim
+    (g = 32 for ResNet-50's 2048 channels, 16 for MiT's 512)."""
+    b, c = cams.shape[:2]
+    g = wave_grid_size(dim)
+    grid = F.interpolate(cams, size=(g, g), mode="bilinear", align_corners=False)
+    # A plain reshape of (B, 2C, g, g): class k takes channels 2k and 2k+1, as in the paper's code.
+    return wave(grid).reshape(b, c, dim)
 
 
 def class_features(cams: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -193,3 +212,18 @@ def load_cam_weights(model: CAMNet, checkpoint: str | os.PathLike | Mapping[str,
         return name
 
     load_weights(target, checkpoint, key_map=key_map)
+
+
+
+def torchvision_backbone(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ResNet-50 of a CAM checkpoint (ours or ReCAM's) under torchvision's names, for
+    `build_resnet50(pretrained=...)`: lets IRN start from the trained CAM backbone when no
+    ImageNet weights are at hand."""
+    sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    ours = {}
+    for k, v in sd.items():
+        name = reference_key(k)
+        if name is not None and name.startswith("stage"):
+            ours.setdefault(name, v)
+    to_torchvision = {v: k for k, v in _FROM_TORCHVISION.items()}
+    return {_replace_prefix(k, to_torchvision): v for k, v in ours.items()}

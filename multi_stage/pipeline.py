@@ -1,0 +1,169 @@
+"""Flags of the multi-stage pipeline and the order of its passes.
+
+Flag names and defaults are those of the paper's repository (the ReCAM/IRN `run_sample.py`
+family, `wavecam_*` for the WaveCAM passes); everything added here is an addition, never a
+rename. The VOC and COCO front doors differ only in the dataset flag and a few defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+
+from wavecam.io import WavecamError
+
+# (flag, module in step/) in the order a full run executes them.
+PASSES = (
+    ("train_cam_pass", "train_cam"),
+    ("train_wavecam_pass", "train_wavecam"),
+    ("make_cam_pass", "make_cam"),
+    ("make_wavecam_pass", "make_wavecam"),
+    ("eval_cam_pass", "eval_cam"),
+    ("cam_to_ir_label_pass", "cam_to_ir_label"),
+    ("train_irn_pass", "train_irn"),
+    ("make_sem_seg_pass", "make_sem_seg"),
+    ("eval_sem_seg_pass", "eval_sem_seg"),
+)
+
+# Paths joined to --work_space unless absolute (as the reference does).
+WORK_SPACE_PATHS = (
+    "log_name", "cam_weights_name", "irn_weights_name", "cam_out_dir", "ir_label_out_dir",
+    "sem_seg_out_dir", "wavecam_weight_dir",
+)
+
+DATASET_DEFAULTS = {
+    "voc": {},
+    "coco": {
+        "cam_eval_thres": 0.15,
+        "wavecam_loss_weight": 0.1,
+        "wavecam_batch_size": 6,
+        "sem_seg_bg_thres": 0.25,
+        "train_list": "train",
+        "infer_list": "train",
+        "chainer_eval_set": "val",
+    },
+}
+
+
+def str2bool(v: str | bool) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (True/False/yes/no/1/0), got {v!r}")
+
+
+def build_parser(dataset: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=f"WaveCAM multi-stage weakly-supervised segmentation on {dataset.upper()}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    # Environment
+    a("--num_workers", type=int, default=min(12, os.cpu_count() or 1))
+    if dataset == "voc":
+        a("--voc12_root", default="../VOCdevkit/VOC2012/", help="VOC 2012 root holding JPEGImages/ etc.")
+    else:
+        a("--mscoco_root", default="../mscoco/", help="COCO 2014 root holding train2014/, val2014/, annotations/")
+    a("--cache_dir", default=None, help="where derived labels/masks are cached (default ~/.cache/wavecam)")
+    a("--device", default="auto", help="auto, cpu or cuda (under torchrun: the rank's GPU)")
+    a("--amp", type=str2bool, default=False, help="autocast (bf16 where supported, else fp16) on CUDA")
+    a("--seed", type=int, default=0)
+    a("--pretrained", default="imagenet",
+      help="ResNet-50 init: 'imagenet' (torchvision IMAGENET1K_V1), a path to its state dict, or 'none'")
+    # Dataset: split names are derived from the dataset; list files are accepted too.
+    a("--train_list", default="train_aug")
+    a("--val_list", default="val")
+    a("--infer_list", default="train_aug",
+      help="train_aug to train a fully supervised model, train or val to check label quality quickly")
+    a("--chainer_eval_set", default="train")
+    # Class Activation Map
+    a("--cam_network", default="net.resnet50_cam", help="kept for compatibility; ResNet-50 CAM is built in")
+    a("--feature_dim", type=int, default=2048)
+    a("--cam_crop_size", type=int, default=512)
+    a("--cam_resize_long", type=int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"))
+    a("--cam_batch_size", type=int, default=16, help="global batch size (split across torchrun ranks)")
+    a("--cam_num_epoches", type=int, default=5)
+    a("--cam_learning_rate", type=float, default=0.1)
+    a("--cam_weight_decay", type=float, default=1e-4)
+    a("--sgd_momentum", default="reference",
+      help="'reference' reproduces the paper code's SGD (momentum = weight decay); or a number like 0.9")
+    a("--cam_eval_thres", type=float, default=0.21)
+    a("--cam_eval_sweep", type=float, nargs=3, default=None, metavar=("START", "STOP", "STEP"),
+      help="also evaluate background thresholds START..STOP by STEP and report the best")
+    a("--cam_scales", type=float, nargs="+", default=(1.0, 0.5, 1.5, 2.0), help="multi-scale inference")
+    # WaveCAM
+    a("--wavecam_num_epoches", type=int, default=4)
+    a("--wavecam_learning_rate", type=float, default=0.0005)
+    a("--wavecam_loss_weight", type=float, default=1.0)
+    a("--wavecam_batch_size", type=int, default=None, help="default: --cam_batch_size")
+    a("--wavecam_weight_dir", default="wavecam_weight")
+    # Mining inter-pixel relations
+    a("--conf_fg_thres", type=float, default=0.35)
+    a("--conf_bg_thres", type=float, default=0.1)
+    # IRN
+    a("--irn_network", default="net.resnet50_irn", help="kept for compatibility; ResNet-50 IRN is built in")
+    a("--irn_crop_size", type=int, default=512)
+    a("--irn_rescale", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
+    a("--irn_batch_size", type=int, default=32)
+    a("--irn_path_radius", type=int, default=10, help="pair radius of IRN's training labels, at stride 4")
+    a("--irn_num_epoches", type=int, default=3)
+    a("--irn_learning_rate", type=float, default=0.1)
+    a("--irn_weight_decay", type=float, default=1e-4)
+    # Random walk
+    a("--beta", type=float, default=10)
+    a("--exp_times", type=int, default=8, help="the random walk takes 2^exp_times steps")
+    a("--sem_seg_bg_thres", type=float, default=0.28)
+    # Output paths (joined to --work_space unless absolute)
+    a("--work_space", default="result_default")
+    a("--log_name", default="sample_train_eval")
+    a("--cam_weights_name", default="res50_cam.pth")
+    a("--irn_weights_name", default="res50_irn.pth")
+    a("--cam_out_dir", default="cam_mask")
+    a("--ir_label_out_dir", default="ir_label")
+    a("--sem_seg_out_dir", default="sem_seg")
+    a("--force", type=str2bool, default=False, help="redo outputs that already exist")
+    # Passes
+    for flag, _ in PASSES:
+        a(f"--{flag}", type=str2bool, default=False)
+    p.set_defaults(dataset=dataset, **DATASET_DEFAULTS[dataset])
+    return p
+
+
+def finalize(args: argparse.Namespace) -> argparse.Namespace:
+    for name in WORK_SPACE_PATHS:
+        setattr(args, name, os.path.join(args.work_space, getattr(args, name)))
+    args.log_name += ".log"
+    if args.wavecam_batch_size is None:
+        args.wavecam_batch_size = args.cam_batch_size
+    args.pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
+    args.cam_scales = tuple(args.cam_scales)
+    return args
+
+
+def main(dataset: str, argv: list[str] | None = None) -> int:
+    args = finalize(build_parser(dataset).parse_args(argv))
+    from wavecam import dist
+
+    try:
+        os.makedirs(args.work_space, exist_ok=True)
+        ctx = dist.init(args.device)
+        dist.setup_logging(args.log_name, ctx)
+        log = logging.getLogger("wavecam")
+        log.info("arguments: %s", vars(args))
+        for flag, module in PASSES:
+            if getattr(args, flag):
+                start = time.perf_counter()
+                log.info("== %s", module)
+                importlib.import_module(f"step.{module}").run(args)
+                log.info("== %s done in %.1f s", module, time.perf_counter() - start)
+    except WavecamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

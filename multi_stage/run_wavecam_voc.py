@@ -1,0 +1,8 @@
+"""WaveCAM multi-stage pipeline on VOC: `python run_wavecam_voc.py --help` lists the passes and flags."""
+
+import sys
+
+from pipeline import main
+
+if __name__ == "__main__":
+    sys.exit(main("voc"))

@@ -1,0 +1,52 @@
+"""cam_to_ir_label: confident foreground/background from CAMs, each refined by a dense CRF,
+combined into ir_label/<id>.png (0 background, 1..C classes, 255 unsure)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import numpy as np
+
+from wavecam import dist
+from wavecam.crf import crf_inference_label
+from wavecam.data.classes import IGNORE_INDEX
+from wavecam.io import WavecamError, load_cam, save_png
+
+from step.common import make_source, map_images, pending, resolve_list
+
+log = logging.getLogger("wavecam")
+
+
+def confident_label(img: np.ndarray, cam: dict, fg_thres: float, bg_thres: float) -> np.ndarray:
+    keys = np.concatenate([[0], cam["keys"] + 1])
+    hr = cam["high_res"]
+
+    def refined(thres: float) -> np.ndarray:
+        scores = np.concatenate([np.full((1, *hr.shape[1:]), thres, hr.dtype), hr])
+        return keys[crf_inference_label(img, scores.argmax(0), n_labels=len(keys))]
+
+    fg, bg = refined(fg_thres), refined(bg_thres)
+    conf = fg.copy()
+    conf[fg == 0] = IGNORE_INDEX  # not confidently foreground ...
+    conf[(fg == 0) & (bg == 0)] = 0  # ... unless background even at the low threshold
+    return conf.astype(np.uint8)
+
+
+def _one(image_id: str, args, source) -> None:
+    path = os.path.join(args.cam_out_dir, f"{image_id}.npz")
+    if not os.path.isfile(path):
+        raise WavecamError(f"no CAM for id {image_id} ({path}); run --make_wavecam_pass (or --make_cam_pass) first")
+    label = confident_label(source.load_image(image_id), load_cam(path), args.conf_fg_thres, args.conf_bg_thres)
+    save_png(os.path.join(args.ir_label_out_dir, f"{image_id}.png"), label)
+
+
+def run(args) -> None:
+    ctx = dist.init(args.device)
+    source = make_source(args)
+    ids = pending(dist.shard(resolve_list(source, args.train_list), ctx), args.ir_label_out_dir, ".png", args)
+    log.info("cam_to_ir_label: %d images to do", len(ids))
+    map_images(functools.partial(_one, args=args, source=source), ids, args.num_workers, "cam_to_ir_label",
+               show=ctx.is_main)
+    dist.barrier(ctx)

@@ -1,0 +1,118 @@
+"""What several passes need: the dataset source, id lists, loaders, seeding, autocast."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from wavecam import dist
+from wavecam.data.voc import SPLITS, VOC12
+from wavecam.io import WavecamError
+
+log = logging.getLogger("wavecam")
+
+
+def make_source(args):
+    if args.dataset == "voc":
+        return VOC12(args.voc12_root, args.cache_dir)
+    from wavecam.data.coco import COCO2014
+
+    return COCO2014(args.mscoco_root, args.cache_dir)
+
+
+def resolve_list(source, name: str) -> list[str]:
+    """A split name or a list file. The reference's list paths (`voc12/train_aug.txt`) still
+    work when the file is absent: the split of that name is derived from the dataset."""
+    path = Path(name)
+    if not path.is_file() and path.suffix == ".txt" and path.stem in SPLITS:
+        log.info("%s not found: using the %s split derived from the dataset", name, path.stem)
+        name = path.stem
+    ids = source.split(name)
+    if not ids:
+        raise WavecamError(f"the id list {name} is empty")
+    return ids
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+
+
+def train_loader(dataset: Dataset, global_batch: int, args, ctx: dist.Context, epoch_seed: int = 0) -> DataLoader:
+    """Shuffled, drop-last loader; under torchrun each rank gets global_batch / world images."""
+    if global_batch % ctx.world_size:
+        raise WavecamError(f"batch size {global_batch} is not divisible by the {ctx.world_size} torchrun processes")
+    per_rank = global_batch // ctx.world_size
+    if len(dataset) < global_batch:
+        raise WavecamError(f"{len(dataset)} training images are fewer than one batch of {global_batch}; "
+                           "lower the batch size or use a larger list")
+    sampler = DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) if ctx.distributed else None
+    g = torch.Generator()
+    g.manual_seed(args.seed + epoch_seed)
+    return DataLoader(
+        dataset,
+        batch_size=per_rank,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=args.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        drop_last=True,
+        generator=g,
+        persistent_workers=args.num_workers > 0,
+    )
+
+
+def eval_loader(dataset: Dataset, batch_size: int, args, ctx: dist.Context) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=args.num_workers,
+                      pin_memory=ctx.device.type == "cuda")
+
+
+def autocast(args, device: torch.device):
+    if args.amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def wrap_ddp(model: torch.nn.Module, ctx: dist.Context) -> torch.nn.Module:
+    model.to(ctx.device)
+    if not ctx.distributed:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def pending(ids: list[str], out_dir: str, suffix: str, args) -> list[str]:
+    """Ids whose output is not complete yet (all of them with --force): a killed pass resumes."""
+    from wavecam.io import is_complete
+
+    if args.force:
+        return list(ids)
+    return [i for i in ids if not is_complete(Path(out_dir) / f"{i}{suffix}")]
+
+
+def map_images(fn, ids: list[str], workers: int, desc: str, show: bool = True) -> None:
+    """Apply fn(id) to every id, over `workers` processes when there are several."""
+    from tqdm import tqdm
+
+    if workers <= 1 or len(ids) <= 1:
+        for i in tqdm(ids, desc=desc, disable=not show):
+            fn(i)
+        return
+    import multiprocessing as mp
+
+    # spawn: forked children of a process that has run torch/OpenMP threads can deadlock.
+    with mp.get_context("spawn").Pool(min(workers, len(ids))) as pool:
+        for _ in tqdm(pool.imap_unordered(fn, ids, chunksize=4), total=len(ids), desc=desc, disable=not show):
+            pass

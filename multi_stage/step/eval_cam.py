@@ -1,0 +1,75 @@
+"""eval_cam: mIoU of CAM seeds (background at --cam_eval_thres), optionally over a threshold sweep."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from wavecam import dist
+from wavecam.io import WavecamError, load_cam, save_json
+from wavecam.metrics import ConfusionMatrix, format_iou_table
+
+from step.common import make_source, resolve_list
+from step.evaluation import gather_confusions, results_path
+
+log = logging.getLogger("wavecam")
+
+
+def seeds(cam: dict, thres: float) -> np.ndarray:
+    """Label map from high-resolution CAMs: background wins where every class is below thres."""
+    hr = cam["high_res"]
+    keys = np.concatenate([[0], cam["keys"] + 1])
+    if hr.shape[0] == 0:
+        return np.zeros(hr.shape[1:], dtype=np.uint8)
+    scores = np.concatenate([np.full((1, *hr.shape[1:]), thres, hr.dtype), hr])
+    return keys[scores.argmax(0)].astype(np.uint8)
+
+
+def thresholds(args) -> list[float]:
+    ts = [args.cam_eval_thres]
+    if args.cam_eval_sweep:
+        start, stop, step = args.cam_eval_sweep
+        ts += [round(t, 4) for t in np.arange(start, stop + step / 2, step)]
+    return sorted(set(ts))
+
+
+def run(args) -> None:
+    ctx = dist.init(args.device)
+    source = make_source(args)
+    ids = resolve_list(source, args.chainer_eval_set)
+    ts = thresholds(args)
+    cms = [ConfusionMatrix(source.num_classes + 1) for _ in ts]
+    for image_id in tqdm(dist.shard(ids, ctx), desc="eval_cam", disable=not ctx.is_main):
+        path = os.path.join(args.cam_out_dir, f"{image_id}.npz")
+        if not os.path.isfile(path):
+            raise WavecamError(f"no CAM for id {image_id} ({path}); run --make_cam_pass or --make_wavecam_pass first")
+        cam = load_cam(path)
+        gt = source.load_gt(image_id)
+        for t, cm in zip(ts, cms):
+            cm.update(seeds(cam, t), gt)
+    cms = gather_confusions(cms, ctx)
+    if not ctx.is_main:
+        return
+    sweep = [{"threshold": t, "miou": cm.miou()} for t, cm in zip(ts, cms)]
+    main = cms[ts.index(args.cam_eval_thres)]
+    best = max(sweep, key=lambda r: r["miou"])
+    result = {
+        **main.summary(),
+        "threshold": args.cam_eval_thres,
+        "best_threshold": best["threshold"],
+        "best_miou": best["miou"],
+        "sweep": sweep,
+        "cam_out_dir": args.cam_out_dir,
+        "eval_set": args.chainer_eval_set,
+        "dataset": args.dataset,
+    }
+    save_json(results_path(args, "eval_cam"), result)
+    print(format_iou_table(result["iou"], source.class_names, title=f"CAM seeds, threshold {args.cam_eval_thres}"))
+    if len(ts) > 1:
+        print("threshold sweep: " + ", ".join(f"{r['threshold']:.2f}: {100 * r['miou']:.1f}" for r in sweep))
+        print(f"best threshold {best['threshold']:.2f}: mIoU {100 * best['miou']:.1f}")
+    log.info("eval_cam: mIoU %.4f at threshold %.2f on %d images", result["miou"], args.cam_eval_thres,
+             result["n_images"])

@@ -1,0 +1,42 @@
+"""eval_sem_seg: mIoU of the pseudo labels in sem_seg/ (255 'unsure' counted as background)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from tqdm import tqdm
+
+from wavecam import dist
+from wavecam.data.classes import IGNORE_INDEX
+from wavecam.io import WavecamError, load_png, save_json
+from wavecam.metrics import ConfusionMatrix, format_iou_table
+
+from step.common import make_source, resolve_list
+from step.evaluation import gather_confusions, results_path
+
+log = logging.getLogger("wavecam")
+
+
+def run(args) -> None:
+    ctx = dist.init(args.device)
+    source = make_source(args)
+    ids = resolve_list(source, args.chainer_eval_set)
+    cm = ConfusionMatrix(source.num_classes + 1)
+    for image_id in tqdm(dist.shard(ids, ctx), desc="eval_sem_seg", disable=not ctx.is_main):
+        path = os.path.join(args.sem_seg_out_dir, f"{image_id}.png")
+        if not os.path.isfile(path):
+            raise WavecamError(f"no pseudo label for id {image_id} ({path}); run --make_sem_seg_pass first "
+                               "with --infer_list covering the evaluation set")
+        pred = load_png(path).copy()
+        pred[pred == IGNORE_INDEX] = 0
+        cm.update(pred, source.load_gt(image_id))
+    (cm,) = gather_confusions([cm], ctx)
+    if not ctx.is_main:
+        return
+    result = {**cm.summary(), "sem_seg_bg_thres": args.sem_seg_bg_thres, "beta": args.beta,
+              "exp_times": args.exp_times, "sem_seg_out_dir": args.sem_seg_out_dir,
+              "eval_set": args.chainer_eval_set, "dataset": args.dataset}
+    save_json(results_path(args, "eval_sem_seg"), result)
+    print(format_iou_table(result["iou"], source.class_names, title="IRN pseudo labels"))
+    log.info("eval_sem_seg: mIoU %.4f on %d images", result["miou"], result["n_images"])

@@ -1,0 +1,45 @@
+"""make_sem_seg: IRN's boundary map (image + flip) -> affinities within radius 5 -> random walk
+of the stride-4 CAMs -> sem_seg/<id>.png with background at --sem_seg_bg_thres."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from wavecam import dist
+from wavecam.data.datasets import InferenceDataset
+from wavecam.io import WavecamError, load_cam, save_png
+from wavecam.models.irn import EdgeDisplacement
+from wavecam.randomwalk import propagate, rw_to_label
+
+from step.common import make_source, pending, resolve_list
+
+log = logging.getLogger("wavecam")
+
+
+@torch.no_grad()
+def run(args) -> None:
+    ctx = dist.init(args.device)
+    source = make_source(args)
+    ids = pending(dist.shard(resolve_list(source, args.infer_list), ctx), args.sem_seg_out_dir, ".png", args)
+    log.info("make_sem_seg: %d images to do", len(ids))
+    model = EdgeDisplacement.from_checkpoint(args.irn_weights_name, crop_size=args.irn_crop_size).to(ctx.device)
+    loader = DataLoader(InferenceDataset(source, ids, with_labels=False), batch_size=None,
+                        num_workers=min(args.num_workers, 4))
+    for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):
+        image_id = pack["name"]
+        cam_path = os.path.join(args.cam_out_dir, f"{image_id}.npz")
+        if not os.path.isfile(cam_path):
+            raise WavecamError(f"no CAM for id {image_id} ({cam_path}); run --make_wavecam_pass over "
+                               "--train_list covering --infer_list first")
+        cam = load_cam(cam_path)
+        edge, _ = model(pack["img"].to(ctx.device))
+        strided = torch.from_numpy(cam["cam"]).to(ctx.device)
+        rw = propagate(strided, edge, beta=args.beta, exp_times=args.exp_times, radius=5)
+        label = rw_to_label(rw, cam["keys"], args.sem_seg_bg_thres, pack["size"])
+        save_png(os.path.join(args.sem_seg_out_dir, f"{image_id}.png"), label.astype("uint8"))
+    dist.barrier(ctx)

@@ -1,0 +1,89 @@
+"""train_cam: the ResNet-50 CAM classifier (multi-label soft margin), written to res50_cam.pth."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from wavecam import dist
+from wavecam.data.datasets import ClassificationDataset
+from wavecam.io import is_complete, save_checkpoint
+from wavecam.models import CAMNet
+from wavecam.optim import poly_sgd
+
+from step.common import (
+    autocast,
+    eval_loader,
+    make_source,
+    resolve_list,
+    seed_everything,
+    train_loader,
+    unwrap,
+    wrap_ddp,
+)
+
+log = logging.getLogger("wavecam")
+
+
+def validate(model, loader, device) -> float:
+    """Mean multi-label soft-margin loss over the validation list (rank-local)."""
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for pack in loader:
+            logits = model(pack["img"].to(device))
+            total += F.multilabel_soft_margin_loss(logits, pack["label"].to(device), reduction="sum").item()
+            n += logits.shape[0]
+    model.train()
+    return total / max(n, 1)
+
+
+def run(args) -> None:
+    ctx = dist.init(args.device)
+    if is_complete(args.cam_weights_name) and not args.force:
+        log.info("%s exists: skipping train_cam (--force True to retrain)", args.cam_weights_name)
+        return
+    seed_everything(args.seed, ctx.rank)
+    source = make_source(args)
+    train_set = ClassificationDataset(source, resolve_list(source, args.train_list), crop_size=args.cam_crop_size,
+                                      resize_long=tuple(args.cam_resize_long), hflip=True)
+    val_set = ClassificationDataset(source, dist.shard(resolve_list(source, args.val_list), ctx),
+                                    crop_size=args.cam_crop_size, resize_long=None, hflip=False)
+    loader = train_loader(train_set, args.cam_batch_size, args, ctx)
+    val_loader = eval_loader(val_set, max(1, args.cam_batch_size // ctx.world_size), args, ctx)
+
+    net = CAMNet(source.num_classes, pretrained=args.pretrained, freeze_bn=args.pretrained is not None)
+    backbone, new = net.param_groups()
+    max_step = len(loader) * args.cam_num_epoches
+    opt, sched = poly_sgd(
+        [{"params": backbone, "lr": args.cam_learning_rate}, {"params": new, "lr": 10 * args.cam_learning_rate}],
+        args.cam_learning_rate, args.cam_weight_decay, max_step, momentum=args.sgd_momentum,
+    )
+    model = wrap_ddp(net, ctx)
+    model.train()
+
+    for ep in range(args.cam_num_epoches):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(ep)
+        bar = tqdm(loader, desc=f"train_cam {ep + 1}/{args.cam_num_epoches}", disable=not ctx.is_main)
+        for pack in bar:
+            img = pack["img"].to(ctx.device, non_blocking=True)
+            label = pack["label"].to(ctx.device, non_blocking=True)
+            with autocast(args, ctx.device):
+                logits = model(img)
+            loss = F.multilabel_soft_margin_loss(logits.float(), label)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        val_loss = validate(model, val_loader, ctx.device)
+        log.info("train_cam epoch %d: last loss %.4f, validation loss %.4f", ep + 1, loss.item(), val_loss)
+
+    if ctx.is_main:
+        save_checkpoint(args.cam_weights_name, unwrap(model).state_dict())
+        log.info("wrote %s", args.cam_weights_name)
+    dist.barrier(ctx)

@@ -1,0 +1,103 @@
+"""train_irn: IRN's boundary and displacement branches on a frozen ResNet-50, from ir_label/.
+
+Pair labels come from ir_label crops at stride 4 with path radius 10; the four IRN losses are
+combined as (pos_aff + neg_aff) / 2 + (dp_fg + dp_bg) / 2. After training, the displacement
+field's mean over the training images is stored in the mean-shift layer, as IRN does.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from wavecam import dist
+from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset
+from wavecam.io import WavecamError, is_complete, save_checkpoint
+from wavecam.models.cam import torchvision_backbone
+from wavecam.models.irn import AffinityDisplacementLoss, IRNet
+from wavecam.optim import poly_sgd
+from wavecam.randomwalk import PathIndex
+
+from step.common import autocast, make_source, resolve_list, seed_everything, train_loader, unwrap, wrap_ddp
+
+log = logging.getLogger("wavecam")
+
+
+class _Trainee(torch.nn.Module):
+    def __init__(self, net: IRNet, loss: AffinityDisplacementLoss):
+        super().__init__()
+        self.net, self.loss = net, loss
+
+    def forward(self, img, bg_pos, fg_pos, neg):
+        edge, dp = self.net(img)
+        return self.loss(edge, dp, bg_pos, fg_pos, neg)
+
+
+@torch.no_grad()
+def displacement_mean(net: IRNet, source, ids, args, device) -> torch.Tensor:
+    loader = DataLoader(TopLeftCropDataset(source, ids, args.irn_crop_size), batch_size=args.irn_batch_size,
+                        num_workers=args.num_workers)
+    net.eval()
+    means = [net(pack["img"].to(device))[1].mean(dim=(0, 2, 3)).cpu() for pack in loader]
+    return torch.stack(means).mean(dim=0)
+
+
+def backbone_weights(args):
+    """ImageNet (or --pretrained's file) as in IRN; without them, the trained CAM backbone: a
+    frozen randomly initialised ResNet would give the boundary branch nothing to learn from."""
+    if args.pretrained is not None:
+        return args.pretrained
+    log.info("--pretrained none: IRN's frozen backbone starts from %s", args.cam_weights_name)
+    return torchvision_backbone(args.cam_weights_name)
+
+
+def run(args) -> None:
+    ctx = dist.init(args.device)
+    if is_complete(args.irn_weights_name) and not args.force:
+        log.info("%s exists: skipping train_irn (--force True to retrain)", args.irn_weights_name)
+        return
+    seed_everything(args.seed, ctx.rank)
+    source = make_source(args)
+    ids = resolve_list(source, args.train_list)
+    side = args.irn_crop_size // 4
+    if side < 2 * args.irn_path_radius:
+        raise WavecamError(f"--irn_crop_size {args.irn_crop_size} is too small for --irn_path_radius "
+                           f"{args.irn_path_radius}: the crop must be at least {8 * args.irn_path_radius} pixels")
+    path_index = PathIndex(args.irn_path_radius, (side, side))
+    dataset = AffinityDataset(source, ids, args.ir_label_out_dir, path_index, crop_size=args.irn_crop_size,
+                              rescale=tuple(args.irn_rescale), hflip=True)
+    loader = train_loader(dataset, args.irn_batch_size, args, ctx)
+
+    net = IRNet(pretrained=backbone_weights(args))
+    edge_params, dp_params = net.trainable_parameters()
+    lr = args.irn_learning_rate
+    opt, sched = poly_sgd([{"params": edge_params, "lr": lr}, {"params": dp_params, "lr": 10 * lr}],
+                          lr, args.irn_weight_decay, len(loader) * args.irn_num_epoches, momentum=args.sgd_momentum)
+    model = wrap_ddp(_Trainee(net, AffinityDisplacementLoss(path_index)), ctx)
+    model.train()
+
+    for ep in range(args.irn_num_epoches):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(ep)
+        bar = tqdm(loader, desc=f"train_irn {ep + 1}/{args.irn_num_epoches}", disable=not ctx.is_main)
+        for pack in bar:
+            batch = [pack[k].to(ctx.device, non_blocking=True) for k in ("img", "bg_pos", "fg_pos", "neg")]
+            with autocast(args, ctx.device):
+                losses = model(*batch)
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix({k: f"{losses[k].item():.3f}" for k in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")})
+        log.info("train_irn epoch %d: %s", ep + 1,
+                 ", ".join(f"{k} {v.item():.4f}" for k, v in losses.items()))
+
+    if ctx.is_main:
+        net = unwrap(model).net
+        net.mean_shift.running_mean.copy_(displacement_mean(net, source, ids, args, ctx.device))
+        save_checkpoint(args.irn_weights_name, net.state_dict())
+        log.info("wrote %s", args.irn_weights_name)
+    dist.barrier(ctx)

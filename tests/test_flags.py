@@ -1,0 +1,54 @@
+import os
+
+import pytest
+
+from pipeline import PASSES, build_parser, finalize, str2bool
+
+
+def parse(dataset, line):
+    return finalize(build_parser(dataset).parse_args(line.split()))
+
+
+def test_paper_readme_lines_parse():
+    a = parse("voc", "--voc12_root ROOT --work_space WS --train_cam_pass True --train_wavecam_pass True "
+                     "--make_wavecam_pass True --eval_cam_pass True")
+    assert a.train_cam_pass and a.train_wavecam_pass and a.make_wavecam_pass and a.eval_cam_pass
+    assert not a.make_cam_pass and not a.train_irn_pass
+    assert a.cam_weights_name == os.path.join("WS", "res50_cam.pth")
+    assert a.wavecam_weight_dir == os.path.join("WS", "wavecam_weight")
+    assert a.log_name == os.path.join("WS", "sample_train_eval.log")
+    b = parse("voc", "--voc12_root ROOT --work_space WS --cam_to_ir_label_pass True --train_irn_pass True "
+                     "--make_sem_seg_pass True --eval_sem_seg_pass True")
+    assert b.cam_to_ir_label_pass and b.train_irn_pass and b.make_sem_seg_pass and b.eval_sem_seg_pass
+
+
+def test_published_defaults():
+    a = parse("voc", "")
+    assert (a.cam_batch_size, a.cam_num_epoches, a.cam_learning_rate, a.cam_weight_decay) == (16, 5, 0.1, 1e-4)
+    assert a.cam_scales == (1.0, 0.5, 1.5, 2.0) and a.cam_crop_size == 512
+    assert (a.wavecam_num_epoches, a.wavecam_learning_rate, a.wavecam_loss_weight) == (4, 0.0005, 1.0)
+    assert a.wavecam_batch_size == 16
+    assert (a.irn_crop_size, a.irn_batch_size, a.irn_num_epoches, a.irn_learning_rate) == (512, 32, 3, 0.1)
+    assert (a.beta, a.exp_times) == (10, 8)
+    assert (a.conf_fg_thres, a.conf_bg_thres, a.sem_seg_bg_thres) == (0.35, 0.1, 0.28)
+    c = parse("coco", "")
+    assert (c.cam_eval_thres, c.wavecam_loss_weight, c.wavecam_batch_size, c.sem_seg_bg_thres) == (0.15, 0.1, 6, 0.25)
+
+
+@pytest.mark.parametrize("text,value", [("True", True), ("yes", True), ("1", True), ("False", False),
+                                        ("no", False), ("0", False)])
+def test_booleans(text, value):
+    assert str2bool(text) is value
+    assert parse("voc", f"--make_cam_pass {text}").make_cam_pass is value
+
+
+def test_absolute_paths_are_kept():
+    a = parse("voc", "--work_space WS --cam_weights_name /abs/cam.pth")
+    assert a.cam_weights_name == "/abs/cam.pth"
+
+
+def test_every_pass_has_a_module():
+    import importlib
+
+    for _, module in PASSES:
+        assert callable(importlib.import_module(f"step.{module}").run)
