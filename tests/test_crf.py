@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from wavecam.crf import crf_inference_label
+
+
+def scene():
+    """Two flat-coloured objects on a grey background, with their exact label map."""
+    rng = np.random.default_rng(0)
+    img = np.full((48, 64, 3), 120, dtype=np.uint8)
+    labels = np.zeros((48, 64), dtype=np.int64)
+    img[8:30, 6:28] = (220, 40, 40)
+    labels[8:30, 6:28] = 1
+    img[20:44, 36:60] = (30, 60, 200)
+    labels[20:44, 36:60] = 2
+    img = np.clip(img + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
+    return img, labels
+
+
+def test_clean_labels_mostly_unchanged_and_deterministic():
+    img, labels = scene()
+    out = crf_inference_label(img, labels, n_labels=3)
+    assert out.shape == labels.shape
+    assert (out == labels).mean() > 0.99
+    np.testing.assert_array_equal(out, crf_inference_label(img, labels, n_labels=3))
+
+
+def test_fixes_label_noise_along_colour_edges():
+    img, labels = scene()
+    noisy = labels.copy()
+    noisy[8:30, 28:31] = 1  # the object label spills three pixels over the right edge
+    out = crf_inference_label(img, noisy, n_labels=3)
+    assert (out == labels).mean() > (noisy == labels).mean()
+
+
+def test_views_are_read_correctly():
+    img, labels = scene()
+    flipped = img[:, ::-1]  # a strided view, not C-contiguous
+    out = crf_inference_label(flipped, labels[:, ::-1], n_labels=3)
+    np.testing.assert_array_equal(out, crf_inference_label(np.ascontiguousarray(flipped), labels[:, ::-1].copy(), 3))
+
+
+def test_rejects_bad_inputs():
+    img, labels = scene()
+    with pytest.raises(ValueError, match="lie in"):
+        crf_inference_label(img, labels + 1, n_labels=3)
+    with pytest.raises(ValueError, match="uint8"):
+        crf_inference_label(img.astype(np.float32), labels, n_labels=3)

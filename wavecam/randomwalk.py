@@ -1,0 +1,253 @@
+"""IRN's inter-pixel relations: path indices, affinity labels, and random-walk propagation.
+
+Pixels are related to every neighbour within `radius` (in feature pixels, stride 4). A pair's
+affinity is 1 - (the strongest class boundary on the straight path between them); the random
+walk spreads CAM scores along high-affinity pairs, so they fill objects and stop at boundaries.
+
+Only half of the neighbourhood is searched (dy > 0, or dy == 0 and dx > 0): a pair and its
+reverse are the same pair. Directions are ordered as IRN orders them (grouped by path length,
+then raster order), so every per-direction tensor here lines up with IRN's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IGNORE = 255  # "unsure" in ir_label maps
+
+
+def search_directions(radius: int) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) to every neighbour strictly inside `radius`, one of each +/- pair."""
+    dirs = [(0, dx) for dx in range(1, radius)]
+    dirs += [(dy, dx) for dy in range(1, radius) for dx in range(1 - radius, radius) if dy * dy + dx * dx < radius**2]
+    return dirs
+
+
+def path_coords(dy: int, dx: int) -> list[tuple[int, int]]:
+    """Grid points within distance 1 of the segment (0, 0) -> (dy, dx), farthest (the destination) first."""
+    length_sq = dy * dy + dx * dx
+    pts = [
+        (y, x)
+        for y in range(min(0, dy), max(0, dy) + 1)
+        for x in range(min(0, dx), max(0, dx) + 1)
+        # squared distance of (y, x) to the line is (dy*x - dx*y)^2 / length_sq; kept in integers
+        if (dy * x - dx * y) ** 2 < length_sq
+    ]
+    pts.sort(key=lambda p: -(abs(p[0]) + abs(p[1])))  # stable: ties keep raster order, as IRN
+    return pts
+
+
+class PathIndex:
+    """Pixel pairs and the paths between them on an (H, W) feature map, as flat indices.
+
+    Sources are the pixels of the map cropped by `radius_floor` at the bottom, left and right,
+    so every destination `source + (dy, dx)` stays on the map.
+
+    Attributes:
+        search_paths: per path length, (n_dirs, length, 2) int64 offsets (dy, dx), destination first.
+        search_dst: (D, 2) the D directions, in the order of every per-direction tensor.
+        path_indices: per path length, (n_dirs, length, S) int64 flat indices of the path points.
+        src_indices: (S,) flat indices of the sources.
+        dst_indices: (D, S) flat indices of the destinations.
+    """
+
+    def __init__(self, radius: int, feature_size: Sequence[int]):
+        if int(radius) != radius or radius < 2:
+            raise ValueError(f"radius must be an integer >= 2, got {radius}")
+        self.radius = int(radius)
+        self.radius_floor = self.radius - 1
+        self.feature_size = (int(feature_size[0]), int(feature_size[1]))
+        height, width = self.feature_size
+        crop_h, crop_w = height - self.radius_floor, width - 2 * self.radius_floor
+        if crop_h < 1 or crop_w < 1:
+            raise ValueError(f"feature size {self.feature_size} is too small for radius {radius}")
+
+        by_length: dict[int, list[list[tuple[int, int]]]] = {}
+        for d in search_directions(self.radius):
+            pts = path_coords(*d)
+            by_length.setdefault(len(pts), []).append(pts)
+        self.search_paths = [np.asarray(by_length[n], dtype=np.int64) for n in sorted(by_length)]
+        self.search_dst = np.concatenate([p[:, 0] for p in self.search_paths])
+
+        rows = np.arange(crop_h)[:, None]
+        cols = np.arange(self.radius_floor, self.radius_floor + crop_w)[None, :]
+        self.src_indices = (rows * width + cols).reshape(-1)
+        self.path_indices = [
+            self.src_indices + (p[..., 0] * width + p[..., 1])[..., None] for p in self.search_paths
+        ]
+        self.dst_indices = np.concatenate([p[:, 0] for p in self.path_indices])
+
+    @property
+    def n_directions(self) -> int:
+        return len(self.search_dst)
+
+
+def downsample_label(label: np.ndarray, stride: int = 4) -> np.ndarray:
+    """Nearest-neighbour reduction of an ir_label crop to feature resolution (PIL, as IRN)."""
+    h, w = label.shape
+    size = (int(np.round(w / stride)), int(np.round(h / stride)))
+    return np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+
+
+def affinity_labels(label: np.ndarray, path_index: PathIndex) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IRN's pair labels from an ir_label map at feature resolution (0 bg, 1.. class, 255 unsure).
+
+    Returns (bg_pos, fg_pos, neg), each (D, S) float32: same-label background pairs, same-label
+    foreground pairs, and different-label pairs. Pairs touching an unsure pixel are in none.
+    """
+    if label.shape != path_index.feature_size:
+        raise ValueError(f"label {label.shape} does not match the path index size {path_index.feature_size}")
+    flat = label.reshape(-1)
+    src = flat[path_index.src_indices][None, :]  # (1, S)
+    dst = flat[path_index.dst_indices]  # (D, S)
+    valid = (src != IGNORE) & (dst != IGNORE)
+    same = (src == dst) & valid
+    bg_pos = same & (src == 0)
+    fg_pos = same & (src != 0)
+    neg = ~same & valid
+    return tuple(torch.from_numpy(m.astype(np.float32)) for m in (bg_pos, fg_pos, neg))
+
+
+def edge_to_affinity(edge: torch.Tensor, path_index: PathIndex | Sequence[torch.Tensor]) -> torch.Tensor:
+    """Boundary probabilities (B, H, W) or (B, 1, H, W) -> pair affinities (B, D, S).
+
+    `path_index` may also be its `path_indices` as tensors already on the right device.
+    """
+    paths = path_index.path_indices if isinstance(path_index, PathIndex) else path_index
+    flat = edge.reshape(edge.shape[0], -1)
+    affs = []
+    for idx in paths:
+        idx = torch.as_tensor(idx, device=edge.device)
+        on_path = flat[:, idx]  # (B, n_dirs, length, S)
+        affs.append(1 - on_path.max(dim=2).values)
+    return torch.cat(affs, dim=1)
+
+
+def _image_pairs(edge: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs of pixels of an (h, w) map within `radius`, with their affinities.
+
+    IRN pads the map by `radius` (left, right, bottom) so the cropped source grid covers every
+    pixel, then drops pairs that reach into the padding. Returns flat (h*w) indices src, dst and
+    their affinity, each (P,).
+    """
+    h, w = edge.shape
+    padded = F.pad(edge, (radius, radius, 0, radius), value=1.0)
+    pi = PathIndex(radius, padded.shape)
+    aff = edge_to_affinity(padded[None], pi)[0].reshape(-1)  # (D*S,)
+
+    width = padded.shape[1]
+    src = np.broadcast_to(pi.src_indices, pi.dst_indices.shape).reshape(-1)
+    dst = pi.dst_indices.reshape(-1)
+    (sy, sx), (dy, dx) = np.divmod(src, width), np.divmod(dst, width)
+    sx, dx = sx - radius, dx - radius
+    inside = (sy < h) & (sx >= 0) & (sx < w) & (dy < h) & (dx >= 0) & (dx < w)
+    to_t = lambda a: torch.from_numpy(a[inside]).to(edge.device)
+    return to_t(sy * w + sx), to_t(dy * w + dx), aff[torch.from_numpy(inside).to(edge.device)]
+
+
+def transition_operator(edge: torch.Tensor, beta: float, radius: int = 5) -> torch.Tensor:
+    """Sparse CSR (N, N) float64, N = h*w: one random-walk step D^-1 A, where A = affinity^beta
+    made symmetric with ones on the diagonal and D its degrees. Row-normalising the symmetric A is
+    the transpose of IRN's column-normalised transition, so `op @ v` on (N, K) columns is IRN's step.
+
+    float64 because float32 rounding of the row sums compounds over the 2**exp_times steps
+    (1e-4 relative drift at exp_times=8); on a CPU the float64 product is no slower."""
+    n = edge.numel()
+    src, dst, aff = _image_pairs(edge.double(), radius)
+    self_loops = torch.arange(n, device=edge.device)
+    rows = torch.cat([src, dst, self_loops])
+    cols = torch.cat([dst, src, self_loops])
+    vals = torch.cat([aff, aff, torch.ones_like(self_loops, dtype=aff.dtype)]).pow(beta)
+    degree = torch.zeros(n, device=edge.device, dtype=vals.dtype).index_add_(0, rows, vals)
+    vals = vals / degree[rows]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        op = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n), check_invariants=False)
+        return op.coalesce().to_sparse_csr()
+
+
+def _check_inputs(cams: torch.Tensor, edge: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cams, edge = torch.as_tensor(cams), torch.as_tensor(edge)
+    if edge.ndim != 2 or cams.ndim != 3 or cams.shape[1:] != edge.shape:
+        raise ValueError(f"expected cams (K, h, w) and edge (h, w), got {tuple(cams.shape)} and {tuple(edge.shape)}")
+    return cams, edge.to(cams.device, torch.float32)
+
+
+def propagate(cams, edge, beta: float = 10, exp_times: int = 8, radius: int = 5) -> torch.Tensor:
+    """IRN's random walk: (K, h, w) scores -> (K, h, w) after 2**exp_times transition steps.
+
+    Scores are first damped on boundaries (times 1 - edge), as IRN does. Equal to
+    `propagate_dense`, but applies a sparse operator step by step instead of raising a dense
+    (h*w)^2 matrix to a power, so a full VOC image takes a fraction of a second on a CPU.
+    """
+    cams, edge = _check_inputs(cams, edge)
+    k, h, w = cams.shape
+    with _one_cpu_thread(cams.device):
+        op = transition_operator(edge, beta, radius)
+        v = (cams.double() * (1 - edge.double())).reshape(k, h * w).T.contiguous()  # (N, K)
+        for _ in range(2**exp_times):
+            v = op @ v
+    return v.T.reshape(k, h, w).float()
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    # Every op here is small (a step is a few MB of memory traffic): threads gain little, while
+    # hundreds of thread barriers in a row stall badly when the cores are shared (over 10x slower
+    # measured on a loaded 2-core machine). Callers parallelise over images instead.
+    if device.type != "cpu":
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def propagate_dense(cams, edge, beta: float = 10, exp_times: int = 8, radius: int = 5) -> torch.Tensor:
+    """IRN's formula as written, in float64: the dense transition matrix squared `exp_times`
+    times. O((h*w)^2) memory and O((h*w)^3) time: a reference for small maps only."""
+    cams, edge = _check_inputs(cams, edge)
+    k, h, w = cams.shape
+    n = h * w
+    edge = edge.double()
+    src, dst, aff = _image_pairs(edge, radius)
+    affinity = torch.eye(n, dtype=torch.float64, device=edge.device)
+    affinity[src, dst] = aff
+    affinity[dst, src] = aff
+    trans = affinity.pow(beta)
+    trans = trans / trans.sum(dim=0, keepdim=True)
+    for _ in range(exp_times):
+        trans = trans @ trans
+    x = (cams.double() * (1 - edge)).reshape(k, n)
+    return (x @ trans).reshape(k, h, w)
+
+
+def rw_to_label(rw, keys, bg_thres: float, size: Sequence[int], stride: int = 4) -> np.ndarray:
+    """make_sem_seg's per-image step: propagated scores (K, h, w) -> (H, W) int64 label map.
+
+    Scores are upsampled by `stride`, cropped to `size`, divided by their maximum; a pixel is
+    background (0) where no class reaches `bg_thres`, else class `keys[k] + 1` (keys are the
+    0-based foreground class indices of the cam_mask file).
+    """
+    rw = torch.as_tensor(rw).float()
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if rw.ndim != 3 or rw.shape[0] != keys.size:
+        raise ValueError(f"rw {tuple(rw.shape)} does not match {keys.size} keys")
+    height, width = int(size[0]), int(size[1])
+    if keys.size == 0:
+        return np.zeros((height, width), dtype=np.int64)
+    up = F.interpolate(rw[None], scale_factor=stride, mode="bilinear", align_corners=False)[0, :, :height, :width]
+    up = up / up.max().clamp_min(1e-5)  # all-zero scores would divide by zero; they give background
+    scores = F.pad(up, (0, 0, 0, 0, 1, 0), value=bg_thres)  # (K+1, H, W), background first
+    class_of_channel = np.concatenate([[0], keys + 1])
+    return class_of_channel[scores.argmax(dim=0).cpu().numpy()]
