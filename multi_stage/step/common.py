@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wavecam import dist
-from wavecam.data.voc import SPLITS, VOC12
+from wavecam.data.voc import VOC12
 from wavecam.io import WavecamError
 
 log = logging.getLogger("wavecam")
@@ -30,7 +30,7 @@ def resolve_list(source, name: str) -> list[str]:
     """A split name or a list file. The reference's list paths (`voc12/train_aug.txt`) still
     work when the file is absent: the split of that name is derived from the dataset."""
     path = Path(name)
-    if not path.is_file() and path.suffix == ".txt" and path.stem in SPLITS:
+    if not path.is_file() and path.suffix == ".txt" and path.stem in source.SPLITS:
         log.info("%s not found: using the %s split derived from the dataset", name, path.stem)
         name = path.stem
     ids = source.split(name)

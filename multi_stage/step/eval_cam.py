@@ -13,7 +13,7 @@ from wavecam.io import WavecamError, load_cam, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 
 from step.common import make_source, resolve_list
-from step.evaluation import gather_confusions, results_path
+from step.evaluation import gather_confusions, prepare_gt, results_path
 
 log = logging.getLogger("wavecam")
 
@@ -40,6 +40,7 @@ def run(args) -> None:
     ctx = dist.init(args.device)
     source = make_source(args)
     ids = resolve_list(source, args.chainer_eval_set)
+    prepare_gt(source, dist.shard(ids, ctx))
     ts = thresholds(args)
     cms = [ConfusionMatrix(source.num_classes + 1) for _ in ts]
     for image_id in tqdm(dist.shard(ids, ctx), desc="eval_cam", disable=not ctx.is_main):

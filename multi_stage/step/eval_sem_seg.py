@@ -13,7 +13,7 @@ from wavecam.io import WavecamError, load_png, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 
 from step.common import make_source, resolve_list
-from step.evaluation import gather_confusions, results_path
+from step.evaluation import gather_confusions, prepare_gt, results_path
 
 log = logging.getLogger("wavecam")
 
@@ -22,6 +22,7 @@ def run(args) -> None:
     ctx = dist.init(args.device)
     source = make_source(args)
     ids = resolve_list(source, args.chainer_eval_set)
+    prepare_gt(source, dist.shard(ids, ctx))
     cm = ConfusionMatrix(source.num_classes + 1)
     for image_id in tqdm(dist.shard(ids, ctx), desc="eval_sem_seg", disable=not ctx.is_main):
         path = os.path.join(args.sem_seg_out_dir, f"{image_id}.png")

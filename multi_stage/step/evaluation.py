@@ -11,6 +11,12 @@ from wavecam import dist
 from wavecam.metrics import ConfusionMatrix
 
 
+def prepare_gt(source, ids: list[str]) -> None:
+    """Render ground-truth masks in parallel up front where the dataset renders them (COCO)."""
+    if hasattr(source, "prepare_masks"):
+        source.prepare_masks(ids)
+
+
 def results_path(args, name: str) -> str:
     return os.path.join(args.work_space, "results", f"{name}.json")
 

@@ -67,6 +67,7 @@ class VOC12:
 
     class_names = VOC_CLASSES
     num_classes = len(VOC_CLASSES)
+    SPLITS = SPLITS
 
     def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
         self.root = Path(root)

@@ -1,0 +1,337 @@
+"""MS COCO 2014: id lists, 80-class image-level labels, images and semantic masks.
+
+Two layouts are read. The official download (ROOT/train2014/, ROOT/val2014/,
+ROOT/annotations/instances_{train,val}2014.json) is parsed with pycocotools: labels come from the
+annotations, and the semantic masks are rendered once from them into the cache. The VOC-style
+conversion some users have (ROOT/JPEGImages/{train,val}/, ROOT/SegmentationClass/{train,val}/ with
+masks already rendered) is read as it is, labels coming from the masks.
+
+Ids are file stems (`COCO_train2014_000000000009`); the prefix tells the split. Mask values are 0
+background, 1..80 for the classes (contiguous, in the order of COCO's category ids) and 255 for
+crowd regions. An image's label holds every class it has an annotation of, crowds included: a
+crowd of people still shows people, and its pixels are ignored by the evaluation anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from wavecam.data.classes import COCO_CATEGORIES, IGNORE_INDEX
+from wavecam.data.voc import default_cache_dir, load_image, read_id_list
+from wavecam.io import BadFileError, WavecamError, is_complete, load_npz, load_png, save_npz, save_png
+
+log = logging.getLogger("wavecam")
+
+COCO_LAYOUT_HELP = (
+    "Expected the official COCO 2014 layout: ROOT/train2014/<id>.jpg, ROOT/val2014/<id>.jpg and "
+    "ROOT/annotations/instances_{train,val}2014.json; or the VOC-style one: ROOT/JPEGImages/{train,val}/<id>.jpg "
+    "with masks in ROOT/SegmentationClass/{train,val}/<id>.png (see the README, 'Datasets')."
+)
+SPLITS = ("train", "val", "train_all", "val_all")
+CATEGORY_IDS = tuple(cid for cid, _ in sorted(COCO_CATEGORIES))
+CATEGORY_INDEX = {cid: i for i, cid in enumerate(CATEGORY_IDS)}
+COCO_CLASSES = tuple(name for _, name in sorted(COCO_CATEGORIES))
+
+
+def split_of(image_id: str) -> str:
+    for split in ("train", "val"):
+        if image_id.startswith(f"COCO_{split}2014_"):
+            return split
+    raise WavecamError(
+        f"{image_id!r} is not a COCO 2014 id: ids are file stems such as COCO_train2014_000000000009 "
+        "or COCO_val2014_000000000042, whose prefix tells the split"
+    )
+
+
+def render_mask(image: dict, anns: list[dict]) -> np.ndarray:
+    """One image's semantic mask (H, W) uint8 from its COCO annotations: instances painted in
+    annotation order (later ones win where they overlap), then crowds as 255 over them."""
+    from pycocotools.coco import COCO
+
+    # annToMask only looks the image's size up, so a one-image index is enough.
+    api = COCO()
+    api.imgs = {image["id"]: image}
+    mask = np.zeros((image["height"], image["width"]), np.uint8)
+    for ann in sorted(anns, key=lambda a: bool(a.get("iscrowd"))):  # stable: keeps annotation order
+        value = IGNORE_INDEX if ann.get("iscrowd") else CATEGORY_INDEX[ann["category_id"]] + 1
+        mask[api.annToMask(ann).astype(bool)] = value
+    return mask
+
+
+def _render_task(task: tuple[str, dict, list[dict]]) -> None:
+    path, image, anns = task
+    save_png(path, render_mask(image, anns))
+
+
+def _mask_label(path: Path) -> np.ndarray:
+    """(80,) uint8 multi-hot label of the classes a rendered mask shows."""
+    values = np.unique(load_png(path))
+    values = values[(values > 0) & (values != IGNORE_INDEX)]
+    if values.size and values.max() > len(CATEGORY_IDS):
+        raise BadFileError(f"{path}: value {values.max()} is neither a COCO class (1..80) nor {IGNORE_INDEX}")
+    label = np.zeros(len(CATEGORY_IDS), np.uint8)
+    label[values - 1] = 1
+    return label
+
+
+def _parallel_map(fn: Callable, items: list, jobs: int, desc: str) -> list:
+    """`fn` over `items`, in order, in `jobs` processes, with a progress bar for long runs."""
+    bar = {"total": len(items), "desc": desc, "disable": len(items) < 200, "leave": False}
+    if jobs <= 1 or len(items) <= 1:
+        return list(tqdm(map(fn, items), **bar))
+    with multiprocessing.Pool(min(jobs, len(items))) as pool:
+        chunks = max(1, min(64, len(items) // (4 * jobs)))
+        return list(tqdm(pool.imap(fn, items, chunksize=chunks), **bar))
+
+
+class _SplitIndex:
+    """What labels and split lists need of one split, cached as one npz."""
+
+    def __init__(self, ids: list[str], labels: np.ndarray, annotated: np.ndarray):
+        # annotated: the image has a non-crowd annotation (official layout) or a foreground pixel (VOC-style).
+        self.ids, self.labels, self.annotated = ids, labels, annotated
+        self.row = {image_id: i for i, image_id in enumerate(ids)}
+
+    def save(self, path: Path) -> None:
+        try:
+            save_npz(path, ids=np.array(self.ids, dtype=str), labels=self.labels, annotated=self.annotated)
+        except OSError:
+            pass  # an unwritable cache folder costs time on the next run, nothing else
+
+    @classmethod
+    def load(cls, path: Path) -> _SplitIndex | None:
+        if not path.is_file():
+            return None
+        try:
+            data = load_npz(path)
+            return cls(data["ids"].tolist(), data["labels"], data["annotated"])
+        except (BadFileError, KeyError):
+            return None  # a bad cache is only a cache: rebuild it
+
+
+class COCO2014:
+    """A COCO 2014 root in the official or the VOC-style layout. Labels refer to 0-based classes."""
+
+    class_names = COCO_CLASSES
+    num_classes = len(COCO_CLASSES)
+    SPLITS = SPLITS
+
+    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None, jobs: int | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise WavecamError(f"--mscoco_root {self.root}: folder not found. {COCO_LAYOUT_HELP}")
+        if any((self.root / d).is_dir() for d in ("annotations", "train2014", "val2014")):
+            self.layout = "official"
+        elif (self.root / "JPEGImages").is_dir():
+            self.layout = "voc"
+        else:
+            raise WavecamError(
+                f"--mscoco_root {self.root}: neither annotations/, train2014/, val2014/ nor JPEGImages/ found. "
+                f"{COCO_LAYOUT_HELP}"
+            )
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
+        self.jobs = jobs or os.cpu_count() or 1
+        self._index: dict[str, _SplitIndex] = {}
+        self._api: dict[str, tuple] = {}
+
+    # --- files -------------------------------------------------------------------------------
+    def image_path(self, image_id: str) -> Path:
+        split = split_of(image_id)
+        if self.layout == "voc":
+            return self.root / "JPEGImages" / split / f"{image_id}.jpg"
+        return self.root / f"{split}2014" / f"{image_id}.jpg"
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        path = self.image_path(image_id)
+        if not path.is_file():
+            raise WavecamError(f"image for id {image_id} not found: {path}. {COCO_LAYOUT_HELP}")
+        return load_image(path, image_id)
+
+    def mask_path(self, image_id: str) -> Path:
+        """The VOC-style layout's mask, or where the official layout's rendered mask is cached."""
+        split = split_of(image_id)
+        if self.layout == "voc":
+            return self.root / "SegmentationClass" / split / f"{image_id}.png"
+        return self.cache_dir / "coco_masks" / split / f"{image_id}.png"
+
+    def load_gt(self, image_id: str) -> np.ndarray:
+        """Ground-truth label map (0 background, 1..80, 255 crowd); rendered now if not cached yet."""
+        path = self.mask_path(image_id)
+        if self.layout == "voc" and not path.is_file():
+            raise WavecamError(f"no ground-truth mask for id {image_id}: {path} not found. {COCO_LAYOUT_HELP}")
+        if not is_complete(path):
+            self.prepare_masks([image_id])
+        return load_png(path)
+
+    def prepare_masks(self, ids: list[str]) -> int:
+        """Render the masks of `ids` that are not cached yet, in `jobs` processes; return how many
+        were rendered. The VOC-style layout has its masks already, so there it renders none."""
+        if self.layout == "voc":
+            return 0
+        todo = [i for i in ids if not is_complete(self.mask_path(i))]
+        for split in ("train", "val"):
+            split_todo = [i for i in todo if split_of(i) == split]
+            if split_todo:
+                api, image_of = self._coco_api(split)
+                self._require_known(split_todo, image_of, split)
+                tasks = [(str(self.mask_path(i)), api.imgs[image_of[i]], api.imgToAnns[image_of[i]])
+                         for i in split_todo]
+                _parallel_map(_render_task, tasks, self.jobs, f"COCO {split} masks")
+        return len(todo)
+
+    # --- id lists ----------------------------------------------------------------------------
+    def split(self, name_or_path: str | os.PathLike) -> list[str]:
+        """Ids of a named split or of a list file. `train` and `val` hold the images with at least
+        one non-crowd annotation; `train_all` and `val_all` every image."""
+        name = str(name_or_path)
+        if name in ("train", "val"):
+            index = self._split_index(name)
+            return [i for i, keep in zip(index.ids, index.annotated) if keep]
+        if name in ("train_all", "val_all"):
+            return self._all_ids(name.removesuffix("_all"))
+        if not Path(name).is_file():
+            raise WavecamError(f"id list not found: {name}; give an existing file or one of {', '.join(SPLITS)}")
+        return read_id_list(name)
+
+    def _all_ids(self, split: str) -> list[str]:
+        if self.layout == "official":
+            return self._split_index(split).ids
+        folder = self.root / "JPEGImages" / split
+        if not folder.is_dir():
+            raise WavecamError(f"{folder} not found: the {split}_all split needs it. {COCO_LAYOUT_HELP}")
+        return sorted(p.stem for p in folder.glob("*.jpg"))
+
+    def check_ids(self, ids: list[str]) -> None:
+        missing = [i for i in ids if not self.image_path(i).is_file()]
+        if missing:
+            raise WavecamError(
+                f"{len(missing)} id(s) have no image, e.g. {missing[0]} (looked for {self.image_path(missing[0])}); "
+                f"check the id list against --mscoco_root. {COCO_LAYOUT_HELP}"
+            )
+
+    # --- image-level labels --------------------------------------------------------------------
+    def labels(self, ids: list[str]) -> np.ndarray:
+        """(N, 80) float32 multi-hot labels, derived once per split and cached."""
+        out = np.zeros((len(ids), self.num_classes), np.float32)
+        for n, image_id in enumerate(ids):
+            index = self._split_index(split_of(image_id))
+            row = index.row.get(image_id)
+            if row is None:
+                raise self._no_label_error(image_id)
+            out[n] = index.labels[row]
+        return out
+
+    def _no_label_error(self, image_id: str) -> WavecamError:
+        if self.layout == "voc":
+            return WavecamError(f"no label for id {image_id}: its mask {self.mask_path(image_id)} is missing. "
+                                f"{COCO_LAYOUT_HELP}")
+        return WavecamError(f"no label for id {image_id}: it is not in {self._annotation_file(split_of(image_id))}")
+
+    def _split_index(self, split: str) -> _SplitIndex:
+        if split not in self._index:
+            cache = self.cache_dir / f"coco_{split}_index.npz"
+            index = _SplitIndex.load(cache)
+            if index is None:
+                index = self._build_index(split)
+                index.save(cache)
+            self._index[split] = index
+        return self._index[split]
+
+    def _build_index(self, split: str) -> _SplitIndex:
+        if self.layout == "voc":
+            folder = self.root / "SegmentationClass" / split
+            if not folder.is_dir():
+                raise WavecamError(f"{folder} not found: labels of the {split} split come from it. {COCO_LAYOUT_HELP}")
+            paths = sorted(folder.glob("*.png"))
+            labels = _parallel_map(_mask_label, paths, self.jobs, f"COCO {split} labels")
+            ids = [p.stem for p in paths]
+            labels = np.stack(labels) if labels else np.zeros((0, self.num_classes), np.uint8)
+            return _SplitIndex(ids, labels, labels.any(axis=1))
+        api, image_of = self._coco_api(split)
+        ids = sorted(image_of)
+        labels = np.zeros((len(ids), self.num_classes), np.uint8)
+        annotated = np.zeros(len(ids), bool)
+        for n, image_id in enumerate(ids):
+            for ann in api.imgToAnns[image_of[image_id]]:
+                labels[n, CATEGORY_INDEX[ann["category_id"]]] = 1
+                annotated[n] |= not ann.get("iscrowd")
+        return _SplitIndex(ids, labels, annotated)
+
+    # --- the annotation files ------------------------------------------------------------------
+    def _annotation_file(self, split: str) -> Path:
+        return self.root / "annotations" / f"instances_{split}2014.json"
+
+    def _coco_api(self, split: str) -> tuple:
+        """pycocotools' index of one split and a map from file stem to COCO image id, loaded on
+        first use: the train file takes a while and gigabytes of memory."""
+        if split not in self._api:
+            path = self._annotation_file(split)
+            if not path.is_file():
+                raise WavecamError(f"annotation file not found: {path}. {COCO_LAYOUT_HELP}")
+            self._api[split] = self._load_api(path)
+        return self._api[split]
+
+    @staticmethod
+    def _load_api(path: Path) -> tuple:
+        from pycocotools.coco import COCO
+
+        log.info("loading %s", path)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its timings
+                api = COCO(str(path))
+        except (json.JSONDecodeError, UnicodeDecodeError, AssertionError, KeyError, TypeError) as e:
+            raise BadFileError(f"{path}: not a COCO instances file ({type(e).__name__}: {e})") from e
+        unknown = sorted({a["category_id"] for a in api.anns.values()} - CATEGORY_INDEX.keys())
+        if unknown:
+            raise BadFileError(f"{path}: category id(s) {unknown} are not among COCO's 80 categories")
+        image_of = {Path(img["file_name"]).stem: img_id for img_id, img in api.imgs.items()}
+        return api, image_of
+
+    def _require_known(self, ids: list[str], image_of: dict, split: str) -> None:
+        unknown = [i for i in ids if i not in image_of]
+        if unknown:
+            raise WavecamError(
+                f"{len(unknown)} id(s) are not in {self._annotation_file(split)}, e.g. {unknown[0]}; "
+                "check the id list against --mscoco_root"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Derive the COCO 2014 labels and render the train and val masks once, into the cache."
+    )
+    p.add_argument("--mscoco_root", required=True)
+    p.add_argument("--cache_dir", default=None)
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: every CPU)")
+    args = p.parse_args(argv)
+    try:
+        ds = COCO2014(args.mscoco_root, args.cache_dir, args.jobs)
+        for s in ("train", "val"):
+            ids = ds.split(s)
+            labels = ds.labels(ids)
+            rendered = ds.prepare_masks(ids)
+            print(f"{s:<6} {len(ids):6d} images of {len(ds.split(f'{s}_all')):6d}  "
+                  f"{labels.sum(1).mean() if len(ids) else 0:.2f} classes per image  "
+                  f"masks: {rendered} rendered now, {len(ids) - rendered} already there")
+        if ds.layout == "official":
+            print(f"masks in {ds.cache_dir / 'coco_masks'}")
+    except WavecamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
