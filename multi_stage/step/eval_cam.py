@@ -9,23 +9,14 @@ import numpy as np
 from tqdm import tqdm
 
 from wavecam import dist
+from wavecam.cam import seeds
 from wavecam.io import WavecamError, load_cam, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 
 from step.common import make_source, resolve_list
-from step.evaluation import gather_confusions, prepare_gt, results_path
+from step.evaluation import gather_confusions, prepare_gt, results_path, settings
 
 log = logging.getLogger("wavecam")
-
-
-def seeds(cam: dict, thres: float) -> np.ndarray:
-    """Label map from high-resolution CAMs: background wins where every class is below thres."""
-    hr = cam["high_res"]
-    keys = np.concatenate([[0], cam["keys"] + 1])
-    if hr.shape[0] == 0:
-        return np.zeros(hr.shape[1:], dtype=np.uint8)
-    scores = np.concatenate([np.full((1, *hr.shape[1:]), thres, hr.dtype), hr])
-    return keys[scores.argmax(0)].astype(np.uint8)
 
 
 def thresholds(args) -> list[float]:
@@ -63,9 +54,8 @@ def run(args) -> None:
         "best_threshold": best["threshold"],
         "best_miou": best["miou"],
         "sweep": sweep,
-        "cam_out_dir": args.cam_out_dir,
-        "eval_set": args.chainer_eval_set,
-        "dataset": args.dataset,
+        "cam_out_dir": os.path.abspath(args.cam_out_dir),
+        **settings(args),
     }
     save_json(results_path(args, "eval_cam"), result)
     print(format_iou_table(result["iou"], source.class_names, title=f"CAM seeds, threshold {args.cam_eval_thres}"))

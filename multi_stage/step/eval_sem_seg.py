@@ -13,7 +13,7 @@ from wavecam.io import WavecamError, load_png, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 
 from step.common import make_source, resolve_list
-from step.evaluation import gather_confusions, prepare_gt, results_path
+from step.evaluation import gather_confusions, prepare_gt, results_path, settings
 
 log = logging.getLogger("wavecam")
 
@@ -36,8 +36,8 @@ def run(args) -> None:
     if not ctx.is_main:
         return
     result = {**cm.summary(), "sem_seg_bg_thres": args.sem_seg_bg_thres, "beta": args.beta,
-              "exp_times": args.exp_times, "sem_seg_out_dir": args.sem_seg_out_dir,
-              "eval_set": args.chainer_eval_set, "dataset": args.dataset}
+              "exp_times": args.exp_times, "sem_seg_out_dir": os.path.abspath(args.sem_seg_out_dir),
+              "cam_out_dir": os.path.abspath(args.cam_out_dir), **settings(args)}
     save_json(results_path(args, "eval_sem_seg"), result)
     print(format_iou_table(result["iou"], source.class_names, title="IRN pseudo labels"))
     log.info("eval_sem_seg: mIoU %.4f on %d images", result["miou"], result["n_images"])

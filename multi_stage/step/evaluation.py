@@ -17,6 +17,13 @@ def prepare_gt(source, ids: list[str]) -> None:
         source.prepare_masks(ids)
 
 
+def settings(args) -> dict:
+    """What every results/*.json records about the run that produced it."""
+    root = args.voc12_root if args.dataset == "voc" else args.mscoco_root
+    return {"dataset": args.dataset, "data_root": os.path.abspath(root), "eval_set": args.chainer_eval_set,
+            "work_space": os.path.abspath(args.work_space), "cache_dir": args.cache_dir}
+
+
 def results_path(args, name: str) -> str:
     return os.path.join(args.work_space, "results", f"{name}.json")
 
