@@ -1,0 +1,175 @@
+"""The end-to-end network: AFA (Ru et al., CVPR 2022) on a MiT encoder, with WaveCAM in its
+classification branch.
+
+    encoder      MiT, stride (4, 2, 2, 1): stage features at strides 4, 8, 16, 16
+    classifier   bias-free 1x1 conv on the last stage after global max pooling -> C-1 foreground logits
+    attn_proj    1x1 conv on the last two blocks' symmetrised attention scores -> sigmoid affinity (N x N)
+    decoder      SegFormer's all-MLP head -> C-class segmentation logits at stride 4
+    wave         WaveModeling on the foreground CAMs; fused with the CAM-weighted class features
+    predictor    ClassPredictor on the fused (C-1, D) class representations, softmax cross-entropy
+
+`num_classes` counts the background, as AFA's configs do (21 for VOC, 81 for COCO). Pseudo labels
+come from the classifier's CAMs; with `use_wavecam_cams` set, from the product of the predictor's
+and the classifier's kernels instead, as make_wavecam does.
+
+The state dict is AFA's `WeTr` (`encoder.*`, `decoder.*`, `attn_proj.*`, `classifier.weight`) plus
+`wave.*` and `predictor.*`; `load_wave_afa_weights` loads either.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wavecam.io import load_checkpoint
+from wavecam.models.cam import cam_weight, class_features, normalised_cams, wave_features, wave_grid_size
+from wavecam.models.checkpoints import _as_state_dict, load_weights
+from wavecam.models.mit import mit
+from wavecam.models.wave import ClassPredictor, WaveModeling
+
+WAVECAM_PARTS = ("wave", "predictor")
+
+
+class _LinearEmbed(nn.Module):
+    """(B, C_in, h, w) -> (B, C_out, h, w) by one Linear over channels (SegFormer's `MLP`; the
+    attribute `proj` keeps its key)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SegFormerHead(nn.Module):
+    """SegFormer's all-MLP decoder: every stage embedded to `embedding_dim`, upsampled to stride 4,
+    concatenated, fused by 1x1 conv + BN + ReLU (mmcv's ConvModule: keys `conv`, `bn`), classified."""
+
+    def __init__(self, in_dims: Sequence[int], embedding_dim: int, num_classes: int):
+        super().__init__()
+        for s in (4, 3, 2, 1):  # SegFormer's registration order
+            self.add_module(f"linear_c{s}", _LinearEmbed(in_dims[s - 1], embedding_dim))
+        self.linear_fuse = nn.Sequential(OrderedDict(
+            conv=nn.Conv2d(4 * embedding_dim, embedding_dim, 1, bias=False),
+            bn=nn.BatchNorm2d(embedding_dim),
+            activate=nn.ReLU(inplace=True),
+        ))
+        nn.init.kaiming_normal_(self.linear_fuse.conv.weight, mode="fan_out", nonlinearity="relu")
+        self.dropout = nn.Dropout2d(0.1)
+        self.linear_pred = nn.Conv2d(embedding_dim, num_classes, 1)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Four stage features -> (B, num_classes, H_1, W_1) at the first stage's resolution."""
+        size = features[0].shape[2:]
+        embedded = [
+            F.interpolate(getattr(self, f"linear_c{s}")(features[s - 1]), size=size, mode="bilinear",
+                          align_corners=False)
+            for s in (4, 3, 2, 1)
+        ]
+        return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(embedded, dim=1))))
+
+
+class WaveAFAOutput(NamedTuple):
+    logits: torch.Tensor  # (B, C-1) foreground classification logits
+    seg: torch.Tensor  # (B, C, H/4, W/4) segmentation logits
+    attn_pred: torch.Tensor  # (B, N, N) predicted affinity in (0, 1), N = h*w of the last stage
+    wave_loss: torch.Tensor | None  # the predictor's cross-entropy; None without labels
+    wave_acc: torch.Tensor | None
+
+
+class WaveAFA(nn.Module):
+    def __init__(self, backbone: str = "mit_b1", num_classes: int = 21, pretrained: str | os.PathLike | None = None,
+                 stride: Sequence[int] = (4, 2, 2, 1), embedding_dim: int = 256, pooling: str = "gmp",
+                 drop_path_rate: float = 0.1):
+        super().__init__()
+        if pooling not in ("gmp", "gap"):
+            raise ValueError(f"pooling must be 'gmp' or 'gap', got {pooling!r}")
+        self.num_classes = num_classes
+        self.pooling = pooling
+        self.encoder = mit(backbone, pretrained, stride, drop_path_rate)
+        dims = self.encoder.embed_dims
+        wave_grid_size(dims[-1])  # fail now, not at the first batch, on a width WaveCAM cannot use (MiT-B0)
+
+        self.decoder = SegFormerHead(dims, embedding_dim, num_classes)
+        # Both affinity blocks belong to the last stage, whose scores are square (no spatial reduction).
+        self.attn_proj = nn.Conv2d(2 * self.encoder.num_heads[-1], 1, 1, bias=True)
+        nn.init.kaiming_normal_(self.attn_proj.weight, a=math.sqrt(5), mode="fan_out")
+        self.classifier = nn.Conv2d(dims[-1], num_classes - 1, 1, bias=False)
+        self.wave = WaveModeling(num_classes - 1)
+        # fc_c is never used; frozen, DistributedDataParallel needs no find_unused_parameters for it.
+        self.wave.fc_c.requires_grad_(False)
+        self.predictor = ClassPredictor(num_classes - 1, dims[-1])
+        # Switched on by the trainer once the predictor has learnt enough; not saved in the state dict.
+        self.use_wavecam_cams = False
+
+    def forward(self, x: torch.Tensor, cls_labels: torch.Tensor | None = None) -> WaveAFAOutput:
+        """x (B, 3, H, W), cls_labels (B, C-1) multi-hot; with labels the predictor's loss is computed
+        here, so that under DistributedDataParallel every parameter is used inside forward."""
+        features, attns = self.encoder(x, return_attn=True)
+        last = features[-1]  # (B, D, h, w)
+        pool = F.adaptive_max_pool2d if self.pooling == "gmp" else F.adaptive_avg_pool2d
+        logits = self.classifier(pool(last, 1)).flatten(1)
+
+        wave_loss = wave_acc = None
+        if cls_labels is not None:
+            cams = normalised_cams(last, self.classifier.weight)
+            fused = class_features(cams, last) + wave_features(self.wave, cams, last.shape[1])  # (B, C-1, D)
+            wave_loss, wave_acc = self.predictor(fused, cls_labels)
+        return WaveAFAOutput(logits, self.decoder(features), self.affinity(attns), wave_loss, wave_acc)
+
+    def affinity(self, attns: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Attention scores of every block -> (B, N, N) affinity from the last two blocks."""
+        scores = torch.cat(attns[-2:], dim=1)  # (B, 2 heads, N, N)
+        scores = scores + scores.transpose(-2, -1)  # affinity is symmetric; attention is not
+        return torch.sigmoid(self.attn_proj(scores))[:, 0]
+
+    def cam_kernel(self) -> torch.Tensor:
+        """The (C-1, D, 1, 1) kernel whose response is the CAM used for pseudo labels."""
+        return cam_weight(self.classifier.weight, self.predictor.classifier.weight if self.use_wavecam_cams else None)
+
+    def cams_and_affinity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, 3, H, W) -> raw CAMs (B, C-1, h, w) (no ReLU) and the affinity (B, N, N), N = h*w:
+        AFA's `cam_only` forward, without the decoder it does not need."""
+        features, attns = self.encoder(x, return_attn=True)
+        return F.conv2d(features[-1], self.cam_kernel()), self.affinity(attns)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """AdamW groups as AFA, trainable parameters only: encoder weights at `lr`; the encoder's
+        LayerNorms at lr 0 (AFA keeps them at their ImageNet values); classifier, attn_proj, wave and
+        predictor at 10x; the decoder at 10x."""
+        encoder, norms = [], []
+        for name, p in self.encoder.named_parameters():
+            (norms if "norm" in name else encoder).append(p)
+        heads = [*self.classifier.parameters(), *self.attn_proj.parameters(),
+                 *self.wave.parameters(), *self.predictor.parameters()]
+        groups = [(encoder, lr, weight_decay), (norms, 0.0, 0.0), (heads, 10 * lr, weight_decay),
+                  (self.decoder.parameters(), 10 * lr, weight_decay)]
+        return [{"params": [p for p in params if p.requires_grad], "lr": group_lr, "weight_decay": wd}
+                for params, group_lr, wd in groups]
+
+
+class _AFAParts(nn.Module):
+    """The parts of a WaveAFA that AFA's `WeTr` also has, shared with it, loadable on their own."""
+
+    def __init__(self, model: WaveAFA):
+        super().__init__()
+        for name in ("encoder", "decoder", "attn_proj", "classifier"):
+            self.add_module(name, getattr(model, name))
+
+
+def load_wave_afa_weights(model: WaveAFA, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
+    """Load one of our checkpoints (strictly) or one of AFA's (`wetr_iter_*.pth`, strictly into the
+    parts it has, leaving `wave.*` and `predictor.*` as they are). Raises BadFileError on a mismatch."""
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    sd = _as_state_dict(sd, source)
+    has_wavecam = any(k.removeprefix("module.").split(".", 1)[0] in WAVECAM_PARTS for k in sd)
+    load_weights(model if has_wavecam else _AFAParts(model), sd)
