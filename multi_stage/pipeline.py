@@ -15,6 +15,7 @@ import sys
 import time
 
 from wavecam.io import WavecamError
+from wavecam.models.resnet import resolve_arch, stage_channels
 
 # (flag, module in step/) in the order a full run executes them.
 PASSES = (
@@ -84,8 +85,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
       help="train_aug to train a fully supervised model, train or val to check label quality quickly")
     a("--chainer_eval_set", default="train")
     # Class Activation Map
-    a("--cam_network", default="net.resnet50_cam", help="kept for compatibility; ResNet-50 CAM is built in")
-    a("--feature_dim", type=int, default=2048)
+    a("--cam_network", default="net.resnet50_cam",
+      help="backbone: net.resnet50_cam (= resnet50, the paper's), resnet18, resnet34 or resnet101")
+    a("--feature_dim", type=int, default=2048, help="kept for compatibility: taken from --cam_network")
     a("--cam_crop_size", type=int, default=512)
     a("--cam_resize_long", type=int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"))
     a("--cam_batch_size", type=int, default=16, help="global batch size (split across torchrun ranks)")
@@ -108,7 +110,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--conf_fg_thres", type=float, default=0.35)
     a("--conf_bg_thres", type=float, default=0.1)
     # IRN
-    a("--irn_network", default="net.resnet50_irn", help="kept for compatibility; ResNet-50 IRN is built in")
+    a("--irn_network", default="net.resnet50_irn", help="IRN backbone: net.resnet50_irn (= resnet50), or as above")
     a("--irn_crop_size", type=int, default=512)
     a("--irn_rescale", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
     a("--irn_batch_size", type=int, default=32)
@@ -144,14 +146,17 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         args.wavecam_batch_size = args.cam_batch_size
     args.pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     args.cam_scales = tuple(args.cam_scales)
+    args.cam_network, args.irn_network = resolve_arch(args.cam_network), resolve_arch(args.irn_network)
+    args.feature_dim = stage_channels(args.cam_network)[-1]
     return args
 
 
 def main(dataset: str, argv: list[str] | None = None) -> int:
-    args = finalize(build_parser(dataset).parse_args(argv))
+    args = build_parser(dataset).parse_args(argv)
     from wavecam import dist
 
     try:
+        args = finalize(args)
         os.makedirs(args.work_space, exist_ok=True)
         ctx = dist.init(args.device)
         dist.setup_logging(args.log_name, ctx)

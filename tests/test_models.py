@@ -122,7 +122,21 @@ def test_cam_net_keeps_backbone_statistics_and_stem_frozen():
     assert all(p.requires_grad for p in backbone) and len(new) == 1 and new[0] is cam_net.classifier.weight
     assert len(backbone) == sum(p.requires_grad for s in cam_net.backbone_stages() for p in s.parameters())
     base, wave = wave_net.param_groups()
-    assert any(p is wave_net.classifier.weight for p in base) and len(wave) == len(list(wave_net.wave.parameters()))
+    assert any(p is wave_net.classifier.weight for p in base)
+    # fc_c is never used: frozen, so DDP needs no find_unused_parameters.
+    assert len(wave) == len(list(wave_net.wave.parameters())) - 1
+    assert not any(p is wave_net.wave.fc_c.weight for p in wave)
+
+
+def test_random_init_learns_batchnorm_statistics():
+    net = CAMNet(C, pretrained=None, freeze_bn=False).train()
+    assert all(m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_resnet18_backbone_fits_the_wave_grid():
+    net = WaveCAMNet(C, arch="resnet18")
+    logits, fused = net(torch.randn(2, 3, 64, 64))
+    assert net.classifier.in_channels == 512 and fused.shape == (2, C, 512) and logits.shape == (2, C)
 
 
 def test_wave_cam_net_loads_cam_net_checkpoint(cam_net, tmp_path):

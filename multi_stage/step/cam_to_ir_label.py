@@ -45,7 +45,7 @@ def _one(image_id: str, args, source) -> None:
 def run(args) -> None:
     ctx = dist.init(args.device)
     source = make_source(args)
-    ids = pending(dist.shard(resolve_list(source, args.train_list), ctx), args.ir_label_out_dir, ".png", args)
+    ids = pending(resolve_list(source, args.train_list), args.ir_label_out_dir, ".png", args, ctx)
     log.info("cam_to_ir_label: %d images to do", len(ids))
     map_images(functools.partial(_one, args=args, source=source), ids, args.num_workers, "cam_to_ir_label",
                show=ctx.is_main)

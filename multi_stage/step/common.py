@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from wavecam import dist
 from wavecam.data.voc import VOC12
-from wavecam.io import WavecamError
+from wavecam.io import WavecamError, is_complete
 
 log = logging.getLogger("wavecam")
 
@@ -45,7 +45,7 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed + rank)
 
 
-def train_loader(dataset: Dataset, global_batch: int, args, ctx: dist.Context, epoch_seed: int = 0) -> DataLoader:
+def train_loader(dataset: Dataset, global_batch: int, args, ctx: dist.Context) -> DataLoader:
     """Shuffled, drop-last loader; under torchrun each rank gets global_batch / world images."""
     if global_batch % ctx.world_size:
         raise WavecamError(f"batch size {global_batch} is not divisible by the {ctx.world_size} torchrun processes")
@@ -54,8 +54,7 @@ def train_loader(dataset: Dataset, global_batch: int, args, ctx: dist.Context, e
         raise WavecamError(f"{len(dataset)} training images are fewer than one batch of {global_batch}; "
                            "lower the batch size or use a larger list")
     sampler = DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) if ctx.distributed else None
-    g = torch.Generator()
-    g.manual_seed(args.seed + epoch_seed)
+    g = torch.Generator()  # reseeded every epoch by training.seed_epoch
     return DataLoader(
         dataset,
         batch_size=per_rank,
@@ -65,7 +64,6 @@ def train_loader(dataset: Dataset, global_batch: int, args, ctx: dist.Context, e
         pin_memory=ctx.device.type == "cuda",
         drop_last=True,
         generator=g,
-        persistent_workers=args.num_workers > 0,
     )
 
 
@@ -93,13 +91,18 @@ def wrap_ddp(model: torch.nn.Module, ctx: dist.Context) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def pending(ids: list[str], out_dir: str, suffix: str, args) -> list[str]:
-    """Ids whose output is not complete yet (all of them with --force): a killed pass resumes."""
-    from wavecam.io import is_complete
-
+def pending(ids: list[str], out_dir: str, suffix: str, args, ctx: dist.Context) -> list[str]:
+    """This rank's share of ids whose output is not complete yet (all of them with --force), so
+    a killed pass resumes where it stopped. Temporary files a killed run left are removed first."""
+    out = Path(out_dir)
+    if ctx.is_main and out.is_dir():
+        for tmp in out.glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
+    dist.barrier(ctx)  # no rank starts writing before the clean-up is over
+    ids = dist.shard(ids, ctx)
     if args.force:
-        return list(ids)
-    return [i for i in ids if not is_complete(Path(out_dir) / f"{i}{suffix}")]
+        return ids
+    return [i for i in ids if not is_complete(out / f"{i}{suffix}")]
 
 
 def map_images(fn, ids: list[str], workers: int, desc: str, show: bool = True) -> None:

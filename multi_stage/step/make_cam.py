@@ -31,7 +31,7 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
     """CAMs of every pending id of --train_list with the 1x1 kernel `weight` (C, D, 1, 1)."""
     ctx = dist.init(args.device)
     source = make_source(args)
-    ids = pending(dist.shard(resolve_list(source, args.train_list), ctx), args.cam_out_dir, ".npz", args)
+    ids = pending(resolve_list(source, args.train_list), args.cam_out_dir, ".npz", args, ctx)
     log.info("%s: %d images to do", desc, len(ids))
     model.to(ctx.device).eval()
     weight = weight.detach().to(ctx.device)
@@ -48,6 +48,6 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
 
 def run(args) -> None:
     source = make_source(args)
-    model = CAMNet(source.num_classes, pretrained=None)
+    model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, args.cam_weights_name)
     write_cams(args, model, cam_weight(model.classifier.weight), "make_cam")

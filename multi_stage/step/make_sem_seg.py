@@ -25,9 +25,10 @@ log = logging.getLogger("wavecam")
 def run(args) -> None:
     ctx = dist.init(args.device)
     source = make_source(args)
-    ids = pending(dist.shard(resolve_list(source, args.infer_list), ctx), args.sem_seg_out_dir, ".png", args)
+    ids = pending(resolve_list(source, args.infer_list), args.sem_seg_out_dir, ".png", args, ctx)
     log.info("make_sem_seg: %d images to do", len(ids))
-    model = EdgeDisplacement.from_checkpoint(args.irn_weights_name, crop_size=args.irn_crop_size).to(ctx.device)
+    model = EdgeDisplacement.from_checkpoint(args.irn_weights_name, crop_size=args.irn_crop_size,
+                                             arch=args.irn_network).to(ctx.device)
     loader = DataLoader(InferenceDataset(source, ids, with_labels=False), batch_size=None,
                         num_workers=min(args.num_workers, 4))
     for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):

@@ -22,9 +22,9 @@ def checkpoint_paths(args, epoch: int | None = None) -> tuple[str, str]:
 def run(args) -> None:
     source = make_source(args)
     net_path, predictor_path = checkpoint_paths(args)
-    model = CAMNet(source.num_classes, pretrained=None)
+    model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, net_path, cam_only=True)
-    predictor = ClassPredictor(source.num_classes, args.feature_dim)
+    predictor = ClassPredictor(source.num_classes, model.classifier.in_channels)
     # The predictor file also holds the wave module; only its classifier shapes the CAM.
     load_weights(predictor, predictor_path, key_map=lambda k: k if k.startswith("classifier.") else None)
     write_cams(args, model, cam_weight(model.classifier.weight, predictor.classifier.weight), "make_wavecam")

@@ -6,7 +6,6 @@ import logging
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from wavecam import dist
 from wavecam.data.datasets import ClassificationDataset
@@ -24,6 +23,7 @@ from step.common import (
     unwrap,
     wrap_ddp,
 )
+from step.training import ResumeState, fit
 
 log = logging.getLogger("wavecam")
 
@@ -37,7 +37,6 @@ def validate(model, loader, device) -> float:
             logits = model(pack["img"].to(device))
             total += F.multilabel_soft_margin_loss(logits, pack["label"].to(device), reduction="sum").item()
             n += logits.shape[0]
-    model.train()
     return total / max(n, 1)
 
 
@@ -48,42 +47,38 @@ def run(args) -> None:
         return
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
-    train_set = ClassificationDataset(source, resolve_list(source, args.train_list), crop_size=args.cam_crop_size,
+    train_ids = resolve_list(source, args.train_list)
+    train_set = ClassificationDataset(source, train_ids, crop_size=args.cam_crop_size,
                                       resize_long=tuple(args.cam_resize_long), hflip=True)
     val_set = ClassificationDataset(source, dist.shard(resolve_list(source, args.val_list), ctx),
                                     crop_size=args.cam_crop_size, resize_long=None, hflip=False)
     loader = train_loader(train_set, args.cam_batch_size, args, ctx)
     val_loader = eval_loader(val_set, max(1, args.cam_batch_size // ctx.world_size), args, ctx)
 
-    net = CAMNet(source.num_classes, pretrained=args.pretrained, freeze_bn=args.pretrained is not None)
+    net = CAMNet(source.num_classes, pretrained=args.pretrained, freeze_bn=args.pretrained is not None,
+                 arch=args.cam_network)
     backbone, new = net.param_groups()
-    max_step = len(loader) * args.cam_num_epoches
     opt, sched = poly_sgd(
         [{"params": backbone, "lr": args.cam_learning_rate}, {"params": new, "lr": 10 * args.cam_learning_rate}],
-        args.cam_learning_rate, args.cam_weight_decay, max_step, momentum=args.sgd_momentum,
+        args.cam_learning_rate, args.cam_weight_decay, len(loader) * args.cam_num_epoches, momentum=args.sgd_momentum,
     )
     model = wrap_ddp(net, ctx)
-    model.train()
 
-    for ep in range(args.cam_num_epoches):
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(ep)
-        bar = tqdm(loader, desc=f"train_cam {ep + 1}/{args.cam_num_epoches}", disable=not ctx.is_main)
-        for pack in bar:
-            img = pack["img"].to(ctx.device, non_blocking=True)
-            label = pack["label"].to(ctx.device, non_blocking=True)
-            with autocast(args, ctx.device):
-                logits = model(img)
-            loss = F.multilabel_soft_margin_loss(logits.float(), label)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-        val_loss = validate(model, val_loader, ctx.device)
-        log.info("train_cam epoch %d: last loss %.4f, validation loss %.4f", ep + 1, loss.item(), val_loss)
+    def step(pack: dict) -> dict:
+        with autocast(args, ctx.device):
+            logits = model(pack["img"].to(ctx.device, non_blocking=True))
+        return {"loss": F.multilabel_soft_margin_loss(logits.float(), pack["label"].to(ctx.device))}
+
+    def end_of_epoch(ep: int) -> None:
+        log.info("train_cam epoch %d: validation loss %.4f", ep, validate(model, val_loader, ctx.device))
+
+    state = ResumeState(args, "train_cam", {
+        "train_ids": len(train_ids), "batch": args.cam_batch_size, "epochs": args.cam_num_epoches,
+        "lr": args.cam_learning_rate, "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size})
+    fit("train_cam", model, opt, sched, loader, args.cam_num_epoches, step, state, ctx, args.seed, end_of_epoch)
 
     if ctx.is_main:
         save_checkpoint(args.cam_weights_name, unwrap(model).state_dict())
+        state.finish()
         log.info("wrote %s", args.cam_weights_name)
     dist.barrier(ctx)

@@ -11,7 +11,6 @@ import logging
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from wavecam import dist
 from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset
@@ -22,6 +21,7 @@ from wavecam.optim import poly_sgd
 from wavecam.randomwalk import PathIndex
 
 from step.common import autocast, make_source, resolve_list, seed_everything, train_loader, unwrap, wrap_ddp
+from step.training import ResumeState, fit
 
 log = logging.getLogger("wavecam")
 
@@ -50,6 +50,9 @@ def backbone_weights(args):
     frozen randomly initialised ResNet would give the boundary branch nothing to learn from."""
     if args.pretrained is not None:
         return args.pretrained
+    if args.irn_network != args.cam_network:
+        raise WavecamError(f"--pretrained none takes IRN's backbone from the CAM network, but --irn_network "
+                           f"{args.irn_network} differs from --cam_network {args.cam_network}")
     log.info("--pretrained none: IRN's frozen backbone starts from %s", args.cam_weights_name)
     return torchvision_backbone(args.cam_weights_name)
 
@@ -71,33 +74,28 @@ def run(args) -> None:
                               rescale=tuple(args.irn_rescale), hflip=True)
     loader = train_loader(dataset, args.irn_batch_size, args, ctx)
 
-    net = IRNet(pretrained=backbone_weights(args))
+    net = IRNet(pretrained=backbone_weights(args), arch=args.irn_network)
     edge_params, dp_params = net.trainable_parameters()
     lr = args.irn_learning_rate
     opt, sched = poly_sgd([{"params": edge_params, "lr": lr}, {"params": dp_params, "lr": 10 * lr}],
                           lr, args.irn_weight_decay, len(loader) * args.irn_num_epoches, momentum=args.sgd_momentum)
     model = wrap_ddp(_Trainee(net, AffinityDisplacementLoss(path_index)), ctx)
-    model.train()
 
-    for ep in range(args.irn_num_epoches):
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(ep)
-        bar = tqdm(loader, desc=f"train_irn {ep + 1}/{args.irn_num_epoches}", disable=not ctx.is_main)
-        for pack in bar:
-            batch = [pack[k].to(ctx.device, non_blocking=True) for k in ("img", "bg_pos", "fg_pos", "neg")]
-            with autocast(args, ctx.device):
-                losses = model(*batch)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            sched.step()
-            bar.set_postfix({k: f"{losses[k].item():.3f}" for k in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")})
-        log.info("train_irn epoch %d: %s", ep + 1,
-                 ", ".join(f"{k} {v.item():.4f}" for k, v in losses.items()))
+    def step(pack: dict) -> dict:
+        batch = [pack[k].to(ctx.device, non_blocking=True) for k in ("img", "bg_pos", "fg_pos", "neg")]
+        with autocast(args, ctx.device):
+            losses = model(*batch)
+        return {"loss": losses["total"], **{k: losses[k] for k in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")}}
+
+    state = ResumeState(args, "train_irn", {
+        "train_ids": len(ids), "batch": args.irn_batch_size, "epochs": args.irn_num_epoches, "lr": lr,
+        "crop": args.irn_crop_size, "radius": args.irn_path_radius, "seed": args.seed, "world": ctx.world_size})
+    fit("train_irn", model, opt, sched, loader, args.irn_num_epoches, step, state, ctx, args.seed)
 
     if ctx.is_main:
         net = unwrap(model).net
         net.mean_shift.running_mean.copy_(displacement_mean(net, source, ids, args, ctx.device))
         save_checkpoint(args.irn_weights_name, net.state_dict())
+        state.finish()
         log.info("wrote %s", args.irn_weights_name)
     dist.barrier(ctx)

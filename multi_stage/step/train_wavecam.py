@@ -9,11 +9,9 @@ Each epoch writes `res50_wavecam_{ep}.pth` (backbone + classifier, CAM-net layou
 from __future__ import annotations
 
 import logging
-import os
 
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from wavecam import dist
 from wavecam.data.datasets import ClassificationDataset
@@ -32,6 +30,7 @@ from step.common import (
     wrap_ddp,
 )
 from step.make_wavecam import checkpoint_paths
+from step.training import ResumeState, fit
 
 log = logging.getLogger("wavecam")
 
@@ -63,13 +62,14 @@ def run(args) -> None:
         return
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
-    dataset = ClassificationDataset(source, resolve_list(source, args.train_list), crop_size=args.cam_crop_size,
+    ids = resolve_list(source, args.train_list)
+    dataset = ClassificationDataset(source, ids, crop_size=args.cam_crop_size,
                                     resize_long=tuple(args.cam_resize_long), hflip=True)
     loader = train_loader(dataset, args.wavecam_batch_size, args, ctx)
 
-    net = WaveCAMNet(source.num_classes, pretrained=None)
+    net = WaveCAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(net, args.cam_weights_name, cam_only=True)
-    predictor = ClassPredictor(source.num_classes, args.feature_dim)
+    predictor = ClassPredictor(source.num_classes, net.classifier.in_channels)
     base, wave = net.param_groups()
     lr = args.wavecam_learning_rate
     opt, sched = poly_sgd(
@@ -77,31 +77,30 @@ def run(args) -> None:
         lr, args.cam_weight_decay, len(loader) * args.wavecam_num_epoches, momentum=args.sgd_momentum,
     )
     model = wrap_ddp(_Trainee(net, predictor), ctx)
-    model.train()
 
-    for ep in range(1, args.wavecam_num_epoches + 1):
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(ep)
-        bar = tqdm(loader, desc=f"train_wavecam {ep}/{args.wavecam_num_epoches}", disable=not ctx.is_main)
-        for pack in bar:
-            img = pack["img"].to(ctx.device, non_blocking=True)
-            label = pack["label"].to(ctx.device, non_blocking=True)
-            with autocast(args, ctx.device):
-                logits, loss_ce, acc = model(img, label)
-            loss_cls = F.multilabel_soft_margin_loss(logits.float(), label)
-            loss = loss_cls + args.wavecam_loss_weight * loss_ce
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.set_postfix(cls=f"{loss_cls.item():.4f}", ce=f"{loss_ce.item():.4f}", acc=f"{acc.item():.2f}")
-        log.info("train_wavecam epoch %d: loss_cls %.4f loss_ce %.4f acc %.3f", ep, loss_cls.item(),
-                 loss_ce.item(), acc.item())
+    def step(pack: dict) -> dict:
+        label = pack["label"].to(ctx.device, non_blocking=True)
+        with autocast(args, ctx.device):
+            logits, loss_ce, acc = model(pack["img"].to(ctx.device, non_blocking=True), label)
+        loss_cls = F.multilabel_soft_margin_loss(logits.float(), label)
+        return {"loss": loss_cls + args.wavecam_loss_weight * loss_ce, "loss_cls": loss_cls, "loss_ce": loss_ce,
+                "acc": acc}
+
+    def end_of_epoch(ep: int) -> None:
+        # Every epoch's weights, as the reference writes them (make_wavecam reads the last).
         if ctx.is_main:
             trainee = unwrap(model)
             cam_sd, pred_sd = split_state(trainee.net, trainee.predictor)
             net_path, pred_path = checkpoint_paths(args, ep)
-            os.makedirs(args.wavecam_weight_dir, exist_ok=True)
             save_checkpoint(pred_path, pred_sd)
             save_checkpoint(net_path, cam_sd)
+
+    state = ResumeState(args, "train_wavecam", {
+        "train_ids": len(ids), "batch": args.wavecam_batch_size, "epochs": args.wavecam_num_epoches,
+        "lr": lr, "loss_weight": args.wavecam_loss_weight, "crop": args.cam_crop_size, "seed": args.seed,
+        "world": ctx.world_size})
+    fit("train_wavecam", model, opt, sched, loader, args.wavecam_num_epoches, step, state, ctx, args.seed,
+        end_of_epoch)
+    if ctx.is_main:
+        state.finish()
     dist.barrier(ctx)

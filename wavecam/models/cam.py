@@ -24,7 +24,7 @@ from torch import nn
 
 from wavecam.io import load_checkpoint
 from wavecam.models.checkpoints import load_weights
-from wavecam.models.resnet import IMAGENET, build_resnet50, freeze_bn_stats
+from wavecam.models.resnet import IMAGENET, build_resnet, freeze_bn_stats, stage_channels
 from wavecam.models.wave import WaveModeling
 
 CAM_PARTS = ("stage1", "stage2", "stage3", "stage4", "classifier")
@@ -34,9 +34,9 @@ class CAMNet(nn.Module):
     """ResNet-50 (output stride 16) + a bias-free 1x1 classifier on globally pooled features."""
 
     def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = IMAGENET, strides=(2, 2, 2, 1),
-                 freeze_bn: bool = True):
+                 freeze_bn: bool = True, arch: str = "resnet50"):
         super().__init__()
-        net = build_resnet50(pretrained, strides)
+        net = build_resnet(arch, pretrained, strides)
         self.num_classes = num_classes
         # Frozen statistics presuppose trained ones: a network started from random weights must
         # learn them (the reference always starts from ImageNet).
@@ -45,7 +45,7 @@ class CAMNet(nn.Module):
         self.stage2 = nn.Sequential(net.layer2)
         self.stage3 = nn.Sequential(net.layer3)
         self.stage4 = nn.Sequential(net.layer4)
-        self.classifier = nn.Conv2d(2048, num_classes, 1, bias=False)
+        self.classifier = nn.Conv2d(stage_channels(arch)[-1], num_classes, 1, bias=False)
         # The stem stays at its ImageNet weights, as in IRN/ReCAM.
         for p in (*net.conv1.parameters(), *net.bn1.parameters()):
             p.requires_grad_(False)
@@ -83,8 +83,8 @@ class WaveCAMNet(CAMNet):
     representation of the CAMs. State-dict compatible with CAMNet apart from `wave.*`."""
 
     def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = None, strides=(2, 2, 2, 1),
-                 freeze_bn: bool = True):
-        super().__init__(num_classes, pretrained, strides, freeze_bn)
+                 freeze_bn: bool = True, arch: str = "resnet50"):
+        super().__init__(num_classes, pretrained, strides, freeze_bn, arch)
         self.wave = WaveModeling(num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -104,8 +104,6 @@ class WaveAFA(nn.Module):
         nn.init.kaiming_normal_(self.attn_proj.weight, a=math.sqrt(5), mode="fan_out")
         self.classifier = nn.Conv2d(dims[-1], num_classes - 1, 1, bias=False)
         self.wave = WaveModeling(num_classes - 1)
-        # fc_c is never used; frozen, DistributedDataParallel needs no find_unused_parameters for it.
-        self.wave.fc_c.requires_grad_(False)
         self.predictor = ClassPredictor(num_classes - 1, dims[-1])
         # Switched on by the trainer once the predictor has learnt enough; not saved in the state dict.
         self.use_wavecam_cams = False

@@ -56,31 +56,33 @@ class IRNet(nn.Module):
     """forward(image (B, 3, H, W)) -> (boundary logits (B, 1, h, w), displacement (B, 2, h, w)),
     h, w = the stride-4 feature size. The backbone is frozen: no gradients, BatchNorm in eval."""
 
-    def __init__(self, pretrained: str | os.PathLike | None = resnet.IMAGENET):
+    def __init__(self, pretrained: str | os.PathLike | dict | None = resnet.IMAGENET, arch: str = "resnet50"):
         super().__init__()
-        net = resnet.build_resnet50(pretrained, strides=(2, 2, 2, 1))
-        self.stage1 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)  # 64 ch, stride 4
-        self.stage2 = nn.Sequential(net.layer1)  # 256 ch, stride 4
-        self.stage3 = nn.Sequential(net.layer2)  # 512 ch, stride 8
-        self.stage4 = nn.Sequential(net.layer3)  # 1024 ch, stride 16
-        self.stage5 = nn.Sequential(net.layer4)  # 2048 ch, stride 16
+        net = resnet.build_resnet(arch, pretrained, strides=(2, 2, 2, 1))
+        # ResNet-50's channels: 64, 256, 512, 1024, 2048 at strides 4, 4, 8, 16, 16
+        c1, c2, c3, c4, c5 = resnet.stage_channels(arch)
+        self.stage1 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stage2 = nn.Sequential(net.layer1)
+        self.stage3 = nn.Sequential(net.layer2)
+        self.stage4 = nn.Sequential(net.layer3)
+        self.stage5 = nn.Sequential(net.layer4)
         for stage in self.backbone_stages():
             stage.requires_grad_(False)
 
         # class-boundary branch: every level to 32 channels at stride 4, fused to one logit
-        self.fc_edge1 = _head(64, 32, 4)
-        self.fc_edge2 = _head(256, 32, 4)
-        self.fc_edge3 = _head(512, 32, 4, upsample=2)
-        self.fc_edge4 = _head(1024, 32, 4, upsample=4)
-        self.fc_edge5 = _head(2048, 32, 4, upsample=4)
+        self.fc_edge1 = _head(c1, 32, 4)
+        self.fc_edge2 = _head(c2, 32, 4)
+        self.fc_edge3 = _head(c3, 32, 4, upsample=2)
+        self.fc_edge4 = _head(c4, 32, 4, upsample=4)
+        self.fc_edge5 = _head(c5, 32, 4, upsample=4)
         self.fc_edge6 = nn.Conv2d(160, 1, 1, bias=True)
 
         # displacement branch: deep levels fused at stride 8, then with shallow ones at stride 4
-        self.fc_dp1 = _head(64, 64, 8)
-        self.fc_dp2 = _head(256, 128, 16)
-        self.fc_dp3 = _head(512, 256, 16)
-        self.fc_dp4 = _head(1024, 256, 16, upsample=2)
-        self.fc_dp5 = _head(2048, 256, 16, upsample=2)
+        self.fc_dp1 = _head(c1, 64, 8)
+        self.fc_dp2 = _head(c2, 128, 16)
+        self.fc_dp3 = _head(c3, 256, 16)
+        self.fc_dp4 = _head(c4, 256, 16, upsample=2)
+        self.fc_dp5 = _head(c5, 256, 16, upsample=2)
         self.fc_dp6 = _head(768, 256, 16, upsample=2)
         self.fc_dp7 = nn.Sequential(*_head(448, 256, 16), nn.Conv2d(256, 2, 1, bias=False), MeanShift(2))
 
@@ -137,16 +139,18 @@ class EdgeDisplacement(IRNet):
     were, and the boundary logits of the two views are averaged before the sigmoid.
     """
 
-    def __init__(self, pretrained: str | os.PathLike | None = resnet.IMAGENET, crop_size: int = 512, stride: int = 4):
-        super().__init__(pretrained)
+    def __init__(self, pretrained: str | os.PathLike | None = resnet.IMAGENET, crop_size: int = 512, stride: int = 4,
+                 arch: str = "resnet50"):
+        super().__init__(pretrained, arch)
         self.crop_size = crop_size
         self.stride = stride
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, crop_size: int = 512, stride: int = 4) -> EdgeDisplacement:
+    def from_checkpoint(cls, path: str | os.PathLike, crop_size: int = 512, stride: int = 4,
+                        arch: str = "resnet50") -> EdgeDisplacement:
         """An eval-mode network holding the weights of an IRN checkpoint (ours or IRN's)."""
         with _quiet_random_init():
-            model = cls(pretrained=None, crop_size=crop_size, stride=stride)
+            model = cls(pretrained=None, crop_size=crop_size, stride=stride, arch=arch)
         load_irn_weights(model, path)
         return model.eval()
 

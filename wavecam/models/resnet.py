@@ -1,4 +1,7 @@
-"""torchvision ResNet-50 with IRN's strides and frozen BatchNorm statistics."""
+"""torchvision ResNets with IRN's strides and frozen BatchNorm statistics.
+
+ResNet-50 is the paper's backbone; the other depths serve quick experiments (and the CPU demo).
+"""
 
 from __future__ import annotations
 
@@ -6,45 +9,71 @@ import logging
 import os
 
 from torch import nn
-from torchvision.models import ResNet50_Weights, resnet50
+from torchvision import models
 
 from wavecam.io import WavecamError
 from wavecam.models.checkpoints import load_weights
 
 log = logging.getLogger(__name__)
 
-# torchvision's name for the weights the paper used (the original "resnet50-19c8e357" release).
-IMAGENET = "imagenet"
+IMAGENET = "imagenet"  # torchvision's IMAGENET1K_V1 weights (for ResNet-50, the ones the paper used)
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
+# The reference's module names (`--cam_network net.resnet50_cam`) select the depth too.
+_ALIASES = {"net.resnet50_cam": "resnet50", "net.resnet50_irn": "resnet50"}
 
 
-def build_resnet50(pretrained: str | os.PathLike | None = IMAGENET, strides=(2, 2, 2, 1)) -> nn.Module:
-    """ResNet-50 whose conv1, layer2, layer3, layer4 have the given strides (output stride 16 for
-    the default), loaded from torchvision's IMAGENET1K_V1 weights (`"imagenet"`), a local
-    state-dict file, or left at random initialisation (`None`, with a warning)."""
-    net = resnet50(weights=None)
-    net.fc = nn.Identity()  # the classifier head is never used; dropping it frees 8 MB
+def resolve_arch(name: str) -> str:
+    arch = _ALIASES.get(name, name)
+    if arch not in ARCHS:
+        raise WavecamError(f"unknown network {name!r}: choose one of {', '.join(ARCHS)} (net.resnet50_cam = resnet50)")
+    return arch
+
+
+def stage_channels(arch: str) -> tuple[int, int, int, int, int]:
+    """Output channels of the stem and of layer1..layer4."""
+    return (64, 64, 128, 256, 512) if resolve_arch(arch) in ("resnet18", "resnet34") else (64, 256, 512, 1024, 2048)
+
+
+def build_resnet(
+    arch: str = "resnet50", pretrained: str | os.PathLike | dict | None = IMAGENET, strides=(2, 2, 2, 1)
+) -> nn.Module:
+    """A torchvision ResNet whose conv1, layer2, layer3, layer4 have the given strides (output
+    stride 16 for the default), loaded from torchvision's IMAGENET1K_V1 weights (`"imagenet"`),
+    a local state-dict file or dict, or left at random initialisation (`None`, with a warning)."""
+    arch = resolve_arch(arch)
+    net = getattr(models, arch)(weights=None)
+    net.fc = nn.Identity()  # the ImageNet head is never used
     _set_stride(net.conv1, strides[0])
     for layer, s in zip((net.layer2, net.layer3, net.layer4), strides[1:]):
-        _set_stride(layer[0].conv2, s)
-        _set_stride(layer[0].downsample[0], s)
+        block = layer[0]
+        # Bottleneck blocks stride in their 3x3 conv2, basic blocks in conv1.
+        _set_stride(block.conv2 if isinstance(block, models.resnet.Bottleneck) else block.conv1, s)
+        _set_stride(block.downsample[0], s)
 
     if pretrained is None:
-        log.warning("ResNet-50 starts from RANDOM weights: results will be far from the paper's. "
-                    "Pass --pretrained imagenet or a path to resnet50 ImageNet weights.")
-    else:
-        if str(pretrained) == IMAGENET:
-            try:
-                sd = ResNet50_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-            except Exception as e:  # offline, proxy, or a corrupt cache
-                raise WavecamError(
-                    f"could not obtain torchvision's ResNet-50 IMAGENET1K_V1 weights ({e}). Without internet, "
-                    "download resnet50-0676ba61.pth elsewhere and pass its path (--pretrained /path/resnet50.pth), "
-                    "or place it in $TORCH_HOME/hub/checkpoints/."
-                ) from e
-        else:
-            sd = pretrained
-        load_weights(net, sd, key_map=lambda k: None if k.startswith("fc.") else k)
+        log.warning("%s starts from RANDOM weights: results will be far from the paper's. "
+                    "Pass --pretrained imagenet or a path to ImageNet weights.", arch)
+        return net
+    sd = _imagenet_state_dict(arch) if str(pretrained) == IMAGENET else pretrained
+    load_weights(net, sd, key_map=lambda k: None if k.startswith("fc.") else k)
     return net
+
+
+def build_resnet50(pretrained: str | os.PathLike | dict | None = IMAGENET, strides=(2, 2, 2, 1)) -> nn.Module:
+    return build_resnet("resnet50", pretrained, strides)
+
+
+def _imagenet_state_dict(arch: str) -> dict:
+    weights = getattr(models, f"ResNet{arch[len('resnet'):]}_Weights").IMAGENET1K_V1
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as e:  # offline, proxy, or a corrupt cache
+        file = weights.url.rsplit("/", 1)[-1]
+        raise WavecamError(
+            f"could not obtain torchvision's {arch} IMAGENET1K_V1 weights ({e}). Without internet, download "
+            f"{file} elsewhere and pass its path (--pretrained /path/{file}), "
+            "or put it in $TORCH_HOME/hub/checkpoints/."
+        ) from e
 
 
 def _set_stride(conv: nn.Conv2d, s: int) -> None:

@@ -26,6 +26,8 @@ class WaveModeling(nn.Module):
         self.fc_h = nn.Conv2d(c, c, 1, bias=False)
         self.fc_w = nn.Conv2d(c, c, 1, bias=False)
         self.fc_c = nn.Conv2d(c, c, 1, bias=False)
+        # Frozen so that DistributedDataParallel needs no find_unused_parameters for it.
+        self.fc_c.requires_grad_(False)
         self.tfc_h = nn.Conv2d(2 * c, c, (1, 7), padding=(0, 3), groups=c, bias=False)
         self.tfc_w = nn.Conv2d(2 * c, c, (7, 1), padding=(3, 0), groups=c, bias=False)
         self.w1 = nn.Conv2d(c, c, 1, bias=True)

@@ -1,0 +1,117 @@
+"""The epoch loop shared by train_cam, train_wavecam and train_irn, with resume.
+
+After every epoch a full state (model, optimiser, scheduler, epoch) is written atomically to
+`<work_space>/resume/<pass>.pth`; re-running the same command continues from it. Every epoch
+reseeds Python, NumPy, torch and the loader from (seed, epoch, rank), so a resumed run draws
+the same crops and batches as an uninterrupted one and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from wavecam import dist
+from wavecam.io import WavecamError, load_checkpoint, save_checkpoint
+
+from step.common import unwrap
+
+log = logging.getLogger("wavecam")
+
+StepFn = Callable[[dict], dict[str, torch.Tensor]]  # batch -> losses, "loss" is minimised
+
+
+def seed_epoch(seed: int, epoch: int, rank: int, loader: DataLoader) -> None:
+    s = seed + 1000 * epoch + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed + 1000 * epoch)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+
+
+class ResumeState:
+    """The resume file of one training pass; `settings` must match to resume from it."""
+
+    def __init__(self, args, name: str, settings: dict):
+        self.path = Path(args.work_space) / "resume" / f"{name}.pth"
+        self.name = name
+        self.settings = {k: str(v) for k, v in settings.items()}
+        if args.force and self.path.exists():
+            self.path.unlink()
+
+    def restore(self, model: torch.nn.Module, opt, sched) -> int:
+        """Load the saved state into model/opt/sched; the number of finished epochs (0 if none)."""
+        if not self.path.is_file():
+            return 0
+        state = load_checkpoint(self.path)
+        if state.get("settings") != self.settings:
+            changed = sorted(k for k in self.settings if state.get("settings", {}).get(k) != self.settings[k])
+            raise WavecamError(
+                f"{self.path} was written by a {self.name} run with other settings ({', '.join(changed)}); "
+                "re-run with those settings to resume, or pass --force True to start over"
+            )
+        unwrap(model).load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        log.info("%s: resuming after epoch %d from %s", self.name, state["epoch"], self.path)
+        return state["epoch"]
+
+    def save(self, epoch: int, model: torch.nn.Module, opt, sched) -> None:
+        save_checkpoint(self.path, {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                                    "scheduler": sched.state_dict(), "epoch": epoch, "settings": self.settings})
+
+    def finish(self) -> None:
+        """The pass wrote its final output: the resume state is no longer needed."""
+        if self.path.exists():
+            os.remove(self.path)
+
+
+def fit(
+    name: str,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched,
+    loader: DataLoader,
+    epochs: int,
+    step: StepFn,
+    state: ResumeState,
+    ctx: dist.Context,
+    seed: int,
+    end_of_epoch: Callable[[int], None] | None = None,
+) -> None:
+    """Train `epochs` epochs (minus those already done), saving the resume state after each."""
+    for ep in range(state.restore(model, opt, sched), epochs):
+        seed_epoch(seed, ep, ctx.rank, loader)
+        model.train()
+        bar = tqdm(loader, desc=f"{name} {ep + 1}/{epochs}", disable=not ctx.is_main)
+        for i, batch in enumerate(bar):
+            losses = step(batch)
+            loss = losses["loss"]
+            if not math.isfinite(loss.item()):
+                kept = f"the last good state {state.path} is kept" if state.path.exists() else "nothing was saved"
+                raise WavecamError(f"{name}: the loss became {loss.item()} at epoch {ep + 1}, step {i + 1}; "
+                                   f"{kept}. Lower the learning rate and re-run.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
+        summary = ", ".join(f"{k} {v.item():.4f}" for k, v in losses.items())
+        log.info("%s epoch %d/%d: %s", name, ep + 1, epochs, summary)
+        if end_of_epoch is not None:
+            end_of_epoch(ep + 1)
+        if ctx.is_main:
+            state.save(ep + 1, model, opt, sched)
+        dist.barrier(ctx)
