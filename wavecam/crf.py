@@ -39,3 +39,27 @@ def crf_inference_label(img: np.ndarray, labels: np.ndarray, n_labels: int, t: i
     crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(img), compat=10)
     q = np.asarray(crf.inference(t)).reshape(n_labels, h, w)
     return q.argmax(axis=0).astype(np.int64)
+
+
+def crf_inference_prob(img: np.ndarray, probs: np.ndarray, t: int = 10, pos_xy_std: float = 3, pos_w: float = 3,
+                       bi_xy_std: float = 64, bi_rgb_std: float = 5, bi_w: float = 4) -> np.ndarray:
+    """Refine class probabilities `probs` (C, H, W) on `img` (H, W, 3) uint8 RGB; returns (C, H, W) float32.
+
+    Unlike `crf_inference_label`, the unary is -log of the probabilities themselves. The defaults are the
+    end-to-end segmenter's post-processing (AFA's test script): Gaussian sxy 3 compat 3, bilateral sxy 64
+    srgb 5 compat 4, `t` mean-field steps.
+    """
+    dcrf, _ = _densecrf()
+    from pydensecrf.utils import unary_from_softmax
+
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"img must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
+    if probs.ndim != 3 or probs.shape[1:] != img.shape[:2]:
+        raise ValueError(f"probs {probs.shape} must be (C, H, W) with H, W of img {img.shape[:2]}")
+
+    c, h, w = probs.shape
+    crf = dcrf.DenseCRF2D(w, h, c)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs.astype(np.float32))))
+    crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
+    crf.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(img), compat=bi_w)
+    return np.asarray(crf.inference(t), dtype=np.float32).reshape(c, h, w)

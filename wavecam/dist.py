@@ -66,6 +66,18 @@ def barrier(ctx: Context) -> None:
         tdist.barrier()
 
 
+def sum_confusions(cms, ctx: Context) -> None:
+    """Sum every rank's ConfusionMatrix objects (matrices and image counts) in place onto all ranks."""
+    if not ctx.distributed:
+        return
+    counts = torch.tensor([[*cm.mat.ravel(), cm.n_images] for cm in cms], dtype=torch.int64)
+    # gloo reduces CPU tensors, nccl CUDA ones.
+    counts = counts.to(ctx.device if tdist.get_backend() == "nccl" else "cpu")
+    tdist.all_reduce(counts)
+    for cm, row in zip(cms, counts.cpu().numpy()):
+        cm.mat, cm.n_images = row[:-1].reshape(cm.mat.shape), int(row[-1])
+
+
 def setup_logging(log_file: str | os.PathLike | None, ctx: Context | None = None) -> None:
     """Rank 0 logs INFO to stderr and to `log_file`; other ranks only warnings."""
     root = logging.getLogger()

@@ -46,25 +46,19 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 
 def train_loader(dataset: Dataset, global_batch: int, args, ctx: dist.Context) -> DataLoader:
-    """Shuffled, drop-last loader; under torchrun each rank gets global_batch / world images."""
+    """Shuffled, drop-last loader; under torchrun each rank gets global_batch / world images.
+
+    The sampler is a DistributedSampler at every world size, so the images of a global batch are
+    the same whether one process or several take them (seeded by --seed and the epoch)."""
     if global_batch % ctx.world_size:
         raise WavecamError(f"batch size {global_batch} is not divisible by the {ctx.world_size} torchrun processes")
-    per_rank = global_batch // ctx.world_size
     if len(dataset) < global_batch:
         raise WavecamError(f"{len(dataset)} training images are fewer than one batch of {global_batch}; "
                            "lower the batch size or use a larger list")
-    sampler = DistributedSampler(dataset, shuffle=True, seed=args.seed, drop_last=True) if ctx.distributed else None
-    g = torch.Generator()  # reseeded every epoch by training.seed_epoch
-    return DataLoader(
-        dataset,
-        batch_size=per_rank,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=args.num_workers,
-        pin_memory=ctx.device.type == "cuda",
-        drop_last=True,
-        generator=g,
-    )
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed,
+                                 drop_last=True)
+    return DataLoader(dataset, batch_size=global_batch // ctx.world_size, sampler=sampler,
+                      num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda", drop_last=True)
 
 
 def eval_loader(dataset: Dataset, batch_size: int, args, ctx: dist.Context) -> DataLoader:

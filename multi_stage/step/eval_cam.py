@@ -14,7 +14,7 @@ from wavecam.io import WavecamError, load_cam, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 
 from step.common import make_source, resolve_list
-from step.evaluation import gather_confusions, prepare_gt, results_path, settings
+from step.evaluation import prepare_gt, results_path, settings
 
 log = logging.getLogger("wavecam")
 
@@ -42,7 +42,7 @@ def run(args) -> None:
         gt = source.load_gt(image_id)
         for t, cm in zip(ts, cms):
             cm.update(seeds(cam, t), gt)
-    cms = gather_confusions(cms, ctx)
+    dist.sum_confusions(cms, ctx)
     if not ctx.is_main:
         return
     sweep = [{"threshold": t, "miou": cm.miou()} for t, cm in zip(ts, cms)]

@@ -13,7 +13,7 @@ from wavecam.io import WavecamError, load_png, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 
 from step.common import make_source, resolve_list
-from step.evaluation import gather_confusions, prepare_gt, results_path, settings
+from step.evaluation import prepare_gt, results_path, settings
 
 log = logging.getLogger("wavecam")
 
@@ -32,7 +32,7 @@ def run(args) -> None:
         pred = load_png(path).copy()
         pred[pred == IGNORE_INDEX] = 0
         cm.update(pred, source.load_gt(image_id))
-    (cm,) = gather_confusions([cm], ctx)
+    dist.sum_confusions([cm], ctx)
     if not ctx.is_main:
         return
     result = {**cm.summary(), "sem_seg_bg_thres": args.sem_seg_bg_thres, "beta": args.beta,

@@ -1,14 +1,8 @@
-"""Shared by the evaluation passes: where results go and how rank-local confusions combine."""
+"""Shared by the evaluation passes: ground truth preparation and where results go."""
 
 from __future__ import annotations
 
 import os
-
-import torch
-import torch.distributed as tdist
-
-from wavecam import dist
-from wavecam.metrics import ConfusionMatrix
 
 
 def prepare_gt(source, ids: list[str]) -> None:
@@ -26,19 +20,3 @@ def settings(args) -> dict:
 
 def results_path(args, name: str) -> str:
     return os.path.join(args.work_space, "results", f"{name}.json")
-
-
-def gather_confusions(cms: list[ConfusionMatrix], ctx: dist.Context) -> list[ConfusionMatrix]:
-    """Sum every rank's confusion matrices (and image counts) onto all ranks."""
-    if not ctx.distributed:
-        return cms
-    mats = torch.stack([torch.from_numpy(cm.mat) for cm in cms])
-    counts = torch.tensor([cm.n_images for cm in cms], dtype=torch.int64)
-    # gloo and nccl both reduce int64; CUDA tensors only for nccl.
-    dev = ctx.device if tdist.get_backend() == "nccl" else torch.device("cpu")
-    mats, counts = mats.to(dev), counts.to(dev)
-    tdist.all_reduce(mats)
-    tdist.all_reduce(counts)
-    for cm, m, c in zip(cms, mats.cpu().numpy(), counts.cpu().tolist()):
-        cm.mat, cm.n_images = m, c
-    return cms

@@ -1,9 +1,9 @@
 """The epoch loop shared by train_cam, train_wavecam and train_irn, with resume.
 
 After every epoch a full state (model, optimiser, scheduler, epoch) is written atomically to
-`<work_space>/resume/<pass>.pth`; re-running the same command continues from it. Every epoch
-reseeds Python, NumPy, torch and the loader from (seed, epoch, rank), so a resumed run draws
-the same crops and batches as an uninterrupted one and ends with the same weights.
+`<work_space>/resume/<pass>.pth`; re-running the same command continues from it. Every epoch's
+randomness follows from (seed, epoch), so a resumed run draws the same batches and crops as an
+uninterrupted one and ends with the same weights.
 """
 
 from __future__ import annotations
@@ -31,14 +31,15 @@ StepFn = Callable[[dict], dict[str, torch.Tensor]]  # batch -> losses, "loss" is
 
 
 def seed_epoch(seed: int, epoch: int, rank: int, loader: DataLoader) -> None:
+    """Everything random in an epoch follows from (seed, epoch): the sampler's order, each
+    sample's augmentation (see data.datasets.Augmented) and anything drawn from the global RNGs."""
     s = seed + 1000 * epoch + rank
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
-    if loader.generator is not None:
-        loader.generator.manual_seed(seed + 1000 * epoch)
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch)
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch, seed)
 
 
 class ResumeState:

@@ -27,7 +27,23 @@ class Source(Protocol):
     def load_gt(self, image_id: str) -> np.ndarray: ...
 
 
-class ClassificationDataset(Dataset):
+class Augmented(Dataset):
+    """A training dataset whose random augmentation of sample i in epoch e comes from a generator
+    seeded by (seed, e, i): independent of workers and ranks, repeatable after a resume."""
+
+    seed = 0
+    epoch = 0
+
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        self.epoch = epoch
+        if seed is not None:
+            self.seed = seed
+
+    def rng(self, i: int) -> torch.Generator:
+        return T.sample_rng(self.seed, self.epoch, i)
+
+
+class ClassificationDataset(Augmented):
     """CAM / WaveCAM training: (3, crop, crop) image and its multi-hot label."""
 
     def __init__(
@@ -49,7 +65,7 @@ class ClassificationDataset(Dataset):
         img = self.source.load_image(self.ids[i])
         return {
             "name": self.ids[i],
-            "img": T.classification_transform(img, self.resize_long, self.hflip, self.crop_size),
+            "img": T.classification_transform(img, self.resize_long, self.hflip, self.crop_size, self.rng(i)),
             "label": self.label[i],
         }
 
@@ -72,7 +88,7 @@ class InferenceDataset(Dataset):
         return item
 
 
-class AffinityDataset(Dataset):
+class AffinityDataset(Augmented):
     """IRN training: a crop of the image, and IRN's pair labels (bg_pos, fg_pos, neg; each
     (D, S)) from the same crop of its ir_label map reduced to the feature stride."""
 
@@ -95,7 +111,7 @@ class AffinityDataset(Dataset):
         image_id = self.ids[i]
         img = self.source.load_image(image_id)
         label = load_png(Path(self.label_dir) / f"{image_id}.png")
-        img, label = T.segmentation_transform(img, label, self.rescale, self.hflip, self.crop_size)
+        img, label = T.segmentation_transform(img, label, self.rescale, self.hflip, self.crop_size, self.rng(i))
         bg_pos, fg_pos, neg = affinity_labels(downsample_label(label, self.stride), self.path_index)
         return {"name": image_id, "img": img, "bg_pos": bg_pos, "fg_pos": fg_pos, "neg": neg}
 
@@ -115,3 +131,54 @@ class TopLeftCropDataset(Dataset):
         canvas = np.zeros((self.crop_size, self.crop_size, 3), np.float32)
         canvas[: img.shape[0], : img.shape[1]] = img
         return {"name": self.ids[i], "img": T.hwc_to_chw(canvas)}
+
+
+class E2ETrainDataset(Dataset):
+    """End-to-end (AFA) training: the image randomly rescaled by a factor in `scale_range`, flipped,
+    normalised and cropped (padded with 0 where smaller than the crop); its multi-hot label; and
+    `img_box` (4,) int64 (y0, y1, x0, x1), the part of the crop that holds image rather than padding."""
+
+    def __init__(self, source: Source, ids: list[str], crop_size: int = 320,
+                 scale_range: tuple[float, float] | None = (0.5, 2.0), hflip: bool = True):
+        self.source, self.ids = source, list(ids)
+        self.label = torch.from_numpy(source.labels(self.ids))
+        self.crop_size, self.scale_range, self.hflip = crop_size, scale_range, hflip
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        img = self.source.load_image(self.ids[i])
+        if self.scale_range:
+            img = T.rescale(img, T.uniform(*self.scale_range))
+        if self.hflip and T.randint(0, 1):
+            img = img[:, ::-1]
+        # Cropping a map of ones along with the image shows where the image landed in the crop.
+        img, inside = T.random_crop([T.normalize(img), np.ones(img.shape[:2], np.uint8)], self.crop_size, [0.0, 0])
+        return {"name": self.ids[i], "img": T.hwc_to_chw(img), "label": self.label[i], "img_box": _box_of(inside)}
+
+
+def _box_of(mask: np.ndarray) -> torch.Tensor:
+    """(y0, y1, x0, x1) bounding the non-zero part of a 2-D mask, end-exclusive."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return torch.tensor([rows[0], rows[-1] + 1, cols[0], cols[-1] + 1], dtype=torch.int64)
+
+
+class SegmentationDataset(Dataset):
+    """Whole normalised images for evaluating a segmenter (batch size 1: sizes differ); with `with_gt`,
+    also the (H, W) int64 ground truth (255 ignored) and the multi-hot image label."""
+
+    def __init__(self, source: Source, ids: list[str], with_gt: bool = True):
+        self.source, self.ids, self.with_gt = source, list(ids), with_gt
+        self.label = torch.from_numpy(source.labels(self.ids)) if with_gt else None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        image_id = self.ids[i]
+        item = {"name": image_id, "img": T.hwc_to_chw(T.normalize(self.source.load_image(image_id)))}
+        if self.with_gt:
+            item["gt"] = torch.from_numpy(self.source.load_gt(image_id).astype(np.int64))
+            item["label"] = self.label[i]
+        return item

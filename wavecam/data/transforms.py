@@ -1,7 +1,8 @@
 """Image and label transforms shared by every pass (numpy, H x W x C images).
 
-Randomness comes from torch's generator so that `torch.manual_seed` and DataLoader worker
-seeding make a run reproducible without a separate numpy seed.
+Randomness comes from a torch generator: the datasets pass one seeded from (seed, epoch, index),
+so an image's augmentation does not depend on the worker, the rank or a resumed run; without
+one the global torch generator is used.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def randint(low: int, high: int) -> int:
+def randint(low: int, high: int, rng: torch.Generator | None = None) -> int:
     """Uniform integer in [low, high], both inclusive."""
-    return int(torch.randint(low, high + 1, ()).item())
+    return int(torch.randint(low, high + 1, (), generator=rng).item())
 
 
-def uniform(low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand(()).item())
+def uniform(low: float, high: float, rng: torch.Generator | None = None) -> float:
+    return low + (high - low) * float(torch.rand((), generator=rng).item())
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of one sample's augmentation in one epoch."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
 
 
 def rescale(img: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray:
@@ -34,8 +40,8 @@ def rescale(img: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_CUBIC)
 
 
-def random_resize_long(img: np.ndarray, min_long: int, max_long: int) -> np.ndarray:
-    target = randint(min_long, max_long)
+def random_resize_long(img: np.ndarray, min_long: int, max_long: int, rng: torch.Generator | None = None) -> np.ndarray:
+    target = randint(min_long, max_long, rng)
     return rescale(img, target / max(img.shape[:2]))
 
 
@@ -48,14 +54,15 @@ def denormalize(img: np.ndarray) -> np.ndarray:
     return np.clip((img * IMAGENET_STD + IMAGENET_MEAN) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def random_crop(arrays: list[np.ndarray], size: int, fill: list[float]) -> list[np.ndarray]:
+def random_crop(arrays: list[np.ndarray], size: int, fill: list[float], rng: torch.Generator | None = None
+                ) -> list[np.ndarray]:
     """One random `size` x `size` window applied to every array (same H, W). Where an array is
     smaller than the window it is placed at a random offset on a canvas of `fill` values, as IRN
     does, so small images are padded rather than stretched."""
     h, w = arrays[0].shape[:2]
     ch, cw = min(size, h), min(size, w)
-    top_src, top_dst = _offsets(h, size)
-    left_src, left_dst = _offsets(w, size)
+    top_src, top_dst = _offsets(h, size, rng)
+    left_src, left_dst = _offsets(w, size, rng)
     out = []
     for a, f in zip(arrays, fill, strict=True):
         canvas = np.full((size, size, *a.shape[2:]), f, dtype=a.dtype)
@@ -64,11 +71,11 @@ def random_crop(arrays: list[np.ndarray], size: int, fill: list[float]) -> list[
     return out
 
 
-def _offsets(length: int, size: int) -> tuple[int, int]:
+def _offsets(length: int, size: int, rng: torch.Generator | None) -> tuple[int, int]:
     """(start in the source, start in the canvas) along one axis."""
     if length >= size:
-        return randint(0, length - size), 0
-    return 0, randint(0, size - length)
+        return randint(0, length - size, rng), 0
+    return 0, randint(0, size - length, rng)
 
 
 def hwc_to_chw(img: np.ndarray) -> torch.Tensor:
@@ -76,16 +83,17 @@ def hwc_to_chw(img: np.ndarray) -> torch.Tensor:
 
 
 def classification_transform(
-    img: np.ndarray, resize_long: tuple[int, int] | None, hflip: bool, crop_size: int | None
+    img: np.ndarray, resize_long: tuple[int, int] | None, hflip: bool, crop_size: int | None,
+    rng: torch.Generator | None = None,
 ) -> torch.Tensor:
     """CAM training: random long-side resize, flip, ImageNet normalisation, random crop (pad 0)."""
     if resize_long:
-        img = random_resize_long(img, *resize_long)
-    if hflip and randint(0, 1):
+        img = random_resize_long(img, *resize_long, rng)
+    if hflip and randint(0, 1, rng):
         img = img[:, ::-1]
     img = normalize(img)
     if crop_size:
-        (img,) = random_crop([img], crop_size, [0.0])
+        (img,) = random_crop([img], crop_size, [0.0], rng)
     return hwc_to_chw(img)
 
 
@@ -95,15 +103,16 @@ def segmentation_transform(
     scale_range: tuple[float, float] | None,
     hflip: bool,
     crop_size: int | None,
+    rng: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """IRN training: random rescale of image and label together, flip, normalise, joint crop
     (image padded with 0, label with 255 = ignore)."""
     if scale_range:
-        s = uniform(*scale_range)
+        s = uniform(*scale_range, rng)
         img, label = rescale(img, s), rescale(label, s, nearest=True)
-    if hflip and randint(0, 1):
+    if hflip and randint(0, 1, rng):
         img, label = img[:, ::-1], label[:, ::-1]
     img = normalize(img)
     if crop_size:
-        img, label = random_crop([img, label], crop_size, [0.0, IGNORE_INDEX])
+        img, label = random_crop([img, label], crop_size, [0.0, IGNORE_INDEX], rng)
     return hwc_to_chw(img), np.ascontiguousarray(label)

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Train WaveCAM end to end on MS COCO 2014, validate every train.eval_iters iterations, then test.
+#
+#   bash end_to_end/train/run_wavecam_coco.sh [train.py arguments...]
+#
+# NPROC    processes (default: every visible GPU, or 1 on a machine without one)
+# CONFIG   YAML config (default: end_to_end/configs/coco.yaml)
+# PYTHON   interpreter with wavecam installed (default: python)
+# Extra arguments go to train.py, e.g. --work_dir DIR --resume auto --set dataset.root=/data/mscoco
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python}"
+CONFIG="${CONFIG:-$HERE/../configs/coco.yaml}"
+# torch.cuda.device_count() honours CUDA_VISIBLE_DEVICES; no GPU means one CPU process.
+NPROC="${NPROC:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
+# --standalone: a local rendezvous on a free port, so several runs can share a machine.
+exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
+    "$HERE/../train.py" --config "$CONFIG" "$@"

@@ -1,0 +1,408 @@
+"""What train.py and test.py share: the YAML config, data, model and optimiser set-up, the
+iteration-indexed sampler that makes a resumed run see the batches of an uninterrupted one, the
+metric logger, optional TensorBoard, and multi-scale flipped segmentation with its evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import os
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from wavecam import dist
+from wavecam.crf import crf_inference_prob
+from wavecam.data.datasets import SegmentationDataset
+from wavecam.io import WavecamError, save_json, save_png
+from wavecam.metrics import ConfusionMatrix
+from wavecam.models.e2e import WaveAFA
+
+log = logging.getLogger("wavecam")
+
+
+# --- config --------------------------------------------------------------------------------------
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+    """The YAML file at `path` with `section.key=value` overrides applied (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WavecamError(f"config not found: {path}; see end_to_end/configs/ for the shipped ones")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise WavecamError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(cfg, dict):
+        raise WavecamError(f"{path}: expected a mapping of sections, got {type(cfg).__name__}")
+    for item in overrides:
+        set_key(cfg, item)
+    check_config(cfg, path)
+    return cfg
+
+
+REQUIRED = {
+    "dataset": ("name", "root", "train_split", "crop_size", "scale_range"),
+    "model": ("backbone", "pretrained", "stride", "embedding_dim", "pooling", "drop_path_rate"),
+    "train": ("seed", "samples_per_gpu", "max_iters", "cam_iters", "prop_label_iters", "aff_from_seg_target",
+              "eval_iters", "log_iters", "num_workers", "amp", "deterministic"),
+    "cam": ("scales", "bkg_score", "high_thre", "low_thre", "radius"),
+    "par": ("num_iter", "dilations"),
+    "loss": ("seg_weight", "aff_weight"),
+    "wavecam": ("loss_weight", "start_iter", "cams_iter"),
+    "optimizer": ("learning_rate", "betas", "weight_decay"),
+    "scheduler": ("warmup_iter", "warmup_ratio", "power"),
+    "val": ("split",),
+    "test": ("after_training", "eval_set", "scales", "flip", "resize_long", "crf", "evaluate"),
+}
+
+
+def check_config(cfg: dict, path: Path) -> None:
+    """One message listing every missing key, rather than a KeyError hours into a run."""
+    missing = [] if "work_dir" in cfg else ["work_dir"]
+    for section, keys in REQUIRED.items():
+        given = cfg.get(section)
+        missing += [f"{section}.{k}" for k in keys if not isinstance(given, dict) or k not in given]
+    if missing:
+        raise WavecamError(f"{path}: missing config key(s) {', '.join(missing)}; "
+                           "compare with end_to_end/configs/voc.yaml")
+
+
+def set_key(cfg: dict, item: str) -> None:
+    """Apply one `a.b.c=value` override in place. Only existing keys may be set: a typo must not
+    silently train with the default."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise WavecamError(f"--set {item!r}: expected section.key=value")
+    *parents, leaf = key.split(".")
+    node = cfg
+    for name in parents:
+        node = node.get(name) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        raise WavecamError(f"--set {item!r}: the config has no key {key!r}")
+    node[leaf] = yaml.safe_load(value)
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def make_source(cfg: dict):
+    data = cfg["dataset"]
+    if not Path(data["root"]).is_dir():
+        raise WavecamError(f"dataset.root {data['root']}: folder not found; set it in the config or with "
+                           "--set dataset.root=PATH (the README's 'Datasets' shows the layouts)")
+    if data["name"] == "voc":
+        from wavecam.data.voc import VOC12
+
+        return VOC12(data["root"], data.get("cache_dir"))
+    if data["name"] == "coco":
+        from wavecam.data.coco import COCO2014
+
+        return COCO2014(data["root"], data.get("cache_dir"))
+    raise WavecamError(f"dataset.name must be voc or coco, got {data['name']!r}")
+
+
+def split_ids(source, name: str) -> list[str]:
+    ids = source.split(name)
+    if not ids:
+        raise WavecamError(f"the id list {name} is empty")
+    return ids
+
+
+def prepare_gt(source, ids: list[str]) -> None:
+    """Render ground-truth masks up front, in parallel, where the dataset renders them (COCO)."""
+    if hasattr(source, "prepare_masks"):
+        source.prepare_masks(ids)
+
+
+def build_model(cfg: dict, num_classes: int) -> WaveAFA:
+    """WaveAFA for `num_classes` foreground classes (the network counts the background too)."""
+    m = cfg["model"]
+    return WaveAFA(m["backbone"], num_classes=num_classes + 1, pretrained=m.get("pretrained"),
+                   stride=tuple(m["stride"]), embedding_dim=m["embedding_dim"], pooling=m["pooling"],
+                   drop_path_rate=m["drop_path_rate"])
+
+
+def autocast(cfg: dict, device: torch.device):
+    """bf16 autocast on CUDA when `train.amp` is set (fp16 where bf16 is unsupported); nothing on CPU."""
+    if cfg["train"].get("amp") and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# --- optimiser -----------------------------------------------------------------------------------
+
+def poly_warmup_adamw(model: WaveAFA, cfg: dict) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the model's groups and AFA's schedule, stepped once per iteration t (from 0):
+    a linear warm-up from `warmup_ratio` x lr to lr over `warmup_iter` iterations, then
+    lr * (1 - t / max_iters) ** power."""
+    opt_cfg, sched_cfg = cfg["optimizer"], cfg["scheduler"]
+    lr = float(opt_cfg["learning_rate"])
+    opt = torch.optim.AdamW(model.param_groups(lr, float(opt_cfg["weight_decay"])), lr=lr,
+                            betas=tuple(opt_cfg["betas"]), eps=1e-8)
+    warmup, ratio = int(sched_cfg["warmup_iter"]), float(sched_cfg["warmup_ratio"])
+    max_iters, power = int(cfg["train"]["max_iters"]), float(sched_cfg["power"])
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return 1 - (1 - t / warmup) * (1 - ratio)
+        return (1 - min(t, max_iters - 1) / max_iters) ** power
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+class IterationBatches:
+    """Batch sampler over iterations `start`..`stop`-1, yielding this rank's batch of (index, seed) keys.
+
+    Iteration t belongs to epoch t // E (E = len(dataset) // global batch, the last partial batch
+    dropped); each epoch is a permutation drawn from (seed, epoch) and split into global batches, each
+    cut into one slice per rank. A sample's seed fixes its augmentation (see `SeededSamples`). Both
+    depend only on (seed, t), so a run resumed at t sees exactly what an uninterrupted one would."""
+
+    def __init__(self, n: int, per_rank: int, ctx: dist.Context, seed: int, start: int, stop: int):
+        self.global_batch = per_rank * ctx.world_size
+        if n < self.global_batch:
+            raise WavecamError(f"{n} training images are fewer than one batch of {per_rank} x {ctx.world_size} "
+                               "processes; lower train.samples_per_gpu or use a larger split")
+        self.n, self.per_rank, self.rank, self.seed = n, per_rank, ctx.rank, seed
+        self.start, self.stop = start, stop
+        self.per_epoch = n // self.global_batch
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order, epoch = None, None
+        for t in range(self.start, self.stop):
+            if t // self.per_epoch != epoch:
+                epoch = t // self.per_epoch
+                order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            first = (t % self.per_epoch) * self.global_batch + self.rank * self.per_rank
+            sample = t * self.global_batch + self.rank * self.per_rank  # a number no other sample of the run has
+            yield [(int(order[first + k]), self.seed * 1_000_003 + sample + k) for k in range(self.per_rank)]
+
+
+class SeededSamples(Dataset):
+    """`dataset[index]` drawn under torch's generator seeded with the key's seed, so the random
+    crop of a sample depends neither on the worker that loads it nor on what was loaded before."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def train_loader(dataset: Dataset, cfg: dict, ctx: dist.Context, start: int) -> DataLoader:
+    t = cfg["train"]
+    batches = IterationBatches(len(dataset), t["samples_per_gpu"], ctx, t["seed"], start, t["max_iters"])
+    # Its own generator: creating the loader must not draw from the global one that dropout uses.
+    return DataLoader(SeededSamples(dataset), batch_sampler=batches, num_workers=t["num_workers"],
+                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(t["seed"]))
+
+
+def eval_loader(dataset: Dataset, cfg: dict, ctx: dist.Context) -> DataLoader:
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg["train"]["num_workers"],
+                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(0))
+
+
+# --- logging -------------------------------------------------------------------------------------
+
+class SmoothedValue:
+    """A series' median over the last `window` values and its mean since the start."""
+
+    def __init__(self, window: int = 20):
+        self.recent: deque[float] = deque(maxlen=window)
+        self.total, self.count = 0.0, 0
+
+    def update(self, value: float) -> None:
+        self.recent.append(value)
+        self.total += value
+        self.count += 1
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.recent))
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+
+class MetricLogger:
+    """DINO-style progress: every `log_iters` iterations one line with the iteration, ETA, smoothed
+    metrics, seconds per iteration (and waiting for data) and images per second over all ranks."""
+
+    def __init__(self, start: int, stop: int, images_per_iter: int, log_iters: int):
+        self.meters: dict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.start, self.stop, self.images_per_iter, self.log_iters = start, stop, images_per_iter, log_iters
+        self.last = time.time()
+
+    def update(self, **values: float) -> None:
+        for k, v in values.items():
+            self.meters[k].update(float(v))
+
+    def iterations(self, loader: DataLoader) -> Iterator[tuple[int, Any]]:
+        """(iteration, batch) pairs, timing the wait for each batch."""
+        for t, batch in zip(range(self.start, self.stop), loader):
+            self.update(data=time.time() - self.last)
+            yield t, batch
+
+    def step_done(self, t: int, **values: float) -> None:
+        """Record iteration t's metrics and its time since the previous one; log every `log_iters`."""
+        now = time.time()
+        self.update(time=now - self.last, **values)
+        self.last = now
+        if (t + 1) % self.log_iters == 0 or t + 1 == self.stop:
+            log.info(self.line(t))
+
+    @contextlib.contextmanager
+    def untimed(self) -> Iterator[None]:
+        """Leave what runs inside (validation, checkpoints) out of the iteration times and the ETA."""
+        start = time.time()
+        yield
+        self.last += time.time() - start
+
+    def line(self, t: int) -> str:
+        step = self.meters["time"]
+        eta = datetime.timedelta(seconds=int(step.global_avg * (self.stop - t - 1)))
+        metrics = "  ".join(f"{k} {m.median:.4g} ({m.global_avg:.4g})" for k, m in self.meters.items()
+                            if k not in ("time", "data"))
+        return (f"iter {t + 1}/{self.stop}  eta {eta}  {metrics}  time {step.median:.3f}s  "
+                f"data {self.meters['data'].median:.3f}s  {self.images_per_iter / max(step.median, 1e-9):.1f} img/s")
+
+
+def tensorboard(log_dir: str | os.PathLike, ctx: dist.Context):
+    """A SummaryWriter on rank 0 when TensorBoard is installed, else None."""
+    if not ctx.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("TensorBoard is not installed: no TensorBoard logs (pip install -r end_to_end/requirements.txt)")
+        return None
+    return SummaryWriter(str(log_dir))
+
+
+def add_scalars(writer, prefix: str, values: dict[str, float], step: int) -> None:
+    if writer is not None:
+        for k, v in values.items():
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+def settings(cfg: dict, work_dir: str | os.PathLike, eval_set: str) -> dict:
+    """What every results/*.json records about the run that produced it (as the multi-stage passes)."""
+    data = cfg["dataset"]
+    return {"dataset": data["name"], "data_root": os.path.abspath(data["root"]), "eval_set": eval_set,
+            "work_space": os.path.abspath(work_dir), "cache_dir": data.get("cache_dir")}
+
+
+@torch.no_grad()
+def segment(net: WaveAFA, image: torch.Tensor, scales: Sequence[float], flip: bool,
+            resize_long: int | None) -> torch.Tensor:
+    """Segmentation logits (C, H, W) of one normalised image (1, 3, H, W), as AFA's test: the image is
+    first resized to a long side of `resize_long`; at each scale the logits (with `flip`, averaged with
+    those of the mirror image) are resized to the first scale's output size; the scales are maxed and
+    the result resized to H x W."""
+    h, w = image.shape[2:]
+    if resize_long:
+        ratio = resize_long / max(h, w)
+        image = F.interpolate(image, size=(int(h * ratio), int(w * ratio)), mode="bilinear", align_corners=False)
+    best, size = None, None
+    for s in scales:
+        x = image if s == 1 else F.interpolate(image, scale_factor=s, mode="bilinear", align_corners=False)
+        seg = net(torch.cat([x, x.flip(-1)]) if flip else x).seg.float()
+        seg = (seg[:1] + seg[1:].flip(-1)) / 2 if flip else seg
+        size = size or seg.shape[2:]
+        seg = F.interpolate(seg, size=size, mode="bilinear", align_corners=False)
+        best = seg if best is None else torch.maximum(best, seg)
+    return F.interpolate(best, size=(h, w), mode="bilinear", align_corners=False)[0]
+
+
+def run_test(net: WaveAFA, cfg: dict, ctx: dist.Context, work_dir: str | os.PathLike,
+             checkpoint: str | os.PathLike, iteration: int | None = None) -> dict | None:
+    """Segment `test.eval_set` with the `test` settings, write `<work_dir>/test/<set>[_crf]/<id>.png`
+    and, where the set has ground truth, `<work_dir>/results/test_<set>[_crf].json` (rank 0 returns it)."""
+    test = cfg["test"]
+    source = make_source(cfg)
+    name = test["eval_set"] + ("_crf" if test["crf"] else "")
+    out_dir = Path(work_dir) / "test" / name
+    ids = dist.shard(split_ids(source, test["eval_set"]), ctx)
+    if test["evaluate"]:
+        prepare_gt(source, ids)
+    dataset = SegmentationDataset(source, ids, test["evaluate"])
+    cm = ConfusionMatrix(source.num_classes + 1)
+    net.eval()
+    for item in tqdm(eval_loader(dataset, cfg, ctx), desc=f"test {name}", disable=not ctx.is_main):
+        with autocast(cfg, ctx.device):
+            logits = segment(net, item["img"].to(ctx.device), test["scales"], test["flip"], test["resize_long"])
+        if test["crf"]:
+            image = source.load_image(item["name"][0])
+            pred = crf_inference_prob(image, logits.softmax(0).cpu().numpy()).argmax(0)
+        else:
+            pred = logits.argmax(0).cpu().numpy()
+        save_png(out_dir / f"{item['name'][0]}.png", pred.astype(np.uint8))
+        if test["evaluate"]:
+            cm.update(pred, item["gt"][0].numpy())
+    if not test["evaluate"]:
+        log.info("test: wrote %s (no evaluation: test.evaluate is false)", out_dir)
+        return None
+    dist.sum_confusions([cm], ctx)
+    if not ctx.is_main:
+        return None
+    result = {**cm.summary(), "checkpoint": os.path.abspath(checkpoint), "iteration": iteration,
+              **{k: test[k] for k in ("scales", "flip", "resize_long", "crf")},
+              "prediction_dir": os.path.abspath(out_dir), **settings(cfg, work_dir, test["eval_set"])}
+    save_json(Path(work_dir) / "results" / f"test_{name}.json", result)
+    log.info("test %s: mIoU %.4f on %d images", name, result["miou"], result["n_images"])
+    return result
+
+
+def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint of the highest iteration in `<work_dir>/checkpoints`, if any."""
+    found = sorted(Path(work_dir, "checkpoints").glob("iter_*.pth"), key=lambda p: p.stem)
+    return found[-1] if found else None
+
+
+def checkpoint_path(work_dir: str | os.PathLike, iteration: int) -> Path:
+    # Zero-padded so that names sort in iteration order.
+    return Path(work_dir) / "checkpoints" / f"iter_{iteration:07d}.pth"
+
+
+def grid_size(size: Sequence[int], stride: int = 16) -> tuple[int, int]:
+    """The last stage's grid for an input of `size`: every stage rounds up."""
+    return math.ceil(size[0] / stride), math.ceil(size[1] / stride)
