@@ -37,8 +37,11 @@ def demo_flags(a) -> list[str]:
         "--cam_crop_size", str(crop), "--cam_resize_long", str(int(crop * 0.8)), str(int(crop * 1.2)),
         "--cam_batch_size", "16", "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", "0.02",
         "--sgd_momentum", "0.9", "--cam_scales", "1.0", "0.5", "1.5",
-        "--cam_eval_sweep", "0.05", "0.5", "0.05",
-        "--wavecam_num_epoches", str(a.wavecam_epochs), "--wavecam_learning_rate", "0.01",
+        "--cam_eval_sweep", "0.05", "0.8", "0.05",
+        "--wavecam_num_epoches", str(a.wavecam_epochs), "--wavecam_learning_rate", "0.05",
+        # CAMs of a network trained from scratch are flatter than ImageNet-initialised ones: their
+        # best background threshold is higher, and IRN's thresholds move with it.
+        "--cam_eval_thres", "0.5", "--conf_fg_thres", "0.5", "--conf_bg_thres", "0.25", "--sem_seg_bg_thres", "0.5",
         "--irn_crop_size", str(crop), "--irn_batch_size", "16", "--irn_num_epoches", str(a.irn_epochs),
         "--irn_learning_rate", "0.05", "--irn_path_radius", str(min(10, crop // 8)),
     ]
@@ -78,8 +81,8 @@ def main() -> None:
     p.add_argument("--n-val", type=int, default=64)
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--cam-epochs", type=int, default=10)
-    p.add_argument("--wavecam-epochs", type=int, default=3)
-    p.add_argument("--irn-epochs", type=int, default=3)
+    p.add_argument("--wavecam-epochs", type=int, default=8)
+    p.add_argument("--irn-epochs", type=int, default=5)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     a = p.parse_args()
 

@@ -67,7 +67,8 @@ def run(args) -> None:
                                     resize_long=tuple(args.cam_resize_long), hflip=True)
     loader = train_loader(dataset, args.wavecam_batch_size, args, ctx)
 
-    net = WaveCAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
+    # As in train_cam: statistics learned from scratch keep being learned, ImageNet ones stay frozen.
+    net = WaveCAMNet(source.num_classes, pretrained=None, arch=args.cam_network, freeze_bn=args.pretrained is not None)
     load_cam_weights(net, args.cam_weights_name, cam_only=True)
     predictor = ClassPredictor(source.num_classes, net.classifier.in_channels)
     base, wave = net.param_groups()
