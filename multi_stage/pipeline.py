@@ -138,6 +138,20 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     return p
 
 
+def check_conflicts(args: argparse.Namespace) -> None:
+    """Flag combinations that cannot both hold, refused before any pass runs."""
+    if args.make_cam_pass and args.make_wavecam_pass:
+        raise WavecamError("--make_cam_pass and --make_wavecam_pass both write --cam_out_dir "
+                           f"({args.cam_out_dir}): run them in separate work spaces, or one after the other "
+                           "with different --cam_out_dir")
+    if args.train_irn_pass and args.irn_crop_size < 8 * args.irn_path_radius:
+        raise WavecamError(f"--irn_crop_size {args.irn_crop_size} is too small for --irn_path_radius "
+                           f"{args.irn_path_radius}: the crop must be at least {8 * args.irn_path_radius} pixels")
+    for flag in ("cam_batch_size", "wavecam_batch_size", "irn_batch_size", "num_workers"):
+        if getattr(args, flag) < (0 if flag == "num_workers" else 1):
+            raise WavecamError(f"--{flag} {getattr(args, flag)} is out of range")
+
+
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
     for name in WORK_SPACE_PATHS:
         setattr(args, name, os.path.join(args.work_space, getattr(args, name)))
@@ -148,6 +162,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     args.cam_scales = tuple(args.cam_scales)
     args.cam_network, args.irn_network = resolve_arch(args.cam_network), resolve_arch(args.irn_network)
     args.feature_dim = stage_channels(args.cam_network)[-1]
+    check_conflicts(args)
     return args
 
 

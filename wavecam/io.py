@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -165,8 +166,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise WavecamError(f"checkpoint not found: {path}; run the pass that trains it or give the right path")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError or zip errors for bad files
+    except pickle.UnpicklingError as e:
         raise BadFileError(
-            f"{path}: cannot be loaded safely as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            "it is corrupt, truncated or holds Python objects beyond tensors. Re-create it."
+            f"{path}: refused: it holds Python objects beyond tensors, and loading it would mean running "
+            "code from the file, which wavecam never does. Re-create it as a state dict "
+            "(torch.save(model.state_dict()))."
+        ) from e
+    except Exception as e:  # zip/EOF/runtime errors of a damaged file
+        raise BadFileError(
+            f"{path}: cannot be loaded as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "it is corrupt or truncated. Re-create it."
         ) from e

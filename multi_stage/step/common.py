@@ -36,6 +36,7 @@ def resolve_list(source, name: str) -> list[str]:
     ids = source.split(name)
     if not ids:
         raise WavecamError(f"the id list {name} is empty")
+    source.check_ids(ids)
     return ids
 
 

@@ -65,10 +65,7 @@ def run(args) -> None:
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
     ids = resolve_list(source, args.train_list)
-    side = args.irn_crop_size // 4
-    if side < 2 * args.irn_path_radius:
-        raise WavecamError(f"--irn_crop_size {args.irn_crop_size} is too small for --irn_path_radius "
-                           f"{args.irn_path_radius}: the crop must be at least {8 * args.irn_path_radius} pixels")
+    side = args.irn_crop_size // 4  # pipeline.check_conflicts made sure the radius fits
     path_index = PathIndex(args.irn_path_radius, (side, side))
     dataset = AffinityDataset(source, ids, args.ir_label_out_dir, path_index, crop_size=args.irn_crop_size,
                               rescale=tuple(args.irn_rescale), hflip=True)

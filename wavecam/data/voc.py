@@ -58,7 +58,7 @@ def load_image(path: Path, image_id: str) -> np.ndarray:
             return np.array(img.convert("RGB"))  # writable: pydensecrf and in-place ops need it
     except OSError as e:
         raise BadFileError(
-            f"{path}: unreadable image for id {image_id} ({e}); replace the file, or pass --skip_bad_images"
+            f"{path}: unreadable image for id {image_id} ({e}); replace the file or remove the id from the list"
         ) from e
 
 
