@@ -131,6 +131,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--ir_label_out_dir", default="ir_label")
     a("--sem_seg_out_dir", default="sem_seg")
     a("--force", type=str2bool, default=False, help="redo outputs that already exist")
+    a("--skip_bad_images", type=str2bool, default=False,
+      help="image-wise passes skip unreadable images, listing them in <work_space>/skipped_images.txt")
+    a("--allow_pickle_cams", type=str2bool, default=False,
+      help="read the reference code's pickled cam_mask/<id>.npy files (can run code: trusted files only)")
+    a("--deterministic", type=str2bool, default=False,
+      help="deterministic kernels on CUDA (slower); CPU runs with the same --seed are bit-identical anyway")
     # Passes
     for flag, _ in PASSES:
         a(f"--{flag}", type=str2bool, default=False)
@@ -175,6 +181,8 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
         os.makedirs(args.work_space, exist_ok=True)
         ctx = dist.init(args.device)
         dist.setup_logging(args.log_name, ctx)
+        if args.deterministic:
+            make_deterministic()
         log = logging.getLogger("wavecam")
         log.info("arguments: %s", vars(args))
         for flag, module in PASSES:
@@ -186,4 +194,17 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
     except WavecamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full or read-only disk, a vanished folder: say which file, not where in the code
+        print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}; free some space or "
+              "choose a writable --work_space, then re-run: finished outputs are kept", file=sys.stderr)
+        return 2
     return 0
+
+
+def make_deterministic() -> None:
+    import torch
+
+    # cuBLAS needs a fixed workspace for reproducible matrix products.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False

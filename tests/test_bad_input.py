@@ -94,3 +94,35 @@ def test_diverging_loss_stops_with_the_step(root, tmp_path):
                 "--sgd_momentum", "0.9")
     assert "the loss became" in msg and "epoch 1, step" in msg
     assert not (tmp_path / "ws" / "res50_cam.pth").exists(), "no weights of a diverged run are written"
+
+
+def test_skip_bad_images_lists_them_and_goes_on(root, tmp_path):
+    ids = VOC12(root).split("train_aug")
+    path = root / "JPEGImages" / f"{ids[0]}.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    save_checkpoint(tmp_path / "ws" / "res50_cam.pth", CAMNet(20, pretrained=None).state_dict())
+    proc = subprocess.run([sys.executable, str(RUNNER), "--voc12_root", str(root), "--work_space",
+                           str(tmp_path / "ws"), *SMALL, "--make_cam_pass", "True", "--skip_bad_images", "True"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = (tmp_path / "ws" / "skipped_images.txt").read_text().splitlines()
+    assert len(listed) == 1 and listed[0].startswith(f"make_cam\t{ids[0]}\t") and str(path) in listed[0]
+    written = {p.stem for p in (tmp_path / "ws" / "cam_mask").glob("*.npz")}
+    assert written == set(ids[1:])
+
+
+def test_reference_pickled_cams_need_explicit_consent(root, tmp_path):
+    ids = VOC12(root).split("train")
+    (tmp_path / "ws" / "cam_mask").mkdir(parents=True)
+    for image_id in ids:
+        h, w = VOC12(root).load_gt(image_id).shape
+        np.save(tmp_path / "ws" / "cam_mask" / f"{image_id}.npy",
+                {"keys": np.array([0]), "cam": np.ones((1, h // 4, w // 4)), "high_res": np.ones((1, h, w))})
+    msg = fails(root, tmp_path / "ws", "--eval_cam_pass", "True")
+    assert "--allow_pickle_cams True" in msg
+    proc = subprocess.run([sys.executable, str(RUNNER), "--voc12_root", str(root), "--work_space",
+                           str(tmp_path / "ws"), *SMALL, "--eval_cam_pass", "True", "--allow_pickle_cams", "True"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "only do this for files you trust" in proc.stderr
+    assert (tmp_path / "ws" / "results" / "eval_cam.json").is_file()

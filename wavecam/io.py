@@ -143,6 +143,19 @@ def load_cam(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return data
 
 
+def load_reference_cam(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A CAM dictionary as the reference code saves it (`np.save(path, {"keys", "cam", "high_res"})`,
+    a pickle). Only for files you trust: unpickling can run code. Callers ask for it explicitly."""
+    try:
+        obj = np.load(path, allow_pickle=True).item()
+    except (ValueError, OSError, pickle.UnpicklingError, EOFError) as e:
+        raise BadFileError(f"{path}: unreadable reference CAM file ({e})") from e
+    if not isinstance(obj, dict) or not {"keys", "cam", "high_res"} <= set(obj):
+        raise BadFileError(f"{path}: not a reference CAM dictionary with keys, cam and high_res")
+    return {"keys": np.asarray(obj["keys"], dtype=np.int64), "cam": np.asarray(obj["cam"], dtype=np.float32),
+            "high_res": np.asarray(obj["high_res"], dtype=np.float32)}
+
+
 def is_complete(path: str | os.PathLike) -> bool:
     """True when `path` exists as a finished output (atomic writes never leave a partial one
     under the final name; a zero-length file can only come from outside and is redone)."""

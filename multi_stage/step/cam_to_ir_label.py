@@ -12,9 +12,9 @@ import numpy as np
 from wavecam import dist
 from wavecam.crf import crf_inference_label
 from wavecam.data.classes import IGNORE_INDEX
-from wavecam.io import WavecamError, load_cam, save_png
+from wavecam.io import BadFileError, save_png
 
-from step.common import make_source, map_images, pending, resolve_list
+from step.common import make_source, map_images, pending, read_cam, resolve_list, skip_bad_image
 
 log = logging.getLogger("wavecam")
 
@@ -35,10 +35,14 @@ def confident_label(img: np.ndarray, cam: dict, fg_thres: float, bg_thres: float
 
 
 def _one(image_id: str, args, source) -> None:
-    path = os.path.join(args.cam_out_dir, f"{image_id}.npz")
-    if not os.path.isfile(path):
-        raise WavecamError(f"no CAM for id {image_id} ({path}); run --make_wavecam_pass (or --make_cam_pass) first")
-    label = confident_label(source.load_image(image_id), load_cam(path), args.conf_fg_thres, args.conf_bg_thres)
+    try:
+        img = source.load_image(image_id)
+    except BadFileError as e:
+        if not args.skip_bad_images:
+            raise
+        skip_bad_image(args, "cam_to_ir_label", image_id, str(e))
+        return
+    label = confident_label(img, read_cam(args, image_id), args.conf_fg_thres, args.conf_bg_thres)
     save_png(os.path.join(args.ir_label_out_dir, f"{image_id}.png"), label)
 
 

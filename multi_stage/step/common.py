@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 from pathlib import Path
@@ -114,3 +115,33 @@ def map_images(fn, ids: list[str], workers: int, desc: str, show: bool = True) -
     with mp.get_context("spawn").Pool(min(workers, len(ids))) as pool:
         for _ in tqdm(pool.imap_unordered(fn, ids, chunksize=4), total=len(ids), desc=desc, disable=not show):
             pass
+
+
+def read_cam(args, image_id: str, produced_by: str = "--make_wavecam_pass (or --make_cam_pass)") -> dict:
+    """The CAMs of one image from --cam_out_dir: ours (<id>.npz), or with --allow_pickle_cams the
+    reference code's pickled <id>.npy."""
+    from wavecam.io import load_cam, load_reference_cam
+
+    path = Path(args.cam_out_dir) / f"{image_id}.npz"
+    if path.is_file():
+        return load_cam(path)
+    legacy = path.with_suffix(".npy")
+    if legacy.is_file():
+        if not args.allow_pickle_cams:
+            raise WavecamError(f"{legacy} is a pickled CAM file of the reference code; loading it can run code. "
+                               "Pass --allow_pickle_cams True if you trust it, or re-create it with make_cam")
+        _warn_pickle_once()
+        return load_reference_cam(legacy)
+    raise WavecamError(f"no CAM for id {image_id} ({path}); run {produced_by} over a list that covers it first")
+
+
+@functools.cache
+def _warn_pickle_once() -> None:
+    log.warning("reading pickled reference CAM files (--allow_pickle_cams): only do this for files you trust")
+
+
+def skip_bad_image(args, pass_name: str, image_id: str, reason: str) -> None:
+    """--skip_bad_images: log the image and list it in <work_space>/skipped_images.txt."""
+    log.warning("%s: skipping %s: %s", pass_name, image_id, reason)
+    with open(Path(args.work_space) / "skipped_images.txt", "a") as f:
+        f.write(f"{pass_name}\t{image_id}\t{reason}\n")

@@ -10,10 +10,10 @@ from tqdm import tqdm
 
 from wavecam import dist
 from wavecam.cam import seeds
-from wavecam.io import WavecamError, load_cam, save_json
+from wavecam.io import save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 
-from step.common import make_source, resolve_list
+from step.common import make_source, read_cam, resolve_list
 from step.evaluation import prepare_gt, results_path, settings
 
 log = logging.getLogger("wavecam")
@@ -35,10 +35,7 @@ def run(args) -> None:
     ts = thresholds(args)
     cms = [ConfusionMatrix(source.num_classes + 1) for _ in ts]
     for image_id in tqdm(dist.shard(ids, ctx), desc="eval_cam", disable=not ctx.is_main):
-        path = os.path.join(args.cam_out_dir, f"{image_id}.npz")
-        if not os.path.isfile(path):
-            raise WavecamError(f"no CAM for id {image_id} ({path}); run --make_cam_pass or --make_wavecam_pass first")
-        cam = load_cam(path)
+        cam = read_cam(args, image_id)
         gt = source.load_gt(image_id)
         for t, cm in zip(ts, cms):
             cm.update(seeds(cam, t), gt)

@@ -16,7 +16,7 @@ from wavecam.io import save_cam
 from wavecam.models import CAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 
-from step.common import make_source, pending, resolve_list
+from step.common import make_source, pending, resolve_list, skip_bad_image
 
 log = logging.getLogger("wavecam")
 
@@ -35,9 +35,13 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
     log.info("%s: %d images to do", desc, len(ids))
     model.to(ctx.device).eval()
     weight = weight.detach().to(ctx.device)
-    loader = DataLoader(InferenceDataset(source, ids), batch_size=None, num_workers=min(args.num_workers, 4))
+    loader = DataLoader(InferenceDataset(source, ids, skip_bad=args.skip_bad_images), batch_size=None,
+                        num_workers=min(args.num_workers, 4))
     dtype = amp_dtype(args, ctx.device)
     for pack in tqdm(loader, desc=desc, disable=not ctx.is_main):
+        if "bad" in pack:
+            skip_bad_image(args, desc, pack["name"], pack["bad"])
+            continue
         keys = torch.nonzero(pack["label"]).flatten()
         strided, high_res = multiscale_cam(model.features, pack["img"], weight, keys, args.cam_scales,
                                            device=ctx.device, amp_dtype=dtype)

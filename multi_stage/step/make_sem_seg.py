@@ -12,11 +12,11 @@ from tqdm import tqdm
 
 from wavecam import dist
 from wavecam.data.datasets import InferenceDataset
-from wavecam.io import WavecamError, load_cam, save_png
+from wavecam.io import save_png
 from wavecam.models.irn import EdgeDisplacement
 from wavecam.randomwalk import propagate, rw_to_label
 
-from step.common import make_source, pending, resolve_list
+from step.common import make_source, pending, read_cam, resolve_list, skip_bad_image
 
 log = logging.getLogger("wavecam")
 
@@ -29,15 +29,14 @@ def run(args) -> None:
     log.info("make_sem_seg: %d images to do", len(ids))
     model = EdgeDisplacement.from_checkpoint(args.irn_weights_name, crop_size=args.irn_crop_size,
                                              arch=args.irn_network).to(ctx.device)
-    loader = DataLoader(InferenceDataset(source, ids, with_labels=False), batch_size=None,
-                        num_workers=min(args.num_workers, 4))
+    loader = DataLoader(InferenceDataset(source, ids, with_labels=False, skip_bad=args.skip_bad_images),
+                        batch_size=None, num_workers=min(args.num_workers, 4))
     for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):
         image_id = pack["name"]
-        cam_path = os.path.join(args.cam_out_dir, f"{image_id}.npz")
-        if not os.path.isfile(cam_path):
-            raise WavecamError(f"no CAM for id {image_id} ({cam_path}); run --make_wavecam_pass over "
-                               "--train_list covering --infer_list first")
-        cam = load_cam(cam_path)
+        if "bad" in pack:
+            skip_bad_image(args, "make_sem_seg", image_id, pack["bad"])
+            continue
+        cam = read_cam(args, image_id)
         edge, _ = model(pack["img"].to(ctx.device))
         strided = torch.from_numpy(cam["cam"]).to(ctx.device)
         rw = propagate(strided, edge, beta=args.beta, exp_times=args.exp_times, radius=5)

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wavecam.data import transforms as T
-from wavecam.io import WavecamError, load_png
+from wavecam.io import BadFileError, WavecamError, load_png
 from wavecam.randomwalk import affinity_labels, downsample_label
 
 
@@ -71,17 +71,23 @@ class ClassificationDataset(Augmented):
 
 
 class InferenceDataset(Dataset):
-    """Whole normalised images for multi-scale inference (batch size 1: sizes differ)."""
+    """Whole normalised images for multi-scale inference (batch size 1: sizes differ). With
+    `skip_bad`, an unreadable image yields {"name", "bad": reason} instead of stopping the pass."""
 
-    def __init__(self, source: Source, ids: list[str], with_labels: bool = True):
-        self.source, self.ids = source, list(ids)
+    def __init__(self, source: Source, ids: list[str], with_labels: bool = True, skip_bad: bool = False):
+        self.source, self.ids, self.skip_bad = source, list(ids), skip_bad
         self.label = torch.from_numpy(source.labels(self.ids)) if with_labels else None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict:
-        img = self.source.load_image(self.ids[i])
+        try:
+            img = self.source.load_image(self.ids[i])
+        except BadFileError as e:
+            if not self.skip_bad:
+                raise
+            return {"name": self.ids[i], "bad": str(e)}
         item = {"name": self.ids[i], "img": T.hwc_to_chw(T.normalize(img)), "size": img.shape[:2]}
         if self.label is not None:
             item["label"] = self.label[i]
