@@ -131,6 +131,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--ir_label_out_dir", default="ir_label")
     a("--sem_seg_out_dir", default="sem_seg")
     a("--force", type=str2bool, default=False, help="redo outputs that already exist")
+    a("--resume", type=str2bool, default=True,
+      help="continue an interrupted training pass from <work_space>/resume/ (False: start it over)")
     a("--skip_bad_images", type=str2bool, default=False,
       help="image-wise passes skip unreadable images, listing them in <work_space>/skipped_images.txt")
     a("--allow_pickle_cams", type=str2bool, default=False,

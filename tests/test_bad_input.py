@@ -126,3 +126,10 @@ def test_reference_pickled_cams_need_explicit_consent(root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "only do this for files you trust" in proc.stderr
     assert (tmp_path / "ws" / "results" / "eval_cam.json").is_file()
+
+
+def test_unwritable_work_space_names_the_file(root, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the work space should go")
+    msg = fails(root, blocker, "--train_cam_pass", "True")
+    assert "cannot write or read" in msg and str(blocker) in msg and "finished outputs are kept" in msg

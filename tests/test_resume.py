@@ -21,6 +21,10 @@ def command(root, ws, *passes):
     return [sys.executable, str(RUNNER), "--voc12_root", str(root), "--work_space", str(ws), *TINY, *passes]
 
 
+def finished(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("*.npz") if not p.name.startswith(".")]
+
+
 def run_killed_when(cmd, ready, env) -> None:
     """Start cmd, SIGKILL it as soon as ready() holds (the test fails if it finished first)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -61,12 +65,13 @@ def test_make_cam_killed_part_way_redoes_only_what_is_missing(voc_root, tmp_path
     (ws / "res50_cam.pth").symlink_to(tmp_path / "whole" / "res50_cam.pth")
     out = ws / "cam_mask"
     run_killed_when(command(voc_root, ws, "--make_cam_pass", "True"),
-                    lambda: out.is_dir() and len(list(out.glob("*.npz"))) >= 3, env)
-    done_before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.npz")}
+                    lambda: out.is_dir() and len(finished(out)) >= 3, env)
+    # The kill may have left a half-written temporary file; only finished outputs count.
+    done_before = {p.name: p.stat().st_mtime_ns for p in finished(out)}
     subprocess.run(command(voc_root, ws, "--make_cam_pass", "True"), env=env, check=True, capture_output=True)
 
     expected = sorted(p.name for p in (tmp_path / "whole" / "cam_mask").glob("*.npz"))
-    assert sorted(p.name for p in out.glob("*.npz")) == expected
+    assert sorted(p.name for p in finished(out)) == expected
     assert not list(out.glob(".*")), "no temporary file is left behind"
     for name, mtime in done_before.items():
         assert (out / name).stat().st_mtime_ns == mtime, f"{name} was finished and must not be redone"

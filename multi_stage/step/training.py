@@ -49,7 +49,7 @@ class ResumeState:
         self.path = Path(args.work_space) / "resume" / f"{name}.pth"
         self.name = name
         self.settings = {k: str(v) for k, v in settings.items()}
-        if args.force and self.path.exists():
+        if (args.force or not args.resume) and self.path.exists():
             self.path.unlink()
 
     def restore(self, model: torch.nn.Module, opt, sched) -> int:
