@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -272,6 +273,12 @@ def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
         losses, acc = train_step(model, par, batch, t, cfg, ctx, aff_mask)
         weights = loss_weights(cfg, t)
         loss = sum(weights[k] * v for k, v in losses.items())
+        if not math.isfinite(loss.item()):
+            found = latest_checkpoint(work_dir)
+            kept = f"the last good checkpoint {found} is kept" if found else "no checkpoint was written yet"
+            raise WavecamError(f"the loss became {loss.item()} at iteration {t} "
+                               f"({', '.join(f'{k} {v.item():.4g}' for k, v in losses.items())}); {kept}. "
+                               "Lower the learning rate and resume.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -114,3 +114,13 @@ def test_batches_resume_where_they_stopped_and_split_epochs_across_ranks():
         assert len(set(indices)) == 8
     seeds = [s for rank in full for batch in rank for _, s in batch]
     assert len(set(seeds)) == len(seeds)
+
+
+def test_diverging_loss_stops_with_the_iteration(voc96, tmp_path):
+    env = {**os.environ, "NPROC": "1", "CONFIG": str(CONFIG), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(LAUNCHER), "--work_dir", "nan", "--set", f"dataset.root={voc96}", *TINY,
+                           "optimizer.learning_rate=1e30"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert "error: the loss became" in proc.stderr and "at iteration" in proc.stderr
+    assert "Traceback" not in proc.stderr

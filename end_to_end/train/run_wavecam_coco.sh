@@ -13,6 +13,10 @@ PYTHON="${PYTHON:-python}"
 CONFIG="${CONFIG:-$HERE/../configs/coco.yaml}"
 # torch.cuda.device_count() honours CUDA_VISIBLE_DEVICES; no GPU means one CPU process.
 NPROC="${NPROC:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
+if [ "$NPROC" = 1 ]; then
+    # One process needs no launcher, and its errors then reach the user without torchrun's report.
+    exec "$PYTHON" "$HERE/../train.py" --config "$CONFIG" "$@"
+fi
 # --standalone: a local rendezvous on a free port, so several runs can share a machine.
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
     "$HERE/../train.py" --config "$CONFIG" "$@"
