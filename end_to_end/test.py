@@ -16,14 +16,12 @@ import logging
 import sys
 from pathlib import Path
 
-import torch.distributed as tdist
-
 from wavecam import dist
 from wavecam.io import WavecamError, load_checkpoint
 from wavecam.metrics import format_iou_table
 from wavecam.models.e2e import load_wave_afa_weights
 
-from utils import build_model, latest_checkpoint, load_config, make_source, run_test
+from utils import build_model, latest_checkpoint, load_config, make_source, run_cli, run_test
 
 log = logging.getLogger("wavecam")
 
@@ -60,19 +58,15 @@ def test(cfg: dict, checkpoint: str | None, ctx: dist.Context) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def job() -> None:
         cfg = load_config(args.config, args.overrides)
         if args.work_dir:
             cfg["work_dir"] = args.work_dir
         cfg["test"]["crf"] = cfg["test"]["crf"] or args.crf
         test(cfg, args.checkpoint, dist.init(args.device))
-    except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if tdist.is_initialized():
-            tdist.destroy_process_group()
-    return 0
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

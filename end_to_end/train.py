@@ -51,6 +51,7 @@ from utils import (
     make_source,
     poly_warmup_adamw,
     prepare_gt,
+    run_cli,
     run_test,
     settings,
     split_ids,
@@ -306,18 +307,14 @@ def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def job() -> None:
         cfg = load_config(args.config, args.overrides)
         if args.work_dir:
             cfg["work_dir"] = args.work_dir
         train(cfg, args.resume, dist.init(args.device))
-    except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if tdist.is_initialized():
-            tdist.destroy_process_group()
-    return 0
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

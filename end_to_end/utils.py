@@ -9,14 +9,16 @@ import datetime
 import logging
 import math
 import os
+import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Dataset
@@ -406,3 +408,17 @@ def checkpoint_path(work_dir: str | os.PathLike, iteration: int) -> Path:
 def grid_size(size: Sequence[int], stride: int = 16) -> tuple[int, int]:
     """The last stage's grid for an input of `size`: every stage rounds up."""
     return math.ceil(size[0] / stride), math.ceil(size[1] / stride)
+
+
+def run_cli(job: Callable[[], None]) -> int:
+    """Run a command-line job: a WavecamError becomes one `error:` line and exit code 2, and the
+    process group (if any) is torn down whatever happens."""
+    try:
+        job()
+    except WavecamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
+    return 0

@@ -3,20 +3,8 @@
 #
 #   bash end_to_end/train/run_wavecam_coco.sh [train.py arguments...]
 #
-# NPROC    processes (default: every visible GPU, or 1 on a machine without one)
-# CONFIG   YAML config (default: end_to_end/configs/coco.yaml)
-# PYTHON   interpreter with wavecam installed (default: python)
+# The VOC launcher with the COCO config: NPROC, CONFIG and PYTHON work as described there.
 # Extra arguments go to train.py, e.g. --work_dir DIR --resume auto --set dataset.root=/data/mscoco
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PYTHON="${PYTHON:-python}"
-CONFIG="${CONFIG:-$HERE/../configs/coco.yaml}"
-# torch.cuda.device_count() honours CUDA_VISIBLE_DEVICES; no GPU means one CPU process.
-NPROC="${NPROC:-$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
-if [ "$NPROC" = 1 ]; then
-    # One process needs no launcher, and its errors then reach the user without torchrun's report.
-    exec "$PYTHON" "$HERE/../train.py" --config "$CONFIG" "$@"
-fi
-# --standalone: a local rendezvous on a free port, so several runs can share a machine.
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
-    "$HERE/../train.py" --config "$CONFIG" "$@"
+CONFIG="${CONFIG:-$HERE/../configs/coco.yaml}" exec bash "$HERE/run_wavecam_voc.sh" "$@"
