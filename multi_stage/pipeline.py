@@ -139,6 +139,16 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
       help="read the reference code's pickled cam_mask/<id>.npy files (can run code: trusted files only)")
     a("--deterministic", type=str2bool, default=False,
       help="deterministic kernels on CUDA (slower); CPU runs with the same --seed are bit-identical anyway")
+    # Fast paths: each changes results by floating-point noise at most (--amp, off by default, by more).
+    a("--channels_last", type=str2bool, default=True,
+      help="NHWC memory format for the ResNets and their inputs (faster with cuDNN and oneDNN)")
+    a("--cudnn_benchmark", type=str2bool, default=True,
+      help="let cuDNN time its convolution algorithms per input shape (off under --deterministic)")
+    a("--pin_memory", type=str2bool, default=True, help="page-locked loader batches for faster copies to CUDA")
+    a("--persistent_workers", type=str2bool, default=True,
+      help="training loaders keep their --num_workers processes between epochs")
+    a("--cam_infer_batch", type=int, default=0,
+      help="images of one size per forward in make_cam/make_wavecam; 0: 8 on CUDA, 1 on CPU")
     # Passes
     for flag, _ in PASSES:
         a(f"--{flag}", type=str2bool, default=False)
@@ -155,8 +165,8 @@ def check_conflicts(args: argparse.Namespace) -> None:
     if args.train_irn_pass and args.irn_crop_size < 8 * args.irn_path_radius:
         raise WavecamError(f"--irn_crop_size {args.irn_crop_size} is too small for --irn_path_radius "
                            f"{args.irn_path_radius}: the crop must be at least {8 * args.irn_path_radius} pixels")
-    for flag in ("cam_batch_size", "wavecam_batch_size", "irn_batch_size", "num_workers"):
-        if getattr(args, flag) < (0 if flag == "num_workers" else 1):
+    for flag in ("cam_batch_size", "wavecam_batch_size", "irn_batch_size", "num_workers", "cam_infer_batch"):
+        if getattr(args, flag) < (0 if flag in ("num_workers", "cam_infer_batch") else 1):
             raise WavecamError(f"--{flag} {getattr(args, flag)} is out of range")
 
 
@@ -185,6 +195,10 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
         dist.setup_logging(args.log_name, ctx)
         if args.deterministic:
             make_deterministic()
+        else:
+            import torch
+
+            torch.backends.cudnn.benchmark = args.cudnn_benchmark
         log = logging.getLogger("wavecam")
         log.info("arguments: %s", vars(args))
         for flag, module in PASSES:

@@ -41,16 +41,18 @@ def multiscale_cam(
     feature_stride: int = 16,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CAMs of one normalised image (3, H, W) for the classes `keys` (K,), from the 1x1 kernel
     `weight` (C, D, 1, 1) applied to `features_fn`'s output.
 
     Returns float32 (K, ceil(H/stride), ceil(W/stride)) and (K, H, W) maps on `device`, each divided
     by its maximum (+1e-5). `features_fn`'s model must already be on `device` (default: the image's);
-    `amp_dtype` (torch.bfloat16 / torch.float16) runs the backbone under autocast.
+    `amp_dtype` (torch.bfloat16 / torch.float16) runs the backbone under autocast; `memory_format`
+    (torch.channels_last) is the layout the backbone gets its input in (that of its weights).
     """
     (out,) = multiscale_cam_batch(features_fn, image[None], weight, [keys], scales, stride, feature_stride,
-                                  device, amp_dtype)
+                                  device, amp_dtype, memory_format)
     return out
 
 
@@ -65,6 +67,7 @@ def multiscale_cam_batch(
     feature_stride: int = 16,
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`multiscale_cam` for N images of one size (N, 3, H, W), with one `keys` tensor per image."""
     device = torch.device(device) if device is not None else images.device
@@ -76,7 +79,7 @@ def multiscale_cam_batch(
     strided = [images.new_zeros((len(k), *small), dtype=torch.float32) for k in keys]
     high_res = [images.new_zeros((len(k), *up), dtype=torch.float32) for k in keys]
     for s in scales:
-        cams = _flipped_cams(features_fn, _rescale(images, s), weight, amp_dtype)  # (N, C, h', w')
+        cams = _flipped_cams(features_fn, _rescale(images, s), weight, amp_dtype, memory_format)  # (N, C, h', w')
         for cam, k, acc_small, acc_up in zip(cams, keys, strided, high_res, strict=True):
             if len(k):
                 present = cam[k][None]  # (1, K, h', w')
@@ -95,11 +98,14 @@ def _rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _flipped_cams(features_fn: FeaturesFn, images: torch.Tensor, weight: torch.Tensor,
-                  amp_dtype: torch.dtype | None) -> torch.Tensor:
+                  amp_dtype: torch.dtype | None, memory_format: torch.memory_format | None) -> torch.Tensor:
     """ReLU'd CAMs of the images plus those of their mirror images flipped back: (N, C, h', w')."""
     n = images.shape[0]
+    both = torch.cat([images, images.flip(-1)])
+    if memory_format is not None:
+        both = both.contiguous(memory_format=memory_format)
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        features = features_fn(torch.cat([images, images.flip(-1)]))
+        features = features_fn(both)
     # The 1x1 projection is cheap, so it runs in float32 whatever the backbone's precision.
     cams = F.relu(F.conv2d(features.float(), weight.float()))
     return cams[:n] + cams[n:].flip(-1)

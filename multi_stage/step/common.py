@@ -1,4 +1,5 @@
-"""What several passes need: the dataset source, id lists, loaders, seeding, autocast."""
+"""What several passes need: the dataset source, id lists, loaders, seeding, and the fast paths
+(channels_last, pinned memory, persistent workers, autocast, same-size inference batches)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from wavecam import dist
 from wavecam.data.voc import VOC12
@@ -47,6 +48,51 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     torch.manual_seed(seed + rank)
 
 
+def loader_options(args, ctx: dist.Context, workers: int | None = None, reused: bool = False) -> dict:
+    """DataLoader settings of the fast-path flags: pinned memory for CUDA copies, and for loaders
+    iterated more than once (`reused`) workers that persist between epochs."""
+    workers = args.num_workers if workers is None else workers
+    return {"num_workers": workers, "pin_memory": args.pin_memory and ctx.device.type == "cuda",
+            "persistent_workers": args.persistent_workers and reused and workers > 0}
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) instead of index. Persistent workers keep their own copy of the
+    dataset, which a `set_epoch` in the main process never reaches; the epoch travels with each
+    index instead, so every worker augments sample i of epoch e exactly as the main process would."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class EpochKeyed(Dataset):
+    """An `Augmented` dataset indexed by EpochSampler's (epoch, index) keys."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
+        self.dataset.set_epoch(epoch, seed)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, i = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[i]
+
+
 def train_loader(dataset: Dataset, global_batch: int, args, ctx: dist.Context) -> DataLoader:
     """Shuffled, drop-last loader; under torchrun each rank gets global_batch / world images.
 
@@ -59,28 +105,46 @@ def train_loader(dataset: Dataset, global_batch: int, args, ctx: dist.Context) -
                            "lower the batch size or use a larger list")
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=args.seed,
                                  drop_last=True)
-    return DataLoader(dataset, batch_size=global_batch // ctx.world_size, sampler=sampler,
-                      num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda", drop_last=True)
+    return DataLoader(EpochKeyed(dataset), batch_size=global_batch // ctx.world_size, sampler=EpochSampler(sampler),
+                      drop_last=True, **loader_options(args, ctx, reused=True))
 
 
 def eval_loader(dataset: Dataset, batch_size: int, args, ctx: dist.Context) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=args.num_workers,
-                      pin_memory=ctx.device.type == "cuda")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **loader_options(args, ctx, reused=True))
+
+
+def memory_format(args) -> torch.memory_format:
+    return torch.channels_last if args.channels_last else torch.contiguous_format
+
+
+def place(model: torch.nn.Module, args, ctx: dist.Context) -> torch.nn.Module:
+    """The model on the pass's device, in the memory format of --channels_last."""
+    return model.to(ctx.device, memory_format=memory_format(args))
+
+
+def to_device(images: torch.Tensor, args, ctx: dist.Context) -> torch.Tensor:
+    """A batch of images (N, 3, H, W) on the device in the model's memory format."""
+    return images.to(ctx.device, non_blocking=True, memory_format=memory_format(args))
+
+
+def amp_dtype(args, device: torch.device) -> torch.dtype | None:
+    """--amp's autocast type: bf16 where the GPU has it, else fp16; None (float32) on CPU or without --amp."""
+    if not (args.amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def autocast(args, device: torch.device):
-    if args.amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    dtype = amp_dtype(args, device)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
-def wrap_ddp(model: torch.nn.Module, ctx: dist.Context) -> torch.nn.Module:
-    model.to(ctx.device)
+def wrap_ddp(model: torch.nn.Module, args, ctx: dist.Context) -> torch.nn.Module:
+    place(model, args, ctx)
     if not ctx.distributed:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None

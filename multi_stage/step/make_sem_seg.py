@@ -16,7 +16,7 @@ from wavecam.io import save_png
 from wavecam.models.irn import EdgeDisplacement
 from wavecam.randomwalk import propagate, rw_to_label
 
-from step.common import make_source, pending, read_cam, resolve_list, skip_bad_image
+from step.common import loader_options, make_source, pending, place, read_cam, resolve_list, skip_bad_image
 
 log = logging.getLogger("wavecam")
 
@@ -27,10 +27,10 @@ def run(args) -> None:
     source = make_source(args)
     ids = pending(resolve_list(source, args.infer_list), args.sem_seg_out_dir, ".png", args, ctx)
     log.info("make_sem_seg: %d images to do", len(ids))
-    model = EdgeDisplacement.from_checkpoint(args.irn_weights_name, crop_size=args.irn_crop_size,
-                                             arch=args.irn_network).to(ctx.device)
+    model = place(EdgeDisplacement.from_checkpoint(args.irn_weights_name, crop_size=args.irn_crop_size,
+                                                   arch=args.irn_network), args, ctx)
     loader = DataLoader(InferenceDataset(source, ids, with_labels=False, skip_bad=args.skip_bad_images),
-                        batch_size=None, num_workers=min(args.num_workers, 4))
+                        batch_size=None, **loader_options(args, ctx, workers=min(args.num_workers, 4)))
     for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):
         image_id = pack["name"]
         if "bad" in pack:

@@ -19,6 +19,7 @@ from step.common import (
     make_source,
     resolve_list,
     seed_everything,
+    to_device,
     train_loader,
     unwrap,
     wrap_ddp,
@@ -28,14 +29,14 @@ from step.training import ResumeState, fit
 log = logging.getLogger("wavecam")
 
 
-def validate(model, loader, device) -> float:
+def validate(model, loader, args, ctx) -> float:
     """Mean multi-label soft-margin loss over the validation list (rank-local)."""
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
         for pack in loader:
-            logits = model(pack["img"].to(device))
-            total += F.multilabel_soft_margin_loss(logits, pack["label"].to(device), reduction="sum").item()
+            logits = model(to_device(pack["img"], args, ctx))
+            total += F.multilabel_soft_margin_loss(logits, pack["label"].to(ctx.device), reduction="sum").item()
             n += logits.shape[0]
     return total / max(n, 1)
 
@@ -62,15 +63,15 @@ def run(args) -> None:
         [{"params": backbone, "lr": args.cam_learning_rate}, {"params": new, "lr": 10 * args.cam_learning_rate}],
         args.cam_learning_rate, args.cam_weight_decay, len(loader) * args.cam_num_epoches, momentum=args.sgd_momentum,
     )
-    model = wrap_ddp(net, ctx)
+    model = wrap_ddp(net, args, ctx)
 
     def step(pack: dict) -> dict:
         with autocast(args, ctx.device):
-            logits = model(pack["img"].to(ctx.device, non_blocking=True))
+            logits = model(to_device(pack["img"], args, ctx))
         return {"loss": F.multilabel_soft_margin_loss(logits.float(), pack["label"].to(ctx.device))}
 
     def end_of_epoch(ep: int) -> None:
-        log.info("train_cam epoch %d: validation loss %.4f", ep, validate(model, val_loader, ctx.device))
+        log.info("train_cam epoch %d: validation loss %.4f", ep, validate(model, val_loader, args, ctx))
 
     state = ResumeState(args, "train_cam", {
         "train_ids": len(train_ids), "batch": args.cam_batch_size, "epochs": args.cam_num_epoches,

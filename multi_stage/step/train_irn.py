@@ -20,7 +20,17 @@ from wavecam.models.irn import AffinityDisplacementLoss, IRNet
 from wavecam.optim import poly_sgd
 from wavecam.randomwalk import PathIndex
 
-from step.common import autocast, make_source, resolve_list, seed_everything, train_loader, unwrap, wrap_ddp
+from step.common import (
+    autocast,
+    loader_options,
+    make_source,
+    resolve_list,
+    seed_everything,
+    to_device,
+    train_loader,
+    unwrap,
+    wrap_ddp,
+)
 from step.training import ResumeState, fit
 
 log = logging.getLogger("wavecam")
@@ -37,11 +47,11 @@ class _Trainee(torch.nn.Module):
 
 
 @torch.no_grad()
-def displacement_mean(net: IRNet, source, ids, args, device) -> torch.Tensor:
+def displacement_mean(net: IRNet, source, ids, args, ctx) -> torch.Tensor:
     loader = DataLoader(TopLeftCropDataset(source, ids, args.irn_crop_size), batch_size=args.irn_batch_size,
-                        num_workers=args.num_workers)
+                        **loader_options(args, ctx))
     net.eval()
-    means = [net(pack["img"].to(device))[1].mean(dim=(0, 2, 3)).cpu() for pack in loader]
+    means = [net(to_device(pack["img"], args, ctx))[1].mean(dim=(0, 2, 3)).cpu() for pack in loader]
     return torch.stack(means).mean(dim=0)
 
 
@@ -76,10 +86,11 @@ def run(args) -> None:
     lr = args.irn_learning_rate
     opt, sched = poly_sgd([{"params": edge_params, "lr": lr}, {"params": dp_params, "lr": 10 * lr}],
                           lr, args.irn_weight_decay, len(loader) * args.irn_num_epoches, momentum=args.sgd_momentum)
-    model = wrap_ddp(_Trainee(net, AffinityDisplacementLoss(path_index)), ctx)
+    model = wrap_ddp(_Trainee(net, AffinityDisplacementLoss(path_index)), args, ctx)
 
     def step(pack: dict) -> dict:
-        batch = [pack[k].to(ctx.device, non_blocking=True) for k in ("img", "bg_pos", "fg_pos", "neg")]
+        batch = [to_device(pack["img"], args, ctx),
+                 *(pack[k].to(ctx.device, non_blocking=True) for k in ("bg_pos", "fg_pos", "neg"))]
         with autocast(args, ctx.device):
             losses = model(*batch)
         return {"loss": losses["total"], **{k: losses[k] for k in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")}}
@@ -91,7 +102,7 @@ def run(args) -> None:
 
     if ctx.is_main:
         net = unwrap(model).net
-        net.mean_shift.running_mean.copy_(displacement_mean(net, source, ids, args, ctx.device))
+        net.mean_shift.running_mean.copy_(displacement_mean(net, source, ids, args, ctx))
         save_checkpoint(args.irn_weights_name, net.state_dict())
         state.finish()
         log.info("wrote %s", args.irn_weights_name)

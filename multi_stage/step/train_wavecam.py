@@ -25,6 +25,7 @@ from step.common import (
     make_source,
     resolve_list,
     seed_everything,
+    to_device,
     train_loader,
     unwrap,
     wrap_ddp,
@@ -77,12 +78,12 @@ def run(args) -> None:
         [{"params": base, "lr": 0.1 * lr}, {"params": [*wave, *predictor.parameters()], "lr": lr}],
         lr, args.cam_weight_decay, len(loader) * args.wavecam_num_epoches, momentum=args.sgd_momentum,
     )
-    model = wrap_ddp(_Trainee(net, predictor), ctx)
+    model = wrap_ddp(_Trainee(net, predictor), args, ctx)
 
     def step(pack: dict) -> dict:
         label = pack["label"].to(ctx.device, non_blocking=True)
         with autocast(args, ctx.device):
-            logits, loss_ce, acc = model(pack["img"].to(ctx.device, non_blocking=True), label)
+            logits, loss_ce, acc = model(to_device(pack["img"], args, ctx), label)
         loss_cls = F.multilabel_soft_margin_loss(logits.float(), label)
         return {"loss": loss_cls + args.wavecam_loss_weight * loss_ce, "loss_cls": loss_cls, "loss_ce": loss_ce,
                 "acc": acc}

@@ -1,0 +1,119 @@
+"""The fast paths change nothing but speed: persistent workers augment as the main process does,
+channels_last and same-size inference batches give the CAMs of the plain layout and of one image
+at a time (to float tolerance), and the switches reach the passes."""
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wavecam.data.datasets import ClassificationDataset
+from wavecam.data.voc import VOC12
+from wavecam.io import load_cam
+
+from pipeline import main
+from step.common import train_loader
+from step.make_cam import same_size_batches
+from step.training import seed_epoch
+
+FLAGS = ("--pretrained none --num_workers 0 --cam_crop_size 48 --cam_resize_long 40 56 --cam_batch_size 4 "
+         "--cam_num_epoches 1 --cam_scales 1.0 0.5 --sgd_momentum 0.9 --cam_learning_rate 0.01 --seed 3 "
+         "--cam_network resnet18")
+
+
+def loader_args(workers: int, persistent: bool) -> argparse.Namespace:
+    return argparse.Namespace(seed=7, num_workers=workers, pin_memory=True, persistent_workers=persistent)
+
+
+def epoch_batches(loader, epochs: int) -> list[torch.Tensor]:
+    from wavecam import dist
+
+    out = []
+    for ep in range(epochs):
+        seed_epoch(7, ep, dist.init("cpu").rank, loader)
+        out.extend(batch["img"] for batch in loader)
+    return out
+
+
+def test_persistent_workers_draw_each_epochs_augmentation(voc_root):
+    from wavecam import dist
+
+    source = VOC12(voc_root)
+    ids = source.split("train_aug")[:8]
+
+    def batches(workers, persistent):
+        data = ClassificationDataset(source, ids, crop_size=32, resize_long=(28, 44), hflip=True)
+        return epoch_batches(train_loader(data, 4, loader_args(workers, persistent), dist.init("cpu")), 2)
+
+    plain, persistent = batches(0, False), batches(2, True)
+    assert len(plain) == len(persistent) == 4
+    for a, b in zip(plain, persistent):
+        assert torch.equal(a, b)
+    # The second epoch's crops are new ones, not the first epoch's again.
+    assert not torch.equal(plain[0], plain[2]) or not torch.equal(plain[1], plain[3])
+
+
+def test_same_size_batches_group_images_of_one_size(voc_root, tmp_path):
+    source = VOC12(voc_root)
+    ids = source.split("train_aug")
+    groups = same_size_batches(source, ids, 3)
+    assert sorted(i for g in groups for i in g) == list(range(len(ids)))
+    assert any(len(g) > 1 for g in groups), "the synthetic root has no two images of one size: test is vacuous"
+    for g in groups:
+        assert 1 <= len(g) <= 3
+        assert len({Image.open(source.image_path(ids[i])).size for i in g}) == 1
+
+
+def test_unreadable_header_is_a_group_of_its_own(voc_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "voc"
+    shutil.copytree(voc_root, root)
+    source = VOC12(root)
+    ids = source.split("train_aug")
+    source.image_path(ids[0]).write_bytes(b"not a jpeg")
+    groups = same_size_batches(source, ids, 8)
+    assert [0] in groups
+
+
+def make_cams(root, ws, *flags):
+    argv = (f"--voc12_root {root} --work_space {ws} {FLAGS} --make_cam_pass True "
+            f"--cam_weights_name {ws.parent / 'res50_cam.pth'}").split()
+    assert main("voc", [*argv, *flags]) == 0
+    return {p.stem: load_cam(p) for p in sorted((ws / "cam_mask").glob("*.npz"))}
+
+
+@pytest.fixture(scope="module")
+def trained(voc_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fast")
+    argv = f"--voc12_root {voc_root} --work_space {tmp} {FLAGS} --train_cam_pass True".split()
+    assert main("voc", argv) == 0
+    return tmp
+
+
+@pytest.mark.parametrize("flags", [("--channels_last", "True", "--cam_infer_batch", "1"),
+                                   ("--channels_last", "False", "--cam_infer_batch", "4")])
+def test_fast_make_cam_matches_the_plain_one(voc_root, trained, flags):
+    plain = make_cams(voc_root, trained / "plain", "--channels_last", "False", "--cam_infer_batch", "1")
+    fast = make_cams(voc_root, trained / f"fast{'_'.join(flags)}", *flags)
+    assert plain.keys() == fast.keys() and len(plain) == len(VOC12(voc_root).split("train_aug"))
+    for name in plain:
+        np.testing.assert_array_equal(plain[name]["keys"], fast[name]["keys"])
+        for k in ("cam", "high_res"):
+            np.testing.assert_allclose(fast[name][k], plain[name][k], atol=2e-4, err_msg=f"{name} {k}")
+
+
+def test_channels_last_training_matches_nchw(voc_root, trained):
+    from wavecam.io import load_checkpoint
+
+    ws = {}
+    for fmt in ("True", "False"):
+        ws[fmt] = trained / f"train_cl_{fmt}"
+        argv = f"--voc12_root {voc_root} --work_space {ws[fmt]} {FLAGS} --train_cam_pass True".split()
+        assert main("voc", [*argv, "--channels_last", fmt]) == 0
+    a, b = (load_checkpoint(ws[f] / "res50_cam.pth") for f in ("True", "False"))
+    for k in b:
+        if b[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
