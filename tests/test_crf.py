@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wavecam.crf import crf_inference_label
+from wavecam.crf import crf_inference_label, crf_inference_labels
 
 
 def scene():
@@ -46,3 +46,16 @@ def test_rejects_bad_inputs():
         crf_inference_label(img, labels + 1, n_labels=3)
     with pytest.raises(ValueError, match="uint8"):
         crf_inference_label(img.astype(np.float32), labels, n_labels=3)
+
+
+def test_shared_pairwise_terms_give_what_separate_inferences_give():
+    """cam_to_ir_label refines two seed maps per image with one lattice; each must equal its own CRF."""
+    img, labels = scene()
+    rng = np.random.default_rng(1)
+    maps = [labels, np.where(rng.random(labels.shape) < 0.2, rng.integers(0, 3, labels.shape), labels),
+            np.zeros_like(labels)]
+    shared = crf_inference_labels(img, maps, n_labels=3)
+    assert len(shared) == 3
+    for m, out in zip(maps, shared):
+        np.testing.assert_array_equal(out, crf_inference_label(img, m, n_labels=3))
+    assert not np.array_equal(shared[0], shared[2])  # each map got its own unary

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from wavecam import dist
-from wavecam.crf import crf_inference_label
+from wavecam.crf import crf_inference_labels
 from wavecam.data.classes import IGNORE_INDEX
 from wavecam.io import BadFileError, save_png
 
@@ -23,11 +23,12 @@ def confident_label(img: np.ndarray, cam: dict, fg_thres: float, bg_thres: float
     keys = np.concatenate([[0], cam["keys"] + 1])
     hr = cam["high_res"]
 
-    def refined(thres: float) -> np.ndarray:
+    def seeds(thres: float) -> np.ndarray:
         scores = np.concatenate([np.full((1, *hr.shape[1:]), thres, hr.dtype), hr])
-        return keys[crf_inference_label(img, scores.argmax(0), n_labels=len(keys))]
+        return scores.argmax(0)
 
-    fg, bg = refined(fg_thres), refined(bg_thres)
+    # Both refinements share the image's pairwise terms (see crf_inference_labels).
+    fg, bg = (keys[r] for r in crf_inference_labels(img, [seeds(fg_thres), seeds(bg_thres)], n_labels=len(keys)))
     conf = fg.copy()
     conf[fg == 0] = IGNORE_INDEX  # not confidently foreground ...
     conf[(fg == 0) & (bg == 0)] = 0  # ... unless background even at the low threshold
