@@ -96,3 +96,24 @@ def test_summary_and_table():
     assert s["miou"] == 1.0 and len(s["iou"]) == 21 and s["n_images"] == 1
     table = format_iou_table(s["iou"], VOC_CLASSES, title="seeds")
     assert "tvmonitor" in table and table.splitlines()[-1].endswith("100.0")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_uint8_fast_path_equals_the_general_one(seed):
+    """PNG label maps (uint8) take a 16-bit bincount; it must count exactly what int64 inputs count,
+    255 ignored, and refuse the same out-of-range labels."""
+    rng = np.random.default_rng(seed)
+    fast, general = ConfusionMatrix(21), ConfusionMatrix(21)
+    for _ in range(5):
+        g = rng.integers(0, 21, (37, 53)).astype(np.uint8)
+        g[rng.random(g.shape) < 0.1] = 255
+        p = rng.integers(0, 21, g.shape).astype(np.uint8)
+        p[g == 255] = 250  # a prediction under an ignored pixel is never counted, whatever its value
+        fast.update(p, g)
+        general.update(p.astype(np.int64), g.astype(np.int64))
+    np.testing.assert_array_equal(fast.mat, general.mat)
+    assert fast.n_images == general.n_images == 5
+    for bad_pred, bad_gt in ((21, 3), (3, 40)):
+        with pytest.raises(ValueError, match="outside"):
+            fast.update(np.full((2, 2), bad_pred, np.uint8), np.full((2, 2), bad_gt, np.uint8))
+    assert fast.n_images == 5

@@ -28,6 +28,8 @@ class ConfusionMatrix:
         gt = np.asarray(gt)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
+        if pred.dtype == gt.dtype == np.uint8 and self._update_uint8(pred, gt):
+            return
         gt = gt.astype(np.int64, copy=False).ravel()
         pred = pred.astype(np.int64, copy=False).ravel()
         keep = (gt >= 0) & (gt != IGNORE_INDEX)
@@ -39,6 +41,22 @@ class ConfusionMatrix:
             )
         self.mat += np.bincount(self.n_class * gt + pred, minlength=self.n_class**2).reshape(self.n_class, -1)
         self.n_images += 1
+
+    def _update_uint8(self, pred: np.ndarray, gt: np.ndarray) -> bool:
+        """The PNG case (both uint8): one 16-bit index gt * 256 + pred and one bincount, with no int64
+        copies or masking. Several MB-sized temporaries per image would each be a fresh mmap with
+        its page faults, which made evaluation 10x slower. False (nothing counted) if a label is out
+        of range: the general path then raises its error."""
+        idx = gt.astype(np.uint16).ravel()
+        idx <<= 8
+        idx |= pred.ravel()
+        table = np.bincount(idx, minlength=1 << 16).reshape(256, 256)[:IGNORE_INDEX]  # gt 255 is ignored
+        n = self.n_class
+        if table[n:].any() or table[:n, n:].any():
+            return False
+        self.mat += table[:n, :n]
+        self.n_images += 1
+        return True
 
     def merge(self, other: ConfusionMatrix) -> None:
         self.mat += other.mat

@@ -1,0 +1,69 @@
+"""Projected wall time of the full VOC multi-stage pipeline from bench_passes.py's measurements.
+
+    python bench/project_voc.py bench.json
+
+Assumptions, printed with the figures: the paper's defaults (10,582 train_aug images; 5 CAM,
+4 WaveCAM and 3 IRN epochs at crop 512; make_wavecam, cam_to_ir_label and make_sem_seg over
+train_aug; evaluation on the 1,464 train images); the data loader keeps up with the training step
+(it runs in --num_workers processes beside it); training figures measured at another crop are scaled
+by the pixel count to 512; per-image figures are taken at the size they were measured at (VOC
+images average about 500x375); start-up, checkpoint writing and IRN's displacement-mean pass
+(one forward over the crops) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+TRAIN_AUG, EVAL_SET = 10582, 1464
+EPOCHS = {"train_cam": 5, "train_wavecam": 4, "train_irn": 3}
+PAPER_CROP = 512
+
+
+def project(bench: dict) -> dict:
+    rows = {r["pass"]: r for r in bench["rows"]}
+    crop = bench["settings"]["crop"]
+    scale = (PAPER_CROP / crop) ** 2
+    seconds: dict[str, float] = {}
+    for name, epochs in EPOCHS.items():
+        if name in rows:
+            per_image = 1 / rows[name]["ours"]["throughput"] * scale
+            seconds[name] = TRAIN_AUG * epochs * per_image
+    if "make_wavecam" in rows:
+        seconds["make_wavecam"] = TRAIN_AUG * rows["make_wavecam"]["ours"]["seconds"]
+    if "eval" in rows:
+        per_mask = rows["eval"]["ours"]["seconds"] / bench["settings"]["eval_images"]
+        seconds["eval_cam"] = seconds["eval_sem_seg"] = EVAL_SET * per_mask
+    if "cam_to_ir_label" in rows:
+        seconds["cam_to_ir_label"] = TRAIN_AUG * rows["cam_to_ir_label"]["ours"]["seconds"]
+    if "make_sem_seg" in rows:
+        ours = rows["make_sem_seg"]["ours"]
+        seconds["make_sem_seg"] = TRAIN_AUG * ours.get("full", ours)["seconds"]
+    order = ("train_cam", "train_wavecam", "make_wavecam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg",
+             "eval_sem_seg")
+    total = sum(seconds.values())
+    lines = [f"Projected VOC multi-stage wall time on {bench['device']} (from measurements at crop {crop}"
+             f"{f', scaled x{scale:.1f} to 512' if scale != 1 else ''}; workers for cam_to_ir_label: "
+             f"{bench['settings']['workers']})"]
+    lines += [f"  {name:<16} {seconds[name] / 3600:8.2f} h  {seconds[name] / 60:9.1f} min" for name in order
+              if name in seconds]
+    lines.append(f"  {'total':<16} {total / 3600:8.2f} h  {total / 60:9.1f} min")
+    missing = [n for n in order if n not in seconds]
+    if missing:
+        lines.append(f"  (not measured: {', '.join(missing)})")
+    return {"seconds": seconds, "total_s": total, "text": "\n".join(lines), "assumptions": __doc__.split("\n\n")[2]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bench_json", help="written by bench/bench_passes.py --json, or gpu_check.json")
+    a = p.parse_args(argv)
+    data = json.loads(open(a.bench_json).read())
+    print(project(data.get("passes_float32", data))["text"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
