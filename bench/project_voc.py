@@ -7,8 +7,9 @@ Assumptions, printed with the figures: the paper's defaults (10,582 train_aug im
 train_aug; evaluation on the 1,464 train images); the data loader keeps up with the training step
 (it runs in --num_workers processes beside it); training figures measured at another crop are scaled
 by the pixel count to 512; per-image figures are taken at the size they were measured at (VOC
-images average about 500x375); start-up, checkpoint writing and IRN's displacement-mean pass
-(one forward over the crops) are left out.
+images average about 500x375); evaluation counts the confusion matrices only; start-up, file
+reading in the evaluation passes, checkpoint writing and IRN's displacement-mean pass (one forward
+over the crops) are left out.
 """
 
 from __future__ import annotations
