@@ -65,7 +65,7 @@ REQUIRED = {
     "optimizer": ("learning_rate", "betas", "weight_decay"),
     "scheduler": ("warmup_iter", "warmup_ratio", "power"),
     "val": ("split",),
-    "test": ("after_training", "eval_set", "scales", "flip", "resize_long", "crf", "evaluate"),
+    "test": ("after_training", "eval_set", "scales", "flip", "resize_long", "crf", "crf_workers", "evaluate"),
 }
 
 
@@ -369,17 +369,23 @@ def run_test(net: WaveAFA, cfg: dict, ctx: dist.Context, work_dir: str | os.Path
     dataset = SegmentationDataset(source, ids, test["evaluate"])
     cm = ConfusionMatrix(source.num_classes + 1)
     net.eval()
-    for item in tqdm(eval_loader(dataset, cfg, ctx), desc=f"test {name}", disable=not ctx.is_main):
-        with autocast(cfg, ctx.device):
-            logits = segment(net, item["img"].to(ctx.device), test["scales"], test["flip"], test["resize_long"])
-        if test["crf"]:
-            image = source.load_image(item["name"][0])
-            pred = crf_inference_prob(image, logits.softmax(0).cpu().numpy()).argmax(0)
-        else:
-            pred = logits.argmax(0).cpu().numpy()
-        save_png(out_dir / f"{item['name'][0]}.png", pred.astype(np.uint8))
-        if test["evaluate"]:
-            cm.update(pred, item["gt"][0].numpy())
+    with CRFWorkers(test["crf_workers"] if test["crf"] else 0) as post:
+        for item in tqdm(eval_loader(dataset, cfg, ctx), desc=f"test {name}", disable=not ctx.is_main):
+            with autocast(cfg, ctx.device):
+                logits = segment(net, item["img"].to(ctx.device), test["scales"], test["flip"], test["resize_long"])
+            gt = item["gt"][0].numpy() if test["evaluate"] else None
+            path = out_dir / f"{item['name'][0]}.png"
+            if test["crf"]:
+                image = source.load_image(item["name"][0])
+                done = post.submit(image, logits.softmax(0).cpu().numpy(), path, gt)
+            else:
+                done = [(_save_prediction(logits.argmax(0).cpu().numpy(), path), gt)]
+            for pred, gt_done in done:
+                if gt_done is not None:
+                    cm.update(pred, gt_done)
+        for pred, gt_done in post.drain():
+            if gt_done is not None:
+                cm.update(pred, gt_done)
     if not test["evaluate"]:
         log.info("test: wrote %s (no evaluation: test.evaluate is false)", out_dir)
         return None
@@ -392,6 +398,57 @@ def run_test(net: WaveAFA, cfg: dict, ctx: dist.Context, work_dir: str | os.Path
     save_json(Path(work_dir) / "results" / f"test_{name}.json", result)
     log.info("test %s: mIoU %.4f on %d images", name, result["miou"], result["n_images"])
     return result
+
+
+def _save_prediction(pred: np.ndarray, path: Path) -> np.ndarray:
+    pred = pred.astype(np.uint8)
+    save_png(path, pred)
+    return pred
+
+
+def _crf_prediction(image: np.ndarray, probs: np.ndarray, path: Path) -> np.ndarray:
+    return _save_prediction(crf_inference_prob(image, probs).argmax(0), path)
+
+
+class CRFWorkers:
+    """The dense CRF of each test image in `workers` processes beside the network, which meanwhile
+    segments the next images (0: in this process, one image after the other). At most 2 x workers
+    images wait, so memory stays bounded. `submit` and `drain` return the finished (prediction, gt)."""
+
+    def __init__(self, workers: int):
+        self.workers, self.pool, self.waiting = workers, None, []
+
+    def __enter__(self) -> CRFWorkers:
+        if self.workers > 0:
+            import multiprocessing as mp
+
+            # spawn: forked children of a process that has run torch/OpenMP threads can deadlock.
+            self.pool = mp.get_context("spawn").Pool(self.workers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is None:
+            return
+        if exc[0] is None:
+            self.pool.close()
+        else:  # an error in the loop: waiting images do not matter any more
+            self.pool.terminate()
+        self.pool.join()
+
+    def submit(self, image: np.ndarray, probs: np.ndarray, path: Path, gt: np.ndarray | None) -> list:
+        if self.pool is None:
+            return [(_crf_prediction(image, probs, path), gt)]
+        self.waiting.append((self.pool.apply_async(_crf_prediction, (image, probs, path)), gt))
+        done = []
+        while len(self.waiting) > 2 * self.workers or (self.waiting and self.waiting[0][0].ready()):
+            job, gt_done = self.waiting.pop(0)
+            done.append((job.get(), gt_done))
+        return done
+
+    def drain(self) -> list:
+        done = [(job.get(), gt) for job, gt in self.waiting]
+        self.waiting = []
+        return done
 
 
 def latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:

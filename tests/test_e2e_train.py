@@ -124,3 +124,38 @@ def test_diverging_loss_stops_with_the_iteration(voc96, tmp_path):
     assert proc.returncode != 0
     assert "error: the loss became" in proc.stderr and "at iteration" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_crf_workers_give_the_predictions_of_the_main_process(tmp_path):
+    """The test's CRF in worker processes beside the network: same labels and files as inline, in order."""
+    code = f"""
+import sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {str(ROOT / "end_to_end")!r})
+from utils import CRFWorkers
+
+rng = np.random.default_rng(0)
+jobs = []
+for i in range(5):
+    image = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    probs = rng.dirichlet(np.ones(3), (40, 50)).transpose(2, 0, 1).astype(np.float32)
+    jobs.append((image, probs, i))
+out = {{}}
+for workers in (0, 2):
+    done = []
+    with CRFWorkers(workers) as post:
+        for image, probs, i in jobs:
+            done += post.submit(image, probs, Path({str(tmp_path)!r}) / f"w{{workers}}_{{i}}.png", i)
+        done += post.drain()
+    assert [gt for _, gt in done] == list(range(5)), [gt for _, gt in done]
+    out[workers] = [pred for pred, _ in done]
+for a, b in zip(out[0], out[2]):
+    assert np.array_equal(a, b)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    for i in range(5):
+        assert (tmp_path / f"w0_{i}.png").read_bytes() == (tmp_path / f"w2_{i}.png").read_bytes()
