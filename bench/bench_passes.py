@@ -126,8 +126,43 @@ def train_case(name: str, variant: str, a, device: torch.device) -> dict:
         step()
     times = [timed(step, device) for _ in range(a.steps)]
     per_step = statistics.median(times)
-    return {"seconds": per_step, "per": f"step of {batch}", "throughput": batch / per_step, "unit": "images/s",
-            "outputs": {"loss": values}}
+    res = {"seconds": per_step, "per": f"step of {batch}", "throughput": batch / per_step, "unit": "images/s",
+           "outputs": {"loss": values}}
+    res["peak_mb"] = peak_mb(device)  # before the loader timing, which is not the step's
+    if ours and a.loader_images:
+        res["loader_s"] = loader_seconds(name, a)
+    return res
+
+
+def loader_seconds(name: str, a) -> float:
+    """Median time one loader worker takes for one training sample of the pass (JPEG decoding,
+    augmentation, and for IRN the pair labels) on synthetic VOC-sized images, at --loader-crop."""
+    from wavecam.data.datasets import AffinityDataset, ClassificationDataset
+    from wavecam.data.synthetic import make_synthetic_voc
+    from wavecam.data.voc import VOC12
+    from wavecam.randomwalk import PathIndex
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_loader_"))
+    root = make_synthetic_voc(tmp, n_train=a.loader_images, n_val=2, size=max(a.size), seed=0)
+    source = VOC12(root, tmp / "cache")
+    ids = source.split("train")
+    if name == "train_irn":
+        # ir_label maps: the ground truth stands in for them (same sizes and label values).
+        (tmp / "ir_label").mkdir()
+        for i in ids:
+            (tmp / "ir_label" / f"{i}.png").write_bytes(source.mask_path(i).read_bytes())
+        crop = a.loader_crop
+        path_index = PathIndex(min(10, crop // 8), (crop // 4, crop // 4))
+        data = AffinityDataset(source, ids, str(tmp / "ir_label"), path_index, crop_size=crop)
+    else:
+        data = ClassificationDataset(source, ids, crop_size=a.loader_crop)
+    data[0]
+    times = []
+    for i in range(len(data)):
+        start = time.perf_counter()
+        data[i]
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 # ---------------------------------------------------------------- make_wavecam
@@ -321,7 +356,7 @@ def run_case(name: str, variant: str, a) -> dict:
     else:
         res = {"make_wavecam": make_wavecam_case, "cam_to_ir_label": cam_to_ir_label_case,
                "make_sem_seg": make_sem_seg_case, "eval": eval_case}[name](variant, a, device)
-    res["peak_mb"] = peak_mb(device)
+    res.setdefault("peak_mb", peak_mb(device))
     return res
 
 
@@ -363,6 +398,9 @@ def parse(argv=None):
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="cam_to_ir_label processes")
     p.add_argument("--dense-size", type=int, nargs=2, default=(120, 160), metavar=("H", "W"),
                    help="image size of the plain (dense) random walk on a CPU, where VOC size does not fit")
+    p.add_argument("--loader-images", type=int, default=16,
+                   help="synthetic VOC-sized images to time the training loaders on (0: skip)")
+    p.add_argument("--loader-crop", type=int, default=512, help="crop of the loader timing (the paper's)")
     p.add_argument("--eval-images", type=int, default=1449)
     p.add_argument("--plain-eval-images", type=int, default=50)
     p.add_argument("--amp", action="store_true", help="ours with bf16 autocast")
@@ -417,6 +455,12 @@ def main(argv=None) -> int:
                 print(f"{name:<16} {o['full']['per']:<22} {o['full']['seconds']:9.4f} {'-':>9} {'-':>8}"
                       f" {'':9} {'':9}   dense walk does not fit here")
             rows.append({"pass": name, "ours": o, "plain": pl, "speedup": ratio, "outputs": cmp})
+    loaders = [(r["pass"], r["ours"]["loader_s"], r["ours"]["throughput"]) for r in rows if "loader_s" in r["ours"]]
+    if loaders:
+        print(f"\n{f'loader at crop {a.loader_crop}':<22} {'s/sample':>9} {'workers to keep up':>19}")
+        # The step's throughput scaled by pixel count to the loader's crop.
+        for name, sec, throughput in loaders:
+            print(f"{name:<22} {sec:9.4f} {sec * throughput * (a.crop / a.loader_crop) ** 2:19.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"device": device_name, "settings": {
             k: v for k, v in vars(a).items() if k not in ("case", "variant", "out", "json")}, "rows": rows}, indent=1))

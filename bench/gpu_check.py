@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 PAPER = ["--crop", "512", "--cam-batch", "16", "--irn-batch", "32"]
 QUICK = ["--crop", "64", "--cam-batch", "2", "--irn-batch", "2", "--arch", "resnet18", "--warmup", "1", "--steps", "1",
          "--images", "1", "--repeats", "1", "--crf-images", "1", "--workers", "1", "--size", "90", "120",
-         "--dense-size", "40", "60", "--eval-images", "20", "--plain-eval-images", "5", "--scales", "1.0", "0.5"]
+         "--dense-size", "40", "60", "--eval-images", "20", "--plain-eval-images", "5", "--scales", "1.0", "0.5",
+         "--loader-images", "2", "--loader-crop", "64"]
 
 
 def run(cmd: list[str], log: Path, timeout: float) -> float:

@@ -5,7 +5,8 @@
 Assumptions, printed with the figures: the paper's defaults (10,582 train_aug images; 5 CAM,
 4 WaveCAM and 3 IRN epochs at crop 512; make_wavecam, cam_to_ir_label and make_sem_seg over
 train_aug; evaluation on the 1,464 train images); the data loader keeps up with the training step
-(it runs in --num_workers processes beside it); training figures measured at another crop are scaled
+(it runs in --num_workers processes beside it: the workers it needs are printed, from the measured
+time per sample of one worker); training figures measured at another crop are scaled
 by the pixel count to 512; per-image figures are taken at the size they were measured at (VOC
 images average about 500x375); evaluation counts the confusion matrices only; start-up, file
 reading in the evaluation passes, checkpoint writing and IRN's displacement-mean pass (one forward
@@ -28,10 +29,13 @@ def project(bench: dict) -> dict:
     crop = bench["settings"]["crop"]
     scale = (PAPER_CROP / crop) ** 2
     seconds: dict[str, float] = {}
+    workers_needed = {}
     for name, epochs in EPOCHS.items():
         if name in rows:
             per_image = 1 / rows[name]["ours"]["throughput"] * scale
             seconds[name] = TRAIN_AUG * epochs * per_image
+            if "loader_s" in rows[name]["ours"]:
+                workers_needed[name] = rows[name]["ours"]["loader_s"] / per_image
     if "make_wavecam" in rows:
         seconds["make_wavecam"] = TRAIN_AUG * rows["make_wavecam"]["ours"]["seconds"]
     if "eval" in rows:
@@ -48,13 +52,16 @@ def project(bench: dict) -> dict:
     lines = [f"Projected VOC multi-stage wall time on {bench['device']} (from measurements at crop {crop}"
              f"{f', scaled x{scale:.1f} to 512' if scale != 1 else ''}; workers for cam_to_ir_label: "
              f"{bench['settings']['workers']})"]
-    lines += [f"  {name:<16} {seconds[name] / 3600:8.2f} h  {seconds[name] / 60:9.1f} min" for name in order
-              if name in seconds]
+    for name in order:
+        if name in seconds:
+            keep_up = f"   (loader: {workers_needed[name]:.2f} workers keep up)" if name in workers_needed else ""
+            lines.append(f"  {name:<16} {seconds[name] / 3600:8.2f} h  {seconds[name] / 60:9.1f} min{keep_up}")
     lines.append(f"  {'total':<16} {total / 3600:8.2f} h  {total / 60:9.1f} min")
     missing = [n for n in order if n not in seconds]
     if missing:
         lines.append(f"  (not measured: {', '.join(missing)})")
-    return {"seconds": seconds, "total_s": total, "text": "\n".join(lines), "assumptions": __doc__.split("\n\n")[2]}
+    return {"seconds": seconds, "total_s": total, "loader_workers_needed": workers_needed, "text": "\n".join(lines),
+            "assumptions": __doc__.split("\n\n")[2]}
 
 
 def main(argv=None) -> int:
