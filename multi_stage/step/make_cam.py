@@ -36,6 +36,8 @@ def infer_batch(args, ctx: dist.Context) -> int:
 def same_size_batches(source, ids: list[str], batch: int) -> list[list[int]]:
     """Indices into `ids` in groups of at most `batch` images of one size, read from the file
     headers. An image whose header cannot be read is a group of its own: loading it reports why."""
+    if batch == 1:  # no header to read
+        return [[i] for i in range(len(ids))]
     by_size: dict[object, list[int]] = {}
     for i, image_id in enumerate(ids):
         try:
