@@ -35,11 +35,13 @@ from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset
 from wavecam.io import WavecamError, atomic_path, load_checkpoint, load_json, save_checkpoint, save_json
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA, load_wave_afa_weights
+from wavecam.optim import loss_scaler, optimizer_step
 from wavecam.par import PAR
 
 from utils import (
     MetricLogger,
     add_scalars,
+    amp_dtype,
     autocast,
     build_model,
     checkpoint_path,
@@ -175,7 +177,7 @@ def rng_state(ctx: dist.Context) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_state(path: Path, net: WaveAFA, opt, sched, t: int, cfg: dict, ctx: dist.Context) -> None:
+def save_state(path: Path, net: WaveAFA, opt, sched, scaler, t: int, cfg: dict, ctx: dist.Context) -> None:
     """Rank 0 writes the checkpoint, with every rank's RNG state (collective: all ranks call it)."""
     states = [None] * ctx.world_size
     if ctx.distributed:
@@ -183,13 +185,16 @@ def save_state(path: Path, net: WaveAFA, opt, sched, t: int, cfg: dict, ctx: dis
     else:
         states = [rng_state(ctx)]
     if ctx.is_main:
-        save_checkpoint(path, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                               "scheduler": sched.state_dict(), "iteration": t, "rng": states, "config": cfg})
+        state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "iteration": t, "rng": states, "config": cfg}
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(path, state)
         log.info("wrote %s", path)
     dist.barrier(ctx)
 
 
-def restore(path: Path, net: WaveAFA, opt, sched, cfg: dict, ctx: dist.Context) -> int:
+def restore(path: Path, net: WaveAFA, opt, sched, scaler, cfg: dict, ctx: dist.Context) -> int:
     """Load a checkpoint of save_state into model, optimiser, scheduler and this rank's RNG; returns
     the iteration to continue from."""
     ckpt = load_checkpoint(path)
@@ -200,6 +205,8 @@ def restore(path: Path, net: WaveAFA, opt, sched, cfg: dict, ctx: dist.Context) 
     load_wave_afa_weights(net, ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
+    if "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     changed = config_changes(ckpt["config"], cfg)
     if changed:
         log.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
@@ -254,7 +261,8 @@ def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
     net = setup_model(cfg, source.num_classes, ctx)
     opt, sched = poly_warmup_adamw(net, cfg)
     found = resume_path(resume, work_dir)
-    start = restore(found, net, opt, sched, cfg, ctx) if found else 0
+    scaler = loss_scaler(ctx.device, amp_dtype(cfg, ctx.device))
+    start = restore(found, net, opt, sched, scaler, cfg, ctx) if found else 0
     model = net
     if ctx.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -280,9 +288,7 @@ def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
             raise WavecamError(f"the loss became {loss.item()} at iteration {t} "
                                f"({', '.join(f'{k} {v.item():.4g}' for k, v in losses.items())}); {kept}. "
                                "Lower the learning rate and resume.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(loss, opt, scaler)
         sched.step()
 
         values = {"lr": opt.param_groups[0]["lr"], "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
@@ -297,7 +303,7 @@ def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
                     cms = validate(net, val_loader, cfg, ctx, source.num_classes)
                 if ctx.is_main:
                     report_validation(cms, t + 1, cfg, writer)
-                save_state(checkpoint_path(work_dir, t + 1), net, opt, sched, t + 1, cfg, ctx)
+                save_state(checkpoint_path(work_dir, t + 1), net, opt, sched, scaler, t + 1, cfg, ctx)
 
     if cfg["test"]["after_training"]:
         run_test(net, cfg, ctx, work_dir, checkpoint_path(work_dir, max_iters), max_iters)

@@ -144,12 +144,16 @@ def build_model(cfg: dict, num_classes: int) -> WaveAFA:
                    drop_path_rate=m["drop_path_rate"])
 
 
+def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA when `train.amp` is set (fp16 where bf16 is unsupported); None (float32) otherwise."""
+    if not (cfg["train"].get("amp") and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(cfg: dict, device: torch.device):
-    """bf16 autocast on CUDA when `train.amp` is set (fp16 where bf16 is unsupported); nothing on CPU."""
-    if cfg["train"].get("amp") and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    dtype = amp_dtype(cfg, device)
+    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -11,9 +11,10 @@ from wavecam import dist
 from wavecam.data.datasets import ClassificationDataset
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import CAMNet
-from wavecam.optim import poly_sgd
+from wavecam.optim import loss_scaler, poly_sgd
 
 from step.common import (
+    amp_dtype,
     autocast,
     eval_loader,
     make_source,
@@ -76,7 +77,8 @@ def run(args) -> None:
     state = ResumeState(args, "train_cam", {
         "train_ids": len(train_ids), "batch": args.cam_batch_size, "epochs": args.cam_num_epoches,
         "lr": args.cam_learning_rate, "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size})
-    fit("train_cam", model, opt, sched, loader, args.cam_num_epoches, step, state, ctx, args.seed, end_of_epoch)
+    fit("train_cam", model, opt, sched, loader, args.cam_num_epoches, step, state, ctx, args.seed, end_of_epoch,
+        loss_scaler(ctx.device, amp_dtype(args, ctx.device)))
 
     if ctx.is_main:
         save_checkpoint(args.cam_weights_name, unwrap(model).state_dict())

@@ -17,10 +17,11 @@ from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset
 from wavecam.io import WavecamError, is_complete, save_checkpoint
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
-from wavecam.optim import poly_sgd
+from wavecam.optim import loss_scaler, poly_sgd
 from wavecam.randomwalk import PathIndex
 
 from step.common import (
+    amp_dtype,
     autocast,
     loader_options,
     make_source,
@@ -98,7 +99,8 @@ def run(args) -> None:
     state = ResumeState(args, "train_irn", {
         "train_ids": len(ids), "batch": args.irn_batch_size, "epochs": args.irn_num_epoches, "lr": lr,
         "crop": args.irn_crop_size, "radius": args.irn_path_radius, "seed": args.seed, "world": ctx.world_size})
-    fit("train_irn", model, opt, sched, loader, args.irn_num_epoches, step, state, ctx, args.seed)
+    fit("train_irn", model, opt, sched, loader, args.irn_num_epoches, step, state, ctx, args.seed,
+        scaler=loss_scaler(ctx.device, amp_dtype(args, ctx.device)))
 
     if ctx.is_main:
         net = unwrap(model).net

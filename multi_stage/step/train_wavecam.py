@@ -18,9 +18,10 @@ from wavecam.data.datasets import ClassificationDataset
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import ClassPredictor, WaveCAMNet
 from wavecam.models.cam import load_cam_weights
-from wavecam.optim import poly_sgd
+from wavecam.optim import loss_scaler, poly_sgd
 
 from step.common import (
+    amp_dtype,
     autocast,
     make_source,
     resolve_list,
@@ -102,7 +103,7 @@ def run(args) -> None:
         "lr": lr, "loss_weight": args.wavecam_loss_weight, "crop": args.cam_crop_size, "seed": args.seed,
         "world": ctx.world_size})
     fit("train_wavecam", model, opt, sched, loader, args.wavecam_num_epoches, step, state, ctx, args.seed,
-        end_of_epoch)
+        end_of_epoch, loss_scaler(ctx.device, amp_dtype(args, ctx.device)))
     if ctx.is_main:
         state.finish()
     dist.barrier(ctx)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from wavecam import dist
 from wavecam.io import WavecamError, load_checkpoint, save_checkpoint
+from wavecam.optim import optimizer_step
 
 from step.common import unwrap
 
@@ -52,7 +53,7 @@ class ResumeState:
         if (args.force or not args.resume) and self.path.exists():
             self.path.unlink()
 
-    def restore(self, model: torch.nn.Module, opt, sched) -> int:
+    def restore(self, model: torch.nn.Module, opt, sched, scaler: torch.amp.GradScaler) -> int:
         """Load the saved state into model/opt/sched; the number of finished epochs (0 if none)."""
         if not self.path.is_file():
             return 0
@@ -66,12 +67,17 @@ class ResumeState:
         unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         log.info("%s: resuming after epoch %d from %s", self.name, state["epoch"], self.path)
         return state["epoch"]
 
-    def save(self, epoch: int, model: torch.nn.Module, opt, sched) -> None:
-        save_checkpoint(self.path, {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                                    "scheduler": sched.state_dict(), "epoch": epoch, "settings": self.settings})
+    def save(self, epoch: int, model: torch.nn.Module, opt, sched, scaler: torch.amp.GradScaler) -> None:
+        state = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "epoch": epoch, "settings": self.settings}
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
+        save_checkpoint(self.path, state)
 
     def finish(self) -> None:
         """The pass wrote its final output: the resume state is no longer needed."""
@@ -91,9 +97,12 @@ def fit(
     ctx: dist.Context,
     seed: int,
     end_of_epoch: Callable[[int], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Train `epochs` epochs (minus those already done), saving the resume state after each."""
-    for ep in range(state.restore(model, opt, sched), epochs):
+    """Train `epochs` epochs (minus those already done), saving the resume state after each.
+    `scaler`: the loss scaler of fp16 autocast (wavecam.optim.loss_scaler); none otherwise."""
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    for ep in range(state.restore(model, opt, sched, scaler), epochs):
         seed_epoch(seed, ep, ctx.rank, loader)
         model.train()
         bar = tqdm(loader, desc=f"{name} {ep + 1}/{epochs}", disable=not ctx.is_main)
@@ -104,9 +113,7 @@ def fit(
                 kept = f"the last good state {state.path} is kept" if state.path.exists() else "nothing was saved"
                 raise WavecamError(f"{name}: the loss became {loss.item()} at epoch {ep + 1}, step {i + 1}; "
                                    f"{kept}. Lower the learning rate and re-run.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(loss, opt, scaler)
             sched.step()
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
         summary = ", ".join(f"{k} {v.item():.4f}" for k, v in losses.items())
@@ -114,5 +121,5 @@ def fit(
         if end_of_epoch is not None:
             end_of_epoch(ep + 1)
         if ctx.is_main:
-            state.save(ep + 1, model, opt, sched)
+            state.save(ep + 1, model, opt, sched, scaler)
         dist.barrier(ctx)
