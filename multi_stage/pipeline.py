@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+import torch
+
 from wavecam.io import WavecamError
 from wavecam.models.resnet import resolve_arch, stage_channels
 
@@ -143,7 +145,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--channels_last", type=str2bool, default=True,
       help="NHWC memory format for the ResNets and their inputs (faster with cuDNN and oneDNN)")
     a("--cudnn_benchmark", type=str2bool, default=True,
-      help="let cuDNN time its convolution algorithms per input shape (off under --deterministic)")
+      help="training passes let cuDNN time its convolution algorithms for their fixed crop (off under "
+           "--deterministic); image-wise passes never do: every image size and scale would be timed anew")
     a("--pin_memory", type=str2bool, default=True, help="page-locked loader batches for faster copies to CUDA")
     a("--persistent_workers", type=str2bool, default=True,
       help="training loaders keep their --num_workers processes between epochs")
@@ -195,16 +198,13 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
         dist.setup_logging(args.log_name, ctx)
         if args.deterministic:
             make_deterministic()
-        else:
-            import torch
-
-            torch.backends.cudnn.benchmark = args.cudnn_benchmark
         log = logging.getLogger("wavecam")
         log.info("arguments: %s", vars(args))
         for flag, module in PASSES:
             if getattr(args, flag):
                 start = time.perf_counter()
                 log.info("== %s", module)
+                torch.backends.cudnn.benchmark = False  # the training passes turn it on (step.common.wrap_ddp)
                 importlib.import_module(f"step.{module}").run(args)
                 log.info("== %s done in %.1f s", module, time.perf_counter() - start)
     except WavecamError as e:

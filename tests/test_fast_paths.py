@@ -117,3 +117,24 @@ def test_channels_last_training_matches_nchw(voc_root, trained):
     for k in b:
         if b[k].is_floating_point():
             torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_cudnn_benchmark_only_for_the_fixed_crops_of_training(voc_root, tmp_path, monkeypatch):
+    """Image-wise passes see a new shape per image size and scale: cuDNN's autotuning is off there."""
+    from wavecam import dist
+
+    import step.eval_cam
+    from step.common import wrap_ddp
+
+    seen = []
+    monkeypatch.setattr(step.eval_cam, "run", lambda args: seen.append(torch.backends.cudnn.benchmark))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    assert main("voc", f"--voc12_root {voc_root} --work_space {tmp_path} --eval_cam_pass True".split()) == 0
+    assert seen == [False]
+
+    args = argparse.Namespace(cudnn_benchmark=True, deterministic=False, channels_last=False)
+    wrap_ddp(torch.nn.Conv2d(3, 3, 1), args, dist.init("cpu"))
+    assert torch.backends.cudnn.benchmark
+    args.deterministic = True
+    wrap_ddp(torch.nn.Conv2d(3, 3, 1), args, dist.init("cpu"))
+    assert not torch.backends.cudnn.benchmark

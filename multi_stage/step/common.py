@@ -144,6 +144,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def wrap_ddp(model: torch.nn.Module, args, ctx: dist.Context) -> torch.nn.Module:
+    """The model of a training pass, placed, in DDP under torchrun; its crops have one size, so
+    cuDNN may time its algorithms once for them (--cudnn_benchmark)."""
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark and not args.deterministic
     place(model, args, ctx)
     if not ctx.distributed:
         return model
