@@ -6,7 +6,7 @@ paper's code, side by side in one run, with the outputs of the two compared.
 
 Each (pass, variant) runs in a fresh process, so its peak memory is its own: peak RSS on the CPU,
 `torch.cuda.max_memory_allocated` on a GPU. "ours" is what the pipeline runs with its default
-flags (channels_last, cuDNN benchmark, same-size inference batches, vectorised losses, shared CRF
+flags (channels_last, cuDNN benchmark for training, same-size inference batches, vectorised losses, shared CRF
 lattice, sparse random walk; `--amp` adds bf16 autocast); "plain" is the same computation written
 as the reference code writes it (NCHW float32, per-image loops, ReCAM's broadcast product, one CRF
 per refinement, IRN's dense transition matrix). Training figures are the network step alone
@@ -193,7 +193,7 @@ def make_wavecam_case(variant: str, a, device: torch.device) -> dict:
     from wavecam.models.cam import cam_weight
 
     ours = variant == "ours"
-    torch.backends.cudnn.benchmark = ours
+    torch.backends.cudnn.benchmark = False  # as the pipeline: VOC image sizes vary
     torch.manual_seed(0)
     net = CAMNet(20, pretrained=None, arch=a.arch)
     # make_wavecam's kernel: classifier times predictor weight.
@@ -296,7 +296,7 @@ def make_sem_seg_case(variant: str, a, device: torch.device) -> dict:
     """Compared at --size on a GPU; on a CPU the dense walk only fits at --dense-size, so both run
     there and ours is also timed at --size."""
     ours = variant == "ours"
-    torch.backends.cudnn.benchmark = ours
+    torch.backends.cudnn.benchmark = False  # as the pipeline: VOC image sizes vary
     compared = tuple(a.size) if device.type == "cuda" else tuple(a.dense_size)
     res = _sem_seg_at(compared, ours, a, device)
     if ours and compared != tuple(a.size):
