@@ -30,6 +30,7 @@ from wavecam.data.datasets import SegmentationDataset
 from wavecam.io import WavecamError, save_json, save_png
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA
+from wavecam.optim import autocast_dtype
 
 log = logging.getLogger("wavecam")
 
@@ -146,9 +147,7 @@ def build_model(cfg: dict, num_classes: int) -> WaveAFA:
 
 def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
     """bf16 on CUDA when `train.amp` is set (fp16 where bf16 is unsupported); None (float32) otherwise."""
-    if not (cfg["train"].get("amp") and device.type == "cuda"):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return autocast_dtype(bool(cfg["train"].get("amp")), device)
 
 
 def autocast(cfg: dict, device: torch.device):

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from wavecam import dist
 from wavecam.data.voc import VOC12
 from wavecam.io import WavecamError, is_complete
+from wavecam.optim import autocast_dtype
 
 log = logging.getLogger("wavecam")
 
@@ -128,10 +129,7 @@ def to_device(images: torch.Tensor, args, ctx: dist.Context) -> torch.Tensor:
 
 
 def amp_dtype(args, device: torch.device) -> torch.dtype | None:
-    """--amp's autocast type: bf16 where the GPU has it, else fp16; None (float32) on CPU or without --amp."""
-    if not (args.amp and device.type == "cuda"):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return autocast_dtype(args.amp, device)
 
 
 def autocast(args, device: torch.device):
