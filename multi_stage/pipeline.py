@@ -120,6 +120,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--irn_num_epoches", type=int, default=3)
     a("--irn_learning_rate", type=float, default=0.1)
     a("--irn_weight_decay", type=float, default=1e-4)
+    a("--irn_pad_to_crop", type=str2bool, default=False,
+      help="make_sem_seg zero-pads each image to --irn_crop_size as IRN does (ReCAM, hence WaveCAM, does not)")
     # Random walk
     a("--beta", type=float, default=10)
     a("--exp_times", type=int, default=8, help="the random walk takes 2^exp_times steps")

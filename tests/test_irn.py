@@ -149,3 +149,26 @@ def test_edge_displacement_inference(net):
     torch.testing.assert_close(edge, edge2)
     with pytest.raises(ValueError, match="image"):
         model(torch.randn(3, 3, 50, 45))
+
+
+def test_edge_displacement_pads_only_on_request(net):
+    """ReCAM (which WaveCAM follows) runs the image as it is; IRN pads it to the training crop.
+    GroupNorm spans the whole map, so the padding moves every score, not only the border's."""
+    img = torch.randn(3, 50, 45)
+    both = torch.stack([img, img.flip(-1)])
+    with torch.no_grad():
+        plain = EdgeDisplacement(pretrained=None, crop_size=SIZE)
+        plain.load_state_dict(net.state_dict())
+        padded = EdgeDisplacement(pretrained=None, crop_size=SIZE, pad_to_crop=True)
+        padded.load_state_dict(net.state_dict())
+        edge, dp = plain.eval()(img)
+        edge_pad, dp_pad = padded.eval()(img)
+
+        logits, disp = IRNet.forward(plain, both)
+        torch.testing.assert_close(edge, torch.sigmoid(logits[0, 0] / 2 + logits[1, 0].flip(-1) / 2))
+        torch.testing.assert_close(dp, disp[0])
+        logits, disp = IRNet.forward(padded, torch.nn.functional.pad(both, [0, SIZE - 45, 0, SIZE - 50]))
+        logits = logits[..., :13, :12]
+        torch.testing.assert_close(edge_pad, torch.sigmoid(logits[0, 0] / 2 + logits[1, 0].flip(-1) / 2))
+    # far from the padded border too
+    assert (edge[:6, :6] - edge_pad[:6, :6]).abs().max() > 1e-3

@@ -28,7 +28,8 @@ def run(args) -> None:
     ids = pending(resolve_list(source, args.infer_list), args.sem_seg_out_dir, ".png", args, ctx)
     log.info("make_sem_seg: %d images to do", len(ids))
     model = place(EdgeDisplacement.from_checkpoint(args.irn_weights_name, crop_size=args.irn_crop_size,
-                                                   arch=args.irn_network), args, ctx)
+                                                   arch=args.irn_network, pad_to_crop=args.irn_pad_to_crop),
+                  args, ctx)
     loader = DataLoader(InferenceDataset(source, ids, with_labels=False, skip_bad=args.skip_bad_images),
                         batch_size=None, **loader_options(args, ctx, workers=min(args.num_workers, 4)))
     for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):

@@ -135,22 +135,27 @@ class EdgeDisplacement(IRNet):
     """make_sem_seg's inference: forward(image) -> (boundary probability (h, w), displacement (2, h, w)).
 
     `image` is (3, H, W), or (2, 3, H, W) holding the image and its horizontal flip (IRN's
-    loader layout). It is zero-padded to `crop_size` at the bottom/right, as training crops
-    were, and the boundary logits of the two views are averaged before the sigmoid.
+    loader layout). The boundary logits of the two views are averaged before the sigmoid.
+
+    With `pad_to_crop`, the image is first zero-padded to `crop_size` at the bottom/right, as IRN's
+    own `EdgeDisplacement` does. ReCAM (and so WaveCAM) comments that pad out, hence the default.
+    It is not a border detail: the heads' GroupNorm normalises over the whole map, so the padding
+    shifts every pixel's boundary score.
     """
 
     def __init__(self, pretrained: str | os.PathLike | None = resnet.IMAGENET, crop_size: int = 512, stride: int = 4,
-                 arch: str = "resnet50"):
+                 arch: str = "resnet50", pad_to_crop: bool = False):
         super().__init__(pretrained, arch)
         self.crop_size = crop_size
         self.stride = stride
+        self.pad_to_crop = pad_to_crop
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, crop_size: int = 512, stride: int = 4,
-                        arch: str = "resnet50") -> EdgeDisplacement:
+                        arch: str = "resnet50", pad_to_crop: bool = False) -> EdgeDisplacement:
         """An eval-mode network holding the weights of an IRN checkpoint (ours or IRN's)."""
         with _quiet_random_init():
-            model = cls(pretrained=None, crop_size=crop_size, stride=stride, arch=arch)
+            model = cls(pretrained=None, crop_size=crop_size, stride=stride, arch=arch, pad_to_crop=pad_to_crop)
         load_irn_weights(model, path)
         return model.eval()
 
@@ -161,9 +166,10 @@ class EdgeDisplacement(IRNet):
             raise ValueError(f"expected an image (3, H, W) or image + flip (2, 3, H, W), got {tuple(image.shape)}")
         height, width = image.shape[2:]
         h, w = (height - 1) // self.stride + 1, (width - 1) // self.stride + 1
-        # Larger images than the crop are run as they are, rather than cut as IRN would.
-        pad_w, pad_h = max(self.crop_size - width, 0), max(self.crop_size - height, 0)
-        edge_out, dp_out = super().forward(F.pad(image, [0, pad_w, 0, pad_h]))
+        if self.pad_to_crop:
+            # Larger images than the crop are run as they are, rather than cut as IRN would.
+            image = F.pad(image, [0, max(self.crop_size - width, 0), 0, max(self.crop_size - height, 0)])
+        edge_out, dp_out = super().forward(image)
         edge_out, dp_out = edge_out[..., :h, :w], dp_out[..., :h, :w]
         edge = torch.sigmoid(edge_out[0, 0] / 2 + edge_out[1, 0].flip(-1) / 2)
         return edge, dp_out[0]
