@@ -58,3 +58,29 @@ def test_cam_file_round_trip_and_wrong_format(tmp_path):
     np.savez(tmp_path / "b.npz", cams=cam)
     with pytest.raises(BadFileError, match="not a cam_mask file"):
         load_cam(tmp_path / "b.npz")
+
+
+def test_label_png_reads_back_as_indices_everywhere(tmp_path):
+    """The reference's own readers (imageio in ReCAM/IRN, cv2 in many segmentation loaders) must get
+    the class indices: a palette PNG would give them colours or luminance instead."""
+    import cv2
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    from wavecam.io import load_png, save_png
+
+    label = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    label[0, :3] = (0, 1, 15)
+    save_png(tmp_path / "l.png", label)
+    with Image.open(tmp_path / "l.png") as img:
+        assert img.mode == "L"
+        np.testing.assert_array_equal(np.asarray(img), label)
+    np.testing.assert_array_equal(imageio.imread(tmp_path / "l.png"), label)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "l.png"), cv2.IMREAD_GRAYSCALE), label)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "l.png"), cv2.IMREAD_UNCHANGED), label)
+    np.testing.assert_array_equal(load_png(tmp_path / "l.png"), label)
+
+    # the coloured variant is for pictures; our own reader still sees indices in it
+    save_png(tmp_path / "p.png", label, palette=True)
+    np.testing.assert_array_equal(load_png(tmp_path / "p.png"), label)
+    assert cv2.imread(str(tmp_path / "p.png"), cv2.IMREAD_GRAYSCALE)[0, 1] != 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from wavecam.io import load_cam, load_checkpoint, load_png
 
@@ -78,6 +79,10 @@ def test_second_command_writes_labels_and_results(workspace, voc_root):
     assert sorted(p.stem for p in (workspace / "sem_seg").glob("*.png")) == sorted(train)
     result = json.loads((workspace / "results" / "eval_sem_seg.json").read_text())
     assert result["n_images"] == len(train) and len(result["iou"]) == 21
+    # 8-bit grayscale, as the reference writes them, so its readers get class indices
+    for png in (workspace / "ir_label" / f"{train_aug[0]}.png", workspace / "sem_seg" / f"{train[0]}.png"):
+        with Image.open(png) as img:
+            assert img.mode == "L", png
     assert (workspace / "sample_train_eval.log").read_text().count("== eval_sem_seg done") == 1
 
 

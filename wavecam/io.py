@@ -71,8 +71,10 @@ def load_json(path: str | os.PathLike) -> Any:
         raise BadFileError(f"{path}: not valid JSON ({e}); delete it and re-run the pass that writes it") from e
 
 
-def save_png(path: str | os.PathLike, label: np.ndarray, palette: bool = True) -> None:
-    """Write a uint8 label map; with `palette`, as an 8-bit palette PNG in the VOC colours."""
+def save_png(path: str | os.PathLike, label: np.ndarray, palette: bool = False) -> None:
+    """Write a uint8 label map as an 8-bit grayscale PNG, as SBD's SegmentationClassAug and the
+    reference's outputs are: every reader gets the class indices back (imageio and cv2 would turn a
+    palette PNG into colours or luminance). `palette` gives VOC's colours, for pictures only."""
     if label.dtype != np.uint8:
         if label.min() < 0 or label.max() > 255:
             raise ValueError(f"label values must lie in 0..255 to be written as PNG: {path}")

@@ -355,7 +355,7 @@ def save_rgb(path: Path, rgb: np.ndarray) -> None:
 
 def save_label(path: Path, label: np.ndarray) -> None:
     img = Image.fromarray(label).resize(thumb_size(*label.shape), Image.NEAREST)
-    save_png(path, np.asarray(img))
+    save_png(path, np.asarray(img), palette=True)
 
 
 def heat_overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:

@@ -390,7 +390,7 @@ def _write_voc_image(root: Path, seed: int, size: int, task: tuple[int, str, boo
     label = scene.class_map()
     if official:
         label[boundary_band(scene.instances)] = IGNORE_INDEX
-        save_png(root / "SegmentationClass" / f"{image_id}.png", label)
+        save_png(root / "SegmentationClass" / f"{image_id}.png", label, palette=True)  # as VOC's own
     save_png(root / "SegmentationClassAug" / f"{image_id}.png", label)
 
 
