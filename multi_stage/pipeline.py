@@ -72,6 +72,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--num_workers", type=int, default=min(12, os.cpu_count() or 1))
     if dataset == "voc":
         a("--voc12_root", default="../VOCdevkit/VOC2012/", help="VOC 2012 root holding JPEGImages/ etc.")
+        a("--voc12_label_source", choices=("xml", "mask"), default="xml",
+          help="image labels from Annotations/*.xml (the reference's cls_labels.npy) or from the masks")
     else:
         a("--mscoco_root", default="../mscoco/", help="COCO 2014 root holding train2014/, val2014/, annotations/")
     a("--cache_dir", default=None, help="where derived labels/masks are cached (default ~/.cache/wavecam)")

@@ -1,11 +1,13 @@
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import torch
 
-from wavecam.data.classes import IGNORE_INDEX
+from wavecam.data.classes import IGNORE_INDEX, VOC_CLASSES
 from wavecam.data.datasets import ClassificationDataset, InferenceDataset
 from wavecam.data.voc import VOC12, read_id_list
 from wavecam.io import BadFileError, WavecamError, load_png
@@ -31,34 +33,68 @@ def test_derived_lists_follow_the_masks(voc_root):
     assert ds.split("trainval") == read_id_list(voc_root / "ImageSets/Segmentation/trainval.txt")
 
 
-def test_labels_agree_with_masks_and_xml(voc_root):
+def xml_classes(root, image_id):
+    names = [o.findtext("name") for o in ET.parse(root / "Annotations" / f"{image_id}.xml").iter("object")]
+    return {VOC_CLASSES.index(n) for n in names}
+
+
+def test_labels_come_from_the_xml_as_the_reference_s(voc_root):
     ds = VOC12(voc_root)
     ids = sorted(p.stem for p in (voc_root / "JPEGImages").glob("*.jpg"))
     labels = ds.labels(ids)
     assert labels.shape == (len(ids), 20) and labels.dtype == np.float32
+    for image_id, lab in zip(ids, labels):
+        assert set(np.flatnonzero(lab).tolist()) == xml_classes(voc_root, image_id), image_id
+
+
+def test_labels_from_masks_on_request(voc_root):
+    ds = VOC12(voc_root, label_source="mask")
+    ids = sorted(p.stem for p in (voc_root / "JPEGImages").glob("*.jpg"))
+    labels = ds.labels(ids)
     from_xml = 0
     for image_id, lab in zip(ids, labels):
         present = set(np.flatnonzero(lab).tolist())
         expected = mask_classes(voc_root, image_id)
         if expected is None:  # an image without any mask: labels come from its XML
             from_xml += 1
-            import xml.etree.ElementTree as ET
-
-            from wavecam.data.classes import VOC_CLASSES
-
-            names = [o.findtext("name") for o in ET.parse(voc_root / "Annotations" / f"{image_id}.xml").iter("object")]
-            expected = {VOC_CLASSES.index(n) for n in names}
+            expected = xml_classes(voc_root, image_id)
         assert present == expected, image_id
         assert present, f"{image_id} has no class"
     assert from_xml > 0, "the synthetic set should exercise labels from XML"
+    with pytest.raises(WavecamError, match="label source"):
+        VOC12(voc_root, label_source="png")
+
+
+def test_xml_and_mask_labels_differ_where_an_object_has_no_pixels(voc_root, tmp_path):
+    """An annotated object that the mask does not show (too small, occluded) is in the XML label only."""
+    root = tmp_path / "voc"
+    shutil.copytree(voc_root, root)
+    image_id = VOC12(root).split("train")[0]
+    xml = root / "Annotations" / f"{image_id}.xml"
+    absent = next(c for c in range(20) if c not in xml_classes(root, image_id))
+    tree = ET.parse(xml)
+    obj = ET.SubElement(tree.getroot(), "object")
+    ET.SubElement(obj, "name").text = VOC_CLASSES[absent]
+    ET.SubElement(obj, "difficult").text = "1"
+    tree.write(xml)
+    from_xml = VOC12(root, cache_dir=tmp_path / "c").labels([image_id])[0]
+    from_mask = VOC12(root, cache_dir=tmp_path / "c", label_source="mask").labels([image_id])[0]
+    assert from_xml[absent] == 1 and from_mask[absent] == 0
+    assert set(np.flatnonzero(from_mask).tolist()) == mask_classes(root, image_id)
+    # each source has its own cache, so switching never reads the other's labels
+    assert VOC12(root, cache_dir=tmp_path / "c", label_source="mask").labels([image_id])[0][absent] == 0
+
+    xml.unlink()
+    with pytest.raises(WavecamError, match="--voc12_label_source mask"):
+        VOC12(root, cache_dir=tmp_path / "d").labels([image_id])
 
 
 def test_labels_are_cached(voc_root, tmp_path):
     ids = VOC12(voc_root).split("train_aug")
     first = VOC12(voc_root, cache_dir=tmp_path / "c").labels(ids)
-    assert (tmp_path / "c" / "voc12_labels.npz").is_file()
+    assert (tmp_path / "c" / "voc12_labels_xml.npz").is_file()
     again = VOC12(voc_root, cache_dir=tmp_path / "c")
-    again._label_of = None  # a second run must not look at a single mask
+    again._label_of = None  # a second run must not look at a single file
     np.testing.assert_array_equal(again.labels(ids), first)
 
 

@@ -23,7 +23,7 @@ log = logging.getLogger("wavecam")
 
 def make_source(args):
     if args.dataset == "voc":
-        return VOC12(args.voc12_root, args.cache_dir)
+        return VOC12(args.voc12_root, args.cache_dir, args.voc12_label_source)
     from wavecam.data.coco import COCO2014
 
     return COCO2014(args.mscoco_root, args.cache_dir)

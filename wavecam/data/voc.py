@@ -2,8 +2,11 @@
 
 The paper's repository shipped `train_aug.txt`, `cls_labels.npy` and friends as files; here they
 are derived from the dataset itself: `train_aug` is every id with a SegmentationClassAug mask
-minus `val`, and labels come from the masks (from `Annotations/*.xml` where an image has none).
-Labels are cached per dataset root, outside the root (datasets are often read-only).
+minus `val`, and labels come from `Annotations/*.xml` as the reference's `cls_labels.npy` did
+(every object named there, `difficult` and `truncated` ones included). `label_source="mask"`
+takes them from the masks instead (the XML where an image has none); the two differ where an
+annotated object is too small or too occluded to have pixels in the mask.
+Labels are cached per dataset root and source, outside the root (datasets are often read-only).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ VOC_LAYOUT_HELP = (
     "ROOT/SegmentationClassAug/<id>.png for train_aug (see the README, 'Datasets')."
 )
 SPLITS = ("train", "val", "trainval", "train_aug")
+LABEL_SOURCES = ("xml", "mask")
 
 
 def default_cache_dir(root: Path) -> Path:
@@ -69,7 +73,11 @@ class VOC12:
     num_classes = len(VOC_CLASSES)
     SPLITS = SPLITS
 
-    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                 label_source: str = "xml"):
+        if label_source not in LABEL_SOURCES:
+            raise WavecamError(f"unknown VOC label source {label_source!r}: choose one of {', '.join(LABEL_SOURCES)}")
+        self.label_source = label_source
         self.root = Path(root)
         if not self.root.is_dir():
             raise WavecamError(f"--voc12_root {self.root}: folder not found. {VOC_LAYOUT_HELP}")
@@ -143,7 +151,7 @@ class VOC12:
 
     def _label_of(self, image_id: str) -> np.ndarray:
         label = np.zeros(self.num_classes, dtype=np.uint8)
-        mask = self.mask_path(image_id)
+        mask = self.mask_path(image_id) if self.label_source == "mask" else None
         if mask is not None:
             values = np.unique(load_png(mask))
             values = values[(values > 0) & (values != IGNORE_INDEX)]
@@ -153,9 +161,13 @@ class VOC12:
             return label
         xml = self.root / "Annotations" / f"{image_id}.xml"
         if not xml.is_file():
-            raise WavecamError(
-                f"no label source for id {image_id}: neither a mask in SegmentationClass(Aug) nor {xml}"
-            )
+            if self.label_source == "mask":
+                raise WavecamError(
+                    f"no label source for id {image_id}: neither a mask in SegmentationClass(Aug) nor {xml}"
+                )
+            raise WavecamError(f"{xml} not found: image labels come from VOC's Annotations/*.xml as the "
+                               "reference's do; restore the file, or take labels from the masks with "
+                               "--voc12_label_source mask")
         try:
             names = [o.findtext("name", "").strip() for o in ET.parse(xml).getroot().iter("object")]
         except ET.ParseError as e:
@@ -168,7 +180,7 @@ class VOC12:
         return label
 
     def _cache_file(self) -> Path:
-        return self.cache_dir / "voc12_labels.npz"
+        return self.cache_dir / f"voc12_labels_{self.label_source}.npz"
 
     def _load_label_cache(self) -> dict[str, np.ndarray]:
         if self._labels is None:
@@ -194,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Derive and summarise the VOC 2012 id lists and image-level labels.")
     p.add_argument("--voc12_root", required=True)
     p.add_argument("--cache_dir", default=None)
+    p.add_argument("--voc12_label_source", choices=LABEL_SOURCES, default="xml")
     args = p.parse_args(argv)
     try:
-        ds = VOC12(args.voc12_root, args.cache_dir)
+        ds = VOC12(args.voc12_root, args.cache_dir, args.voc12_label_source)
         for s in SPLITS:
             ids = ds.split(s)
             labels = ds.labels(ids)
