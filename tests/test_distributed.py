@@ -15,6 +15,11 @@ from wavecam.io import load_cam, load_checkpoint, save_checkpoint
 from wavecam.models.resnet import build_resnet
 
 RUNNER = Path(__file__).resolve().parents[1] / "multi_stage" / "run_wavecam_voc.py"
+# What is tested is the distributed machinery, whatever the depth. ResNet-50 from random weights
+# amplifies the float rounding of batches of 2 against batches of 4 into differences of 5e-6 on some
+# CPUs (AMD EPYC), which no tolerance both tight enough to catch a bug and loose enough for every CPU
+# separates; ResNet-18 keeps them near 1e-8, far below a wrong gradient's effect (see below).
+ARCH = "resnet18"
 
 
 def launch(nproc, root, ws, init, ids, *flags):
@@ -24,8 +29,8 @@ def launch(nproc, root, ws, init, ids, *flags):
     # tests/test_fast_paths.py checks channels_last on its own.
     args = [str(RUNNER), "--voc12_root", str(root), "--work_space", str(ws), "--pretrained", str(init),
             "--num_workers", "0", "--cam_crop_size", "48", "--cam_resize_long", "40", "56", "--cam_batch_size", "4",
-            "--cam_num_epoches", "1", "--sgd_momentum", "0.9", "--cam_learning_rate", "0.001", "--cam_scales", "1.0",
-            "--seed", "5", "--channels_last", "False", "--train_list", str(ids), *flags]
+            "--cam_num_epoches", "1", "--sgd_momentum", "0.9", "--cam_learning_rate", "0.1", "--cam_scales", "1.0",
+            "--seed", "5", "--channels_last", "False", "--cam_network", ARCH, "--train_list", str(ids), *flags]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     else:
@@ -35,12 +40,12 @@ def launch(nproc, root, ws, init, ids, *flags):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def calibrated_resnet50() -> torch.nn.Module:
+def calibrated_resnet() -> torch.nn.Module:
     """Random weights whose BatchNorm statistics are measured on random images, so that frozen they
-    normalise (as ImageNet statistics do) instead of letting activations grow through 50 layers,
-    where float rounding would be amplified beyond any tolerance."""
+    normalise (as ImageNet statistics do) instead of letting activations grow layer after layer,
+    where float rounding would be amplified."""
     torch.manual_seed(0)
-    net = build_resnet("resnet50", None)
+    net = build_resnet(ARCH, None)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative average
@@ -54,9 +59,9 @@ def calibrated_resnet50() -> torch.nn.Module:
 def runs(voc_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     init = tmp / "init.pth"
-    save_checkpoint(init, calibrated_resnet50().state_dict())
-    # Two steps of a global batch of 4: over more steps a randomly initialised ResNet-50 amplifies the
-    # float rounding of batches of 2 against batches of 4 (1e-7 after two steps, 3e-3 after six).
+    save_checkpoint(init, calibrated_resnet().state_dict())
+    # Two steps of a global batch of 4: over many steps a randomly initialised network amplifies the
+    # float rounding of batches of 2 against batches of 4.
     ids = tmp / "ids.txt"
     ids.write_text("\n".join(VOC12(voc_root).split("train_aug")[:8]) + "\n")
     launch(1, voc_root, tmp / "one", init, ids, "--train_cam_pass", "True", "--make_cam_pass", "True")
@@ -68,14 +73,18 @@ def runs(voc_root, tmp_path_factory):
 
 
 def test_two_processes_train_the_same_weights(runs):
+    """Equal to float rounding, and the bound is far below what training moved: a rank that saw the
+    wrong samples, a gradient summed instead of averaged or one rank's step alone would each differ
+    by a sizeable fraction of the update, not by a thousandth of it."""
     one, two = (load_checkpoint(ws / "res50_cam.pth") for ws in runs)
     assert one.keys() == two.keys()
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6, msg=k)
     init = load_checkpoint(runs[0].parent / "init.pth")
     layer4 = {k[len("layer4."):]: v for k, v in init.items() if k.startswith("layer4.")}
-    moved = sum(not torch.equal(one["stage4.0." + k], v) for k, v in layer4.items())
-    assert moved > 0, "training must have changed the weights for the comparison to mean anything"
+    update = max((one["stage4.0." + k] - v).abs().max().item() for k, v in layer4.items())
+    gap = max((two[k] - one[k]).abs().max().item() for k in one if k.startswith("stage4."))
+    assert update > 1e3 * max(gap, 1e-9), f"training moved layer4 by {update:g}, the runs differ by {gap:g}"
 
 
 def test_two_processes_write_the_same_cams(runs):
