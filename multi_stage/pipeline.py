@@ -104,6 +104,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--cam_eval_sweep", type=float, nargs=3, default=None, metavar=("START", "STOP", "STEP"),
       help="also evaluate background thresholds START..STOP by STEP and report the best")
     a("--cam_scales", type=float, nargs="+", default=(1.0, 0.5, 1.5, 2.0), help="multi-scale inference")
+    a("--cam_resample", choices=("pil", "torch"), default="pil",
+      help="make_cam's scales: PIL bicubic on the uint8 image in the loader (the reference's), or torch "
+           "bilinear on the normalised tensor on the pass's device (no loader work)")
     # WaveCAM
     a("--wavecam_num_epoches", type=int, default=4)
     a("--wavecam_learning_rate", type=float, default=0.0005)

@@ -1,5 +1,6 @@
 """CAM nets, the wave module, the class predictor, checkpoint key layouts and multi-scale CAM inference."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -314,3 +315,42 @@ def test_multiscale_cam_flip_consistency_and_batching(cam_net):
     alone = multiscale_cam(cam_net.features, image, weight, other_keys)
     torch.testing.assert_close(both[0][1], high_res, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(both[1][0], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_multiscale_cam_resizes_as_the_reference(cam_net, voc_root):
+    """The reference resizes each scale as uint8 with PIL's bicubic, then normalises in float64:
+    the loader's `scaled` inputs give those CAMs to float rounding; resizing the normalised tensor
+    (the torch path) is visibly off (a 0.999 correlation on a 500x375 image)."""
+    from PIL import Image
+
+    from wavecam.data.datasets import InferenceDataset
+    from wavecam.data.voc import VOC12
+
+    source = VOC12(voc_root)
+    image_id = source.split("val")[0]
+    scales, keys = (1.0, 0.5, 1.5, 2.0), torch.tensor([2, 7])
+    item = InferenceDataset(source, [image_id], scales=scales)[0]
+    torch.manual_seed(8)
+    weight = torch.randn(C, 2048, 1, 1) * 0.05
+    ((strided, high_res),) = multiscale_cam_batch(cam_net.features, item["img"][None], weight, [keys], scales,
+                                                  scaled=[x[None] for x in item["scaled"]])
+
+    img = source.load_image(image_id)
+    h, w = img.shape[:2]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    small, big = 0, 0
+    with torch.no_grad():
+        for s in scales:
+            size = (int(np.round(w * s)), int(np.round(h * s)))
+            resized = img if s == 1 else np.asarray(Image.fromarray(img).resize(size, Image.BICUBIC))
+            x = torch.from_numpy(((resized / 255.0 - mean) / std).astype(np.float32).transpose(2, 0, 1).copy())
+            cams = F.relu(F.conv2d(cam_net.features(torch.stack([x, x.flip(-1)])), weight))
+            cam = (cams[0] + cams[1].flip(-1))[None]
+            small = small + F.interpolate(cam, ((h + 3) // 4, (w + 3) // 4), mode="bilinear", align_corners=False)[0]
+            big = big + F.interpolate(cam, ((h + 15) // 16 * 16, (w + 15) // 16 * 16), mode="bilinear",
+                                      align_corners=False)[0, :, :h, :w]
+    small, big = small[keys], big[keys]
+    torch.testing.assert_close(strided, small / (small.amax(dim=(1, 2), keepdim=True) + 1e-5), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(high_res, big / (big.amax(dim=(1, 2), keepdim=True) + 1e-5), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="scales"):
+        multiscale_cam_batch(cam_net.features, item["img"][None], weight, [keys], scales, scaled=item["scaled"][:2])

@@ -68,9 +68,16 @@ def multiscale_cam_batch(
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
     memory_format: torch.memory_format | None = None,
+    scaled: Sequence[torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`multiscale_cam` for N images of one size (N, 3, H, W), with one `keys` tensor per image."""
+    """`multiscale_cam` for N images of one size (N, 3, H, W), with one `keys` tensor per image.
+
+    `scaled`, one (N, 3, h_s, w_s) batch per scale, are the inputs already resized as the reference
+    does (see `InferenceDataset`); without them the images are resized here, on their device.
+    """
     device = torch.device(device) if device is not None else images.device
+    if scaled is not None and len(scaled) != len(scales):
+        raise ValueError(f"{len(scaled)} resized inputs for {len(scales)} scales")
     images, weight = images.to(device), weight.to(device)
     keys = [k.to(device=device, dtype=torch.long) for k in keys]
     size = tuple(images.shape[2:])
@@ -78,8 +85,9 @@ def multiscale_cam_batch(
 
     strided = [images.new_zeros((len(k), *small), dtype=torch.float32) for k in keys]
     high_res = [images.new_zeros((len(k), *up), dtype=torch.float32) for k in keys]
-    for s in scales:
-        cams = _flipped_cams(features_fn, _rescale(images, s), weight, amp_dtype, memory_format)  # (N, C, h', w')
+    for j, s in enumerate(scales):
+        x = scaled[j].to(device, non_blocking=True) if scaled is not None else _rescale(images, s)
+        cams = _flipped_cams(features_fn, x, weight, amp_dtype, memory_format)  # (N, C, h', w')
         for cam, k, acc_small, acc_up in zip(cams, keys, strided, high_res, strict=True):
             if len(k):
                 present = cam[k][None]  # (1, K, h', w')
@@ -92,7 +100,8 @@ def multiscale_cam_batch(
 def _rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
     if scale == 1:
         return images
-    # round() halves to even, as the reference's np.round; antialiasing stands in for PIL's when shrinking.
+    # round() halves to even, as the reference's np.round; antialiasing stands in for PIL's when shrinking,
+    # bilinear for its bicubic (torch's bicubic overshoots on the normalised tensor).
     size = (round(images.shape[2] * scale), round(images.shape[3] * scale))
     return F.interpolate(images, size, mode="bilinear", align_corners=False, antialias=True)
 

@@ -58,8 +58,10 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
     place(model, args, ctx).eval()
     weight = weight.detach().to(ctx.device)
     batches = same_size_batches(source, ids, infer_batch(args, ctx))
-    loader = DataLoader(InferenceDataset(source, ids, skip_bad=args.skip_bad_images), batch_sampler=batches,
-                        collate_fn=list, **loader_options(args, ctx, workers=min(args.num_workers, 4)))
+    scales = args.cam_scales if args.cam_resample == "pil" else None
+    dataset = InferenceDataset(source, ids, skip_bad=args.skip_bad_images, scales=scales)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=list,
+                        **loader_options(args, ctx, workers=min(args.num_workers, 4)))
     dtype = amp_dtype(args, ctx.device)
     with tqdm(total=len(ids), desc=desc, disable=not ctx.is_main) as bar:
         for packs in loader:
@@ -71,9 +73,11 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
             if packs:
                 keys = [torch.nonzero(p["label"]).flatten() for p in packs]
                 images = torch.stack([p["img"] for p in packs]).to(ctx.device, non_blocking=True)
+                scaled = None if scales is None else [torch.stack(level) for level in
+                                                      zip(*(p["scaled"] for p in packs), strict=True)]
                 cams = multiscale_cam_batch(model.features, images, weight, keys, args.cam_scales,
                                             memory_format=torch.channels_last if args.channels_last else None,
-                                            amp_dtype=dtype)
+                                            amp_dtype=dtype, scaled=scaled)
                 for p, k, (strided, high_res) in zip(packs, keys, cams, strict=True):
                     save_cam(os.path.join(args.cam_out_dir, f"{p['name']}.npz"), k.cpu().numpy(),
                              strided.cpu().numpy(), high_res.cpu().numpy())

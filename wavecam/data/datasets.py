@@ -72,10 +72,16 @@ class ClassificationDataset(Augmented):
 
 class InferenceDataset(Dataset):
     """Whole normalised images for multi-scale inference (batch size 1: sizes differ). With
-    `skip_bad`, an unreadable image yields {"name", "bad": reason} instead of stopping the pass."""
+    `skip_bad`, an unreadable image yields {"name", "bad": reason} instead of stopping the pass.
 
-    def __init__(self, source: Source, ids: list[str], with_labels: bool = True, skip_bad: bool = False):
-        self.source, self.ids, self.skip_bad = source, list(ids), skip_bad
+    With `scales`, the item's "scaled" holds the image at each scale, resized as uint8 by PIL's
+    bicubic and then normalised, as the reference's loader does; resizing the normalised tensor
+    instead gives CAMs that correlate 0.999 rather than 0.99999 with the reference's.
+    """
+
+    def __init__(self, source: Source, ids: list[str], with_labels: bool = True, skip_bad: bool = False,
+                 scales: tuple[float, ...] | None = None):
+        self.source, self.ids, self.skip_bad, self.scales = source, list(ids), skip_bad, scales
         self.label = torch.from_numpy(source.labels(self.ids)) if with_labels else None
 
     def __len__(self) -> int:
@@ -89,6 +95,9 @@ class InferenceDataset(Dataset):
                 raise
             return {"name": self.ids[i], "bad": str(e)}
         item = {"name": self.ids[i], "img": T.hwc_to_chw(T.normalize(img)), "size": img.shape[:2]}
+        if self.scales is not None:
+            item["scaled"] = [item["img"] if s == 1 else T.hwc_to_chw(T.normalize(T.rescale(img, s)))
+                              for s in self.scales]
         if self.label is not None:
             item["label"] = self.label[i]
         return item
@@ -156,7 +165,7 @@ class E2ETrainDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         img = self.source.load_image(self.ids[i])
         if self.scale_range:
-            img = T.rescale(img, T.uniform(*self.scale_range))
+            img = T.rescale(img, T.uniform(*self.scale_range), backend="cv2")
         if self.hflip and T.randint(0, 1):
             img = img[:, ::-1]
         # Cropping a map of ones along with the image shows where the image landed in the crop.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from wavecam.data.classes import IGNORE_INDEX
 
@@ -31,13 +32,24 @@ def sample_rng(seed: int, epoch: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
 
 
-def rescale(img: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray:
-    """Resize by `scale` (bicubic for images, nearest for label maps), IRN's rounding."""
+def rescale(img: np.ndarray, scale: float, nearest: bool = False, backend: str = "pil") -> np.ndarray:
+    """Resize a uint8 image (bicubic) or label map (nearest) by `scale`, with IRN's rounding.
+
+    `backend="pil"` is the reference's `pil_rescale`: PIL's bicubic widens its kernel when it
+    shrinks (antialiasing) and its nearest samples pixel centres. cv2 does neither, so the two give
+    different pictures at scale 0.5, and nearest label maps shifted by up to a pixel; cv2 is
+    about 10x faster (0.5 vs 7.6 ms for a 500x375 image at 1.5x), which only matters where the
+    loader cannot keep up.
+    """
     h, w = img.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     if size == (w, h):
         return img
-    return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_CUBIC)
+    if backend == "cv2":
+        return cv2.resize(img, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_CUBIC)
+    if backend != "pil":
+        raise ValueError(f"unknown resampling backend {backend!r}: pil or cv2")
+    return np.asarray(Image.fromarray(img).resize(size, Image.NEAREST if nearest else Image.BICUBIC))
 
 
 def random_resize_long(img: np.ndarray, min_long: int, max_long: int, rng: torch.Generator | None = None) -> np.ndarray:
