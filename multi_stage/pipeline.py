@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from wavecam.data.coco import CROWD, SPLIT_IMAGES
 from wavecam.io import WavecamError
 from wavecam.models.resnet import resolve_arch, stage_channels
 
@@ -38,6 +39,8 @@ WORK_SPACE_PATHS = (
     "sem_seg_out_dir", "wavecam_weight_dir",
 )
 
+# ReCAM's step_coco trains, infers and evaluates on train2014 throughout (val2014 only for the
+# validation loss of the training passes).
 DATASET_DEFAULTS = {
     "voc": {},
     "coco": {
@@ -47,7 +50,7 @@ DATASET_DEFAULTS = {
         "sem_seg_bg_thres": 0.25,
         "train_list": "train",
         "infer_list": "train",
-        "chainer_eval_set": "val",
+        "chainer_eval_set": "train",
     },
 }
 
@@ -74,6 +77,11 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         a("--voc12_root", default="../VOCdevkit/VOC2012/", help="VOC 2012 root holding JPEGImages/ etc.")
     else:
         a("--mscoco_root", default="../mscoco/", help="COCO 2014 root holding train2014/, val2014/, annotations/")
+        a("--coco_split_images", choices=SPLIT_IMAGES, default="all",
+          help="images of the train and val splits: all of the annotation file's (ReCAM's), or annotated: "
+               "those with a non-crowd object")
+        a("--coco_crowd", choices=CROWD, default="background",
+          help="crowd regions of the rendered ground truth: background (ReCAM's) or ignore (255, not scored)")
     a("--cache_dir", default=None, help="where derived labels/masks are cached (default ~/.cache/wavecam)")
     a("--device", default="auto", help="auto, cpu or cuda (under torchrun: the rank's GPU)")
     a("--amp", type=str2bool, default=False, help="autocast (bf16 where supported, else fp16) on CUDA")
