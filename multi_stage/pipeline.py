@@ -40,7 +40,8 @@ WORK_SPACE_PATHS = (
 )
 
 # ReCAM's step_coco trains, infers and evaluates on train2014 throughout (val2014 only for the
-# validation loss of the training passes).
+# validation loss of the training passes), and its COCO make_recam takes the CAM kernel from the
+# fine-tuned classifier alone, where the VOC one multiplies in the predictor's.
 DATASET_DEFAULTS = {
     "voc": {},
     "coco": {
@@ -51,6 +52,7 @@ DATASET_DEFAULTS = {
         "train_list": "train",
         "infer_list": "train",
         "chainer_eval_set": "train",
+        "wavecam_kernel": "classifier",
     },
 }
 
@@ -116,6 +118,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--wavecam_loss_weight", type=float, default=1.0)
     a("--wavecam_batch_size", type=int, default=None, help="default: --cam_batch_size")
     a("--wavecam_weight_dir", default="wavecam_weight")
+    a("--wavecam_kernel", choices=("product", "classifier"), default="product",
+      help="make_wavecam's CAM kernel: the predictor's weight times the fine-tuned classifier's (ReCAM's "
+           "VOC make_recam), or the fine-tuned classifier's alone (its COCO one)")
     # Mining inter-pixel relations
     a("--conf_fg_thres", type=float, default=0.35)
     a("--conf_bg_thres", type=float, default=0.1)

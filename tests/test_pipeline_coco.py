@@ -7,15 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from wavecam.cam import multiscale_cam_batch
 from wavecam.data.coco import COCO2014
-from wavecam.io import load_cam, load_checkpoint, load_png
+from wavecam.data.datasets import InferenceDataset
+from wavecam.io import load_cam, load_checkpoint, load_png, save_checkpoint
+from wavecam.models import CAMNet, ClassPredictor
+from wavecam.models.cam import load_cam_weights
 
 from pipeline import build_parser, finalize, main
 
 RUNNER = Path(__file__).resolve().parents[1] / "multi_stage" / "run_wavecam_coco.py"
-# Sizes and speed only: every list, threshold and policy is the COCO default.
+# Sizes and speed only: every list, threshold, policy and kernel is the COCO default.
 TINY = ("--pretrained none --num_workers 0 --cam_network resnet18 --irn_network resnet18 --cam_crop_size 64 "
         "--cam_resize_long 56 72 --cam_batch_size 4 --wavecam_batch_size 4 --cam_num_epoches 1 "
         "--wavecam_num_epoches 1 --irn_crop_size 64 --irn_batch_size 4 --irn_num_epoches 1 --irn_path_radius 5 "
@@ -43,8 +49,9 @@ def test_coco_defaults_are_the_papers():
     a = finalize(build_parser("coco").parse_args([]))
     assert (a.cam_eval_thres, a.wavecam_loss_weight, a.wavecam_batch_size, a.sem_seg_bg_thres) == (0.15, 0.1, 6, 0.25)
     assert (a.train_list, a.val_list, a.infer_list, a.chainer_eval_set) == ("train", "val", "train", "train")
-    assert (a.coco_split_images, a.coco_crowd) == ("all", "background")
+    assert (a.coco_split_images, a.coco_crowd, a.wavecam_kernel) == ("all", "background", "classifier")
     assert a.mscoco_root
+    assert finalize(build_parser("voc").parse_args([])).wavecam_kernel == "product"
 
 
 def test_both_command_lines_with_default_lists(coco_root, tmp_path):
@@ -74,6 +81,41 @@ def test_both_command_lines_with_default_lists(coco_root, tmp_path):
         result = json.loads((ws / "results" / f"{name}.json").read_text())
         assert len(result["iou"]) == 81 and result["n_images"] == len(train) and result["dataset"] == "coco"
         assert (result["eval_set"], result["coco_split_images"], result["coco_crowd"]) == ("train", "all", "background")
+
+    # The default kernel on COCO: the fine-tuned network's classifier alone.
+    image_id = next(i for i, label in zip(train, labels) if label.any())
+    model = CAMNet(80, pretrained=None, arch="resnet18").eval()
+    load_cam_weights(model, ws / "wavecam_weight" / "res50_wavecam_1.pth", cam_only=True)
+    pack = InferenceDataset(source, [image_id])[0]
+    [(_, high_res)] = multiscale_cam_batch(model.features, pack["img"][None], model.classifier.weight,
+                                           [torch.nonzero(pack["label"]).flatten()], scales=(1.0,))
+    np.testing.assert_allclose(load_cam(ws / "cam_mask" / f"{image_id}.npz")["high_res"], high_res.numpy(),
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["classifier", "product"])
+def test_make_wavecam_kernel(coco_root, tmp_path, monkeypatch, kernel):
+    import step.make_wavecam as make_wavecam
+
+    args = finalize(build_parser("coco").parse_args(
+        f"--mscoco_root {coco_root} --work_space {tmp_path} --cam_network resnet18 --wavecam_num_epoches 2 "
+        f"--wavecam_kernel {kernel}".split()))
+    net_path, predictor_path = make_wavecam.checkpoint_paths(args)
+    torch.manual_seed(0)
+    fine_tuned = CAMNet(80, pretrained=None, arch="resnet18")
+    save_checkpoint(net_path, fine_tuned.state_dict())
+    predictor = ClassPredictor(80, 512)
+    if kernel == "product":  # ReCAM's COCO make_recam never reads the predictor: with `classifier` it may be absent
+        save_checkpoint(predictor_path, {**predictor.state_dict(), "wave.w1.weight": torch.zeros(80, 80, 1)})
+    seen = {}
+    monkeypatch.setattr(make_wavecam, "write_cams", lambda args, model, weight, desc: seen.update(weight=weight))
+    make_wavecam.run(args)
+
+    expected = fine_tuned.classifier.weight
+    if kernel == "product":
+        expected = predictor.classifier.weight * expected
+    assert seen["weight"].shape == (80, 512, 1, 1)
+    assert torch.equal(seen["weight"], expected)
 
 
 def test_missing_annotation_file_is_named(coco_root, tmp_path):
