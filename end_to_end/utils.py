@@ -120,8 +120,16 @@ def make_source(cfg: dict):
     if data["name"] == "coco":
         from wavecam.data.coco import COCO2014
 
-        return COCO2014(data["root"], data.get("cache_dir"))
+        split_images, crowd = coco_policies(data)
+        return COCO2014(data["root"], data.get("cache_dir"), split_images=split_images, crowd=crowd)
     raise WavecamError(f"dataset.name must be voc or coco, got {data['name']!r}")
+
+
+def coco_policies(data: dict) -> tuple[str, str]:
+    """The COCO source's split images and crowd policy. AFA's lists (datasets/coco/{train,val}.txt,
+    82,081 and 40,137 images) leave out the images without annotations, so a config that does not
+    name them gets `annotated`, and the crowd handling this trainer has always had (`ignore`)."""
+    return data.get("coco_split_images", "annotated"), data.get("coco_crowd", "ignore")
 
 
 def split_ids(source, name: str) -> list[str]:
@@ -332,8 +340,11 @@ def add_scalars(writer, prefix: str, values: dict[str, float], step: int) -> Non
 def settings(cfg: dict, work_dir: str | os.PathLike, eval_set: str) -> dict:
     """What every results/*.json records about the run that produced it (as the multi-stage passes)."""
     data = cfg["dataset"]
-    return {"dataset": data["name"], "data_root": os.path.abspath(data["root"]), "eval_set": eval_set,
-            "work_space": os.path.abspath(work_dir), "cache_dir": data.get("cache_dir")}
+    recorded = {"dataset": data["name"], "data_root": os.path.abspath(data["root"]), "eval_set": eval_set,
+                "work_space": os.path.abspath(work_dir), "cache_dir": data.get("cache_dir")}
+    if data["name"] == "coco":
+        recorded["coco_split_images"], recorded["coco_crowd"] = coco_policies(data)
+    return recorded
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from wavecam.data.coco import CROWD, SPLIT_IMAGES
 from wavecam.io import WavecamError
 from wavecam.models.resnet import resolve_arch, stage_channels
 
@@ -38,6 +39,9 @@ WORK_SPACE_PATHS = (
     "sem_seg_out_dir", "wavecam_weight_dir",
 )
 
+# ReCAM's step_coco trains, infers and evaluates on train2014 throughout (val2014 only for the
+# validation loss of the training passes), and its COCO make_recam takes the CAM kernel from the
+# fine-tuned classifier alone, where the VOC one multiplies in the predictor's.
 DATASET_DEFAULTS = {
     "voc": {},
     "coco": {
@@ -47,7 +51,8 @@ DATASET_DEFAULTS = {
         "sem_seg_bg_thres": 0.25,
         "train_list": "train",
         "infer_list": "train",
-        "chainer_eval_set": "val",
+        "chainer_eval_set": "train",
+        "wavecam_kernel": "classifier",
     },
 }
 
@@ -76,6 +81,11 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
           help="image labels from Annotations/*.xml (the reference's cls_labels.npy) or from the masks")
     else:
         a("--mscoco_root", default="../mscoco/", help="COCO 2014 root holding train2014/, val2014/, annotations/")
+        a("--coco_split_images", choices=SPLIT_IMAGES, default="all",
+          help="images of the train and val splits: all of the annotation file's (ReCAM's), or annotated: "
+               "those with a non-crowd object")
+        a("--coco_crowd", choices=CROWD, default="background",
+          help="crowd regions of the rendered ground truth: background (ReCAM's) or ignore (255, not scored)")
     a("--cache_dir", default=None, help="where derived labels/masks are cached (default ~/.cache/wavecam)")
     a("--device", default="auto", help="auto, cpu or cuda (under torchrun: the rank's GPU)")
     a("--amp", type=str2bool, default=False, help="autocast (bf16 where supported, else fp16) on CUDA")
@@ -113,6 +123,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--wavecam_loss_weight", type=float, default=1.0)
     a("--wavecam_batch_size", type=int, default=None, help="default: --cam_batch_size")
     a("--wavecam_weight_dir", default="wavecam_weight")
+    a("--wavecam_kernel", choices=("product", "classifier"), default="product",
+      help="make_wavecam's CAM kernel: the predictor's weight times the fine-tuned classifier's (ReCAM's "
+           "VOC make_recam), or the fine-tuned classifier's alone (its COCO one)")
     # Mining inter-pixel relations
     a("--conf_fg_thres", type=float, default=0.35)
     a("--conf_bg_thres", type=float, default=0.1)

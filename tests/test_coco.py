@@ -34,8 +34,8 @@ ANNOTATIONS = {
     "train": [
         (9, DOG, [[2, 2, 25, 2, 25, 20, 2, 20]], 0),
         (39, TOOTHBRUSH, [[5, 5, 30, 5, 30, 12, 5, 12]], 0),
-        (9, PERSON, crowd_rle(), 1),  # listed before the instance it covers: crowds still go on top
-        (19, BOTTLE, crowd_rle(), 1),  # 19 has only a crowd: in train_all, not in train
+        (9, PERSON, crowd_rle(), 1),  # listed before the instance it covers: as 255, crowds still go on top
+        (19, BOTTLE, crowd_rle(), 1),  # 19 has only a crowd: not an 'annotated' image
         (9, PERSON, [[15, 5, 35, 5, 25, 25]], 0),  # over the dog
         (39, DOG, [[1, 15, 10, 15, 10, 28, 1, 28], [30, 18, 38, 18, 38, 26]], 0),  # two parts
     ],
@@ -63,15 +63,18 @@ def write_coco(root, categories=COCO_CATEGORIES):
     return root
 
 
-def expected_mask(root, split, n):
-    """Painted independently with pycocotools: instances in file order, then crowds as 255."""
+def expected_mask(root, split, n, crowd="background"):
+    """Painted independently with pycocotools: the non-crowd instances in file order, as ReCAM's
+    annToMask.py selects them (getAnnIds(iscrowd=False)); with `ignore`, then crowds as 255."""
     from pycocotools.coco import COCO
 
     api = COCO(str(root / "annotations" / f"instances_{split}2014.json"))
-    anns = api.loadAnns(api.getAnnIds(imgIds=[n]))
     mask = np.zeros((H, W), np.uint8)
-    for a in [a for a in anns if not a["iscrowd"]] + [a for a in anns if a["iscrowd"]]:
-        mask[api.annToMask(a) == 1] = IGNORE_INDEX if a["iscrowd"] else INDEX[a["category_id"]] + 1
+    for a in api.loadAnns(api.getAnnIds(imgIds=[n], iscrowd=False)):
+        mask[api.annToMask(a) == 1] = INDEX[a["category_id"]] + 1
+    if crowd == "ignore":
+        for a in api.loadAnns(api.getAnnIds(imgIds=[n], iscrowd=True)):
+            mask[api.annToMask(a) == 1] = IGNORE_INDEX
     return mask
 
 
@@ -89,10 +92,13 @@ def test_category_mapping_follows_the_official_ids():
 def test_splits_and_labels(root):
     ds = COCO2014(root, cache_dir=root.parent / "cache", jobs=1)
     assert ds.layout == "official"
-    assert ds.split("train") == [coco_id("train", 9), coco_id("train", 39)]
-    assert ds.split("train_all") == [coco_id("train", n) for n in IMAGES["train"]]
-    assert ds.split("val") == [coco_id("val", 42)]
-    assert ds.split("val_all") == [coco_id("val", 42), coco_id("val", 52)]
+    # ReCAM's splits (torchvision's CocoDetection): every image of the file, sorted by id.
+    assert ds.split("train") == ds.split("train_all") == [coco_id("train", n) for n in IMAGES["train"]]
+    assert ds.split("val") == ds.split("val_all") == [coco_id("val", 42), coco_id("val", 52)]
+    strict = COCO2014(root, cache_dir=root.parent / "cache", jobs=1, split_images="annotated")
+    assert strict.split("train") == [coco_id("train", 9), coco_id("train", 39)]
+    assert strict.split("val") == [coco_id("val", 42)]
+    assert strict.split("train_all") == ds.split("train_all")
     ids = ds.split("train_all") + ds.split("val_all")
     labels = ds.labels(ids)
     assert labels.shape == (6, 80) and labels.dtype == np.float32
@@ -105,20 +111,44 @@ def test_splits_and_labels(root):
     assert ds.load_image(ids[0]).shape == (H, W, 3)
 
 
-def test_masks_match_annToMask_pixel_for_pixel(root):
-    ds = COCO2014(root, cache_dir=root.parent / "cache", jobs=2)
+@pytest.mark.parametrize("crowd", ["background", "ignore"])
+def test_masks_match_annToMask_pixel_for_pixel(root, crowd):
+    ds = COCO2014(root, cache_dir=root.parent / "cache", jobs=2, crowd=crowd)
     ids = ds.split("train_all") + ds.split("val_all")
     assert ds.prepare_masks(ids) == len(ids)
     for image_id in ids:
         split, n = image_id.split("_")[1].removesuffix("2014"), int(image_id.split("_")[2])
-        path = root.parent / "cache" / "coco_masks" / split / f"{image_id}.png"
+        path = root.parent / "cache" / f"coco_masks_crowd_{crowd}" / split / f"{image_id}.png"
         assert path.is_file()
-        np.testing.assert_array_equal(load_png(path), expected_mask(root, split, n), err_msg=image_id)
+        np.testing.assert_array_equal(load_png(path), expected_mask(root, split, n, crowd), err_msg=image_id)
     gt = ds.load_gt(coco_id("train", 9))
     assert gt[10, 10] == INDEX[DOG] + 1  # the dog alone
     assert gt[8, 22] == INDEX[PERSON] + 1  # the person drawn over the dog
-    assert gt[20, 25] == IGNORE_INDEX  # the crowd over the person, though listed before it
+    if crowd == "ignore":
+        assert gt[20, 25] == IGNORE_INDEX  # the crowd over the person, though listed before it
+        assert gt[26, 36] == IGNORE_INDEX
+    else:
+        assert gt[20, 25] == INDEX[PERSON] + 1  # the person under the crowd, which is not painted
+        assert gt[26, 36] == 0  # the crowd alone: background
+        assert not ds.load_gt(coco_id("train", 19)).any()  # a crowd-only image is all background
     assert not ds.load_gt(coco_id("val", 52)).any()
+
+
+def test_switching_policies_never_reads_another_policys_cache(root):
+    cache = root.parent / "cache"
+    image_id = coco_id("train", 9)
+    background = COCO2014(root, cache_dir=cache, jobs=1).load_gt(image_id)
+    ignore = COCO2014(root, cache_dir=cache, jobs=1, crowd="ignore").load_gt(image_id)
+    np.testing.assert_array_equal(background, expected_mask(root, "train", 9, "background"))
+    np.testing.assert_array_equal(ignore, expected_mask(root, "train", 9, "ignore"))
+    # Both read the one cached index, which holds every image: each policy still gets its own list.
+    assert len(COCO2014(root, cache_dir=cache, jobs=1, split_images="annotated").split("train")) == 2
+    assert len(COCO2014(root, cache_dir=cache, jobs=1).split("train")) == 4
+    assert len(COCO2014(root, cache_dir=cache, jobs=1, split_images="annotated").split("train")) == 2
+    with pytest.raises(WavecamError, match="crowd policy 'skip'.*background, ignore"):
+        COCO2014(root, crowd="skip")
+    with pytest.raises(WavecamError, match="split images 'some'.*all, annotated"):
+        COCO2014(root, split_images="some")
 
 
 def test_second_run_does_no_work(root, monkeypatch):
@@ -127,7 +157,7 @@ def test_second_run_does_no_work(root, monkeypatch):
     ids = ds.split("train")
     labels = ds.labels(ids)
     ds.prepare_masks(ids)
-    stamps = {p: p.stat().st_mtime_ns for p in (cache / "coco_masks").rglob("*.png")}
+    stamps = {p: p.stat().st_mtime_ns for p in ds.rendered_mask_dir.rglob("*.png")}
     assert len(stamps) == len(ids)
 
     def no_json(path):
@@ -138,7 +168,7 @@ def test_second_run_does_no_work(root, monkeypatch):
     assert again.split("train") == ids
     np.testing.assert_array_equal(again.labels(ids), labels)
     assert again.prepare_masks(ids) == 0
-    assert {p: p.stat().st_mtime_ns for p in (cache / "coco_masks").rglob("*.png")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in ds.rendered_mask_dir.rglob("*.png")} == stamps
     again.load_gt(ids[0])
 
 
@@ -146,7 +176,7 @@ def test_load_gt_renders_one_missing_mask(root):
     ds = COCO2014(root, jobs=1)  # cache from WAVECAM_CACHE
     image_id = coco_id("train", 39)
     np.testing.assert_array_equal(ds.load_gt(image_id), expected_mask(root, "train", 39))
-    assert [p.name for p in (ds.cache_dir / "coco_masks").rglob("*.png")] == [f"{image_id}.png"]
+    assert [p.name for p in ds.cache_dir.rglob("*.png")] == [f"{image_id}.png"]
 
 
 def test_voc_style_layout(root, tmp_path):
@@ -159,8 +189,11 @@ def test_voc_style_layout(root, tmp_path):
             save_png(voc / "SegmentationClass" / split / f"{image_id}.png", official.load_gt(image_id))
     ds = COCO2014(voc, cache_dir=tmp_path / "voc_cache", jobs=2)
     assert ds.layout == "voc"
+    strict = COCO2014(voc, cache_dir=tmp_path / "voc_cache", jobs=2, split_images="annotated")
+    official_strict = COCO2014(root, cache_dir=tmp_path / "cache", jobs=1, split_images="annotated")
     for split in ("train", "val", "train_all", "val_all"):
         assert ds.split(split) == official.split(split), split
+        assert strict.split(split) == official_strict.split(split), split
     ids = ds.split("train_all")
     expected = official.labels(ids)
     expected[1, INDEX[BOTTLE]] = 0  # a crowd-only class leaves no class pixel in the mask
@@ -210,9 +243,16 @@ def test_unknown_category_id_is_a_bad_file(tmp_path):
 
 
 def test_cli_prepares_both_splits(root, capsys):
-    assert main(["--mscoco_root", str(root), "--cache_dir", str(root.parent / "cache"), "--jobs", "1"]) == 0
+    cache = root.parent / "cache"
+    assert main(["--mscoco_root", str(root), "--cache_dir", str(cache), "--jobs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "train" in out and "val" in out and "2 rendered now" in out
-    assert len(list((root.parent / "cache" / "coco_masks").rglob("*.png"))) == 3
+    assert "train       4 images of      4" in out and "4 rendered now" in out and "2 rendered now" in out
+    assert "coco_masks_crowd_background" in out
+    assert len(list((cache / "coco_masks_crowd_background").rglob("*.png"))) == 6
+    assert main(["--mscoco_root", str(root), "--cache_dir", str(cache), "--jobs", "1",
+                 "--coco_split_images", "annotated", "--coco_crowd", "ignore"]) == 0
+    out = capsys.readouterr().out
+    assert "train       2 images of      4" in out and "1 rendered now" in out
+    assert len(list((cache / "coco_masks_crowd_ignore").rglob("*.png"))) == 3
     assert main(["--mscoco_root", str(root.parent / "missing")]) == 2
     assert "folder not found" in capsys.readouterr().err

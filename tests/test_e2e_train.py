@@ -159,3 +159,18 @@ print("ok")
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
     for i in range(5):
         assert (tmp_path / f"w0_{i}.png").read_bytes() == (tmp_path / f"w2_{i}.png").read_bytes()
+
+
+def test_coco_config_keeps_afas_lists(tmp_path):
+    """AFA's COCO lists leave out the images without annotations, unlike the multi-stage default."""
+    utils = e2e_utils()
+    (tmp_path / "annotations").mkdir()
+    cfg = utils.load_config(ROOT / "end_to_end" / "configs" / "coco.yaml", [f"dataset.root={tmp_path}"])
+    source = utils.make_source(cfg)
+    assert (source.split_images, source.crowd) == ("annotated", "ignore")
+    recorded = utils.settings(cfg, tmp_path, "val")
+    assert (recorded["coco_split_images"], recorded["coco_crowd"]) == ("annotated", "ignore")
+    del cfg["dataset"]["coco_split_images"], cfg["dataset"]["coco_crowd"]  # a config written before the keys
+    assert (utils.make_source(cfg).split_images, utils.make_source(cfg).crowd) == ("annotated", "ignore")
+    cfg["dataset"]["coco_split_images"] = "all"
+    assert utils.make_source(cfg).split_images == "all"

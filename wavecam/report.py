@@ -243,8 +243,12 @@ def open_source(settings: dict):
     if not root or not Path(root).is_dir():
         raise WavecamError(f"the dataset root recorded in the results ({root}) is not a folder; the gallery "
                            "needs the images and ground truth the run was evaluated on")
-    dataset_cls = COCO2014 if dataset == "coco" else VOC12
-    return dataset_cls(root, settings.get("cache_dir"))
+    if dataset != "coco":
+        return VOC12(root, settings.get("cache_dir"))
+    # The run's own policies, so the gallery shows the ground truth it was scored against; results
+    # written before they were recorded had the stricter ones.
+    return COCO2014(root, settings.get("cache_dir"), split_images=settings.get("coco_split_images", "annotated"),
+                    crowd=settings.get("coco_crowd", "ignore"))
 
 
 def result_dir(run: Run, result: dict | None, key: str, default: str) -> Path:

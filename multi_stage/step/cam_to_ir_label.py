@@ -20,6 +20,8 @@ log = logging.getLogger("wavecam")
 
 
 def confident_label(img: np.ndarray, cam: dict, fg_thres: float, bg_thres: float) -> np.ndarray:
+    if not len(cam["keys"]):  # an image without classes (COCO has some): confidently background, as in ReCAM
+        return np.zeros(img.shape[:2], np.uint8)
     keys = np.concatenate([[0], cam["keys"] + 1])
     hr = cam["high_res"]
 

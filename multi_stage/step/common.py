@@ -26,7 +26,7 @@ def make_source(args):
         return VOC12(args.voc12_root, args.cache_dir, args.voc12_label_source)
     from wavecam.data.coco import COCO2014
 
-    return COCO2014(args.mscoco_root, args.cache_dir)
+    return COCO2014(args.mscoco_root, args.cache_dir, split_images=args.coco_split_images, crowd=args.coco_crowd)
 
 
 def resolve_list(source, name: str) -> list[str]:

@@ -14,8 +14,11 @@ def prepare_gt(source, ids: list[str]) -> None:
 def settings(args) -> dict:
     """What every results/*.json records about the run that produced it."""
     root = args.voc12_root if args.dataset == "voc" else args.mscoco_root
-    return {"dataset": args.dataset, "data_root": os.path.abspath(root), "eval_set": args.chainer_eval_set,
-            "work_space": os.path.abspath(args.work_space), "cache_dir": args.cache_dir}
+    recorded = {"dataset": args.dataset, "data_root": os.path.abspath(root), "eval_set": args.chainer_eval_set,
+                "work_space": os.path.abspath(args.work_space), "cache_dir": args.cache_dir}
+    if args.dataset == "coco":  # they decide which images were scored and what a crowd pixel counted as
+        recorded.update(coco_split_images=args.coco_split_images, coco_crowd=args.coco_crowd)
+    return recorded
 
 
 def results_path(args, name: str) -> str:

@@ -38,9 +38,12 @@ def run(args) -> None:
             skip_bad_image(args, "make_sem_seg", image_id, pack["bad"])
             continue
         cam = read_cam(args, image_id)
-        edge, _ = model(pack["img"].to(ctx.device))
         strided = torch.from_numpy(cam["cam"]).to(ctx.device)
-        rw = propagate(strided, edge, beta=args.beta, exp_times=args.exp_times, radius=5)
+        if len(cam["keys"]):
+            edge, _ = model(pack["img"].to(ctx.device))
+            rw = propagate(strided, edge, beta=args.beta, exp_times=args.exp_times, radius=5)
+        else:  # an image without classes (COCO has some): nothing to walk, all background as in ReCAM
+            rw = strided
         label = rw_to_label(rw, cam["keys"], args.sem_seg_bg_thres, pack["size"])
         save_png(os.path.join(args.sem_seg_out_dir, f"{image_id}.png"), label.astype("uint8"))
     dist.barrier(ctx)

@@ -7,9 +7,18 @@ conversion some users have (ROOT/JPEGImages/{train,val}/, ROOT/SegmentationClass
 masks already rendered) is read as it is, labels coming from the masks.
 
 Ids are file stems (`COCO_train2014_000000000009`); the prefix tells the split. Mask values are 0
-background, 1..80 for the classes (contiguous, in the order of COCO's category ids) and 255 for
-crowd regions. An image's label holds every class it has an annotation of, crowds included: a
-crowd of people still shows people, and its pixels are ignored by the evaluation anyway.
+background and 1..80 for the classes (contiguous, in the order of COCO's category ids). An image's
+label holds every class it has an annotation of, crowds included: a crowd of people still shows
+people.
+
+Two choices follow ReCAM's COCO code by default, each with the stricter alternative as an option:
+- which images a split holds (`split_images`): ReCAM reads its splits through torchvision's
+  `CocoDetection`, i.e. every image of the annotation file, sorted by id, including the few hundred
+  with no annotation at all (label all zero, evaluated as all background): `all`. `annotated` keeps
+  the images with at least one non-crowd object, those a segmentation can be scored on.
+- what crowd regions are in the masks (`crowd`): ReCAM's `annToMask.py` paints the non-crowd
+  annotations only, so a crowd is `background` (0); `ignore` paints it 255 over the instances, and
+  the evaluation skips those pixels.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ SPLITS = ("train", "val", "train_all", "val_all")
 CATEGORY_IDS = tuple(cid for cid, _ in sorted(COCO_CATEGORIES))
 CATEGORY_INDEX = {cid: i for i, cid in enumerate(CATEGORY_IDS)}
 COCO_CLASSES = tuple(name for _, name in sorted(COCO_CATEGORIES))
+SPLIT_IMAGES = ("all", "annotated")  # the first is ReCAM's
+CROWD = ("background", "ignore")  # the first is ReCAM's
 
 
 def split_of(image_id: str) -> str:
@@ -55,24 +66,27 @@ def split_of(image_id: str) -> str:
     )
 
 
-def render_mask(image: dict, anns: list[dict]) -> np.ndarray:
+def render_mask(image: dict, anns: list[dict], crowd: str = "background") -> np.ndarray:
     """One image's semantic mask (H, W) uint8 from its COCO annotations: instances painted in
-    annotation order (later ones win where they overlap), then crowds as 255 over them."""
+    annotation order (later ones win where they overlap). Crowds are left out (`background`, as
+    ReCAM's annToMask.py), or painted 255 over the instances (`ignore`)."""
     from pycocotools.coco import COCO
 
     # annToMask only looks the image's size up, so a one-image index is enough.
     api = COCO()
     api.imgs = {image["id"]: image}
     mask = np.zeros((image["height"], image["width"]), np.uint8)
-    for ann in sorted(anns, key=lambda a: bool(a.get("iscrowd"))):  # stable: keeps annotation order
+    instances = [a for a in anns if not a.get("iscrowd")]
+    crowds = [a for a in anns if a.get("iscrowd")] if crowd == "ignore" else []
+    for ann in instances + crowds:
         value = IGNORE_INDEX if ann.get("iscrowd") else CATEGORY_INDEX[ann["category_id"]] + 1
         mask[api.annToMask(ann).astype(bool)] = value
     return mask
 
 
-def _render_task(task: tuple[str, dict, list[dict]]) -> None:
-    path, image, anns = task
-    save_png(path, render_mask(image, anns))
+def _render_task(task: tuple[str, dict, list[dict], str]) -> None:
+    path, image, anns, crowd = task
+    save_png(path, render_mask(image, anns, crowd))
 
 
 def _mask_label(path: Path) -> np.ndarray:
@@ -97,7 +111,9 @@ def _parallel_map(fn: Callable, items: list, jobs: int, desc: str) -> list:
 
 
 class _SplitIndex:
-    """What labels and split lists need of one split, cached as one npz."""
+    """What labels and split lists need of one split, cached as one npz. It holds every image with
+    its `annotated` flag and labels that count crowds under either policy, so it does not depend on
+    `split_images` or `crowd`: switching them can never meet a stale index."""
 
     def __init__(self, ids: list[str], labels: np.ndarray, annotated: np.ndarray):
         # annotated: the image has a non-crowd annotation (official layout) or a foreground pixel (VOC-style).
@@ -128,7 +144,14 @@ class COCO2014:
     num_classes = len(COCO_CLASSES)
     SPLITS = SPLITS
 
-    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None, jobs: int | None = None):
+    def __init__(self, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None, jobs: int | None = None,
+                 split_images: str = "all", crowd: str = "background"):
+        """`split_images` and `crowd` as in the module docstring; both default to ReCAM's choice."""
+        if split_images not in SPLIT_IMAGES:
+            raise WavecamError(f"COCO split images {split_images!r}: choose one of {', '.join(SPLIT_IMAGES)}")
+        if crowd not in CROWD:
+            raise WavecamError(f"COCO crowd policy {crowd!r}: choose one of {', '.join(CROWD)}")
+        self.split_images, self.crowd = split_images, crowd
         self.root = Path(root)
         if not self.root.is_dir():
             raise WavecamError(f"--mscoco_root {self.root}: folder not found. {COCO_LAYOUT_HELP}")
@@ -159,15 +182,22 @@ class COCO2014:
             raise WavecamError(f"image for id {image_id} not found: {path}. {COCO_LAYOUT_HELP}")
         return load_image(path, image_id)
 
+    @property
+    def rendered_mask_dir(self) -> Path:
+        """Where the official layout's masks are cached: a folder named for the crowd policy, so
+        that masks rendered under the other policy are never read."""
+        return self.cache_dir / f"coco_masks_crowd_{self.crowd}"
+
     def mask_path(self, image_id: str) -> Path:
         """The VOC-style layout's mask, or where the official layout's rendered mask is cached."""
         split = split_of(image_id)
         if self.layout == "voc":
             return self.root / "SegmentationClass" / split / f"{image_id}.png"
-        return self.cache_dir / "coco_masks" / split / f"{image_id}.png"
+        return self.rendered_mask_dir / split / f"{image_id}.png"
 
     def load_gt(self, image_id: str) -> np.ndarray:
-        """Ground-truth label map (0 background, 1..80, 255 crowd); rendered now if not cached yet."""
+        """Ground-truth label map (0 background, 1..80; crowds 0 or 255 as `crowd` says); rendered
+        now if not cached yet. The VOC-style layout's masks are returned as they are."""
         path = self.mask_path(image_id)
         if self.layout == "voc" and not path.is_file():
             raise WavecamError(f"no ground-truth mask for id {image_id}: {path} not found. {COCO_LAYOUT_HELP}")
@@ -186,17 +216,20 @@ class COCO2014:
             if split_todo:
                 api, image_of = self._coco_api(split)
                 self._require_known(split_todo, image_of, split)
-                tasks = [(str(self.mask_path(i)), api.imgs[image_of[i]], api.imgToAnns[image_of[i]])
+                tasks = [(str(self.mask_path(i)), api.imgs[image_of[i]], api.imgToAnns[image_of[i]], self.crowd)
                          for i in split_todo]
                 _parallel_map(_render_task, tasks, self.jobs, f"COCO {split} masks")
         return len(todo)
 
     # --- id lists ----------------------------------------------------------------------------
     def split(self, name_or_path: str | os.PathLike) -> list[str]:
-        """Ids of a named split or of a list file. `train` and `val` hold the images with at least
-        one non-crowd annotation; `train_all` and `val_all` every image."""
+        """Ids of a named split or of a list file, sorted. `train` and `val` hold the images that
+        `split_images` says (every image, or those with a non-crowd object: a class pixel in the
+        VOC-style layout); `train_all` and `val_all` every image whatever it says."""
         name = str(name_or_path)
         if name in ("train", "val"):
+            if self.split_images == "all":
+                return self._all_ids(name)
             index = self._split_index(name)
             return [i for i, keep in zip(index.ids, index.annotated) if keep]
         if name in ("train_all", "val_all"):
@@ -315,9 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mscoco_root", required=True)
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: every CPU)")
+    p.add_argument("--coco_split_images", choices=SPLIT_IMAGES, default=SPLIT_IMAGES[0],
+                   help="images of the train and val splits: all (ReCAM's) or annotated (a non-crowd object)")
+    p.add_argument("--coco_crowd", choices=CROWD, default=CROWD[0],
+                   help="crowd regions in the masks: background (ReCAM's) or ignore (255)")
     args = p.parse_args(argv)
     try:
-        ds = COCO2014(args.mscoco_root, args.cache_dir, args.jobs)
+        ds = COCO2014(args.mscoco_root, args.cache_dir, args.jobs, args.coco_split_images, args.coco_crowd)
         for s in ("train", "val"):
             ids = ds.split(s)
             labels = ds.labels(ids)
@@ -326,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{labels.sum(1).mean() if len(ids) else 0:.2f} classes per image  "
                   f"masks: {rendered} rendered now, {len(ids) - rendered} already there")
         if ds.layout == "official":
-            print(f"masks in {ds.cache_dir / 'coco_masks'}")
+            print(f"masks (crowds as {ds.crowd}) in {ds.rendered_mask_dir}")
     except WavecamError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
