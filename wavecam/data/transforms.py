@@ -52,6 +52,18 @@ def rescale(img: np.ndarray, scale: float, nearest: bool = False, backend: str =
     return np.asarray(Image.fromarray(img).resize(size, Image.NEAREST if nearest else Image.BICUBIC))
 
 
+def truncating_bilinear_rescale(img: np.ndarray, scale: float) -> np.ndarray:
+    """Resize a uint8 image by `scale` as AFA's training loader does (`_img_rescaling` in its
+    datasets/transforms.py): PIL bilinear to int(scale * w) x int(scale * h). The size is truncated,
+    where `rescale` rounds as IRN does, and PIL's bilinear widens its kernel when it shrinks, as its
+    bicubic does."""
+    h, w = img.shape[:2]
+    size = (max(1, int(scale * w)), max(1, int(scale * h)))
+    if size == (w, h):
+        return img
+    return np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
+
+
 def random_resize_long(img: np.ndarray, min_long: int, max_long: int, rng: torch.Generator | None = None) -> np.ndarray:
     target = randint(min_long, max_long, rng)
     return rescale(img, target / max(img.shape[:2]))
