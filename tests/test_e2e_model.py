@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from wavecam import e2e_labels as lab
-from wavecam.io import BadFileError, save_checkpoint
-from wavecam.models.e2e import WaveAFA, load_wave_afa_weights
+from wavecam.io import BadFileError, WavecamError, save_checkpoint
+from wavecam.models.e2e import WaveAFA, load_pretrained, load_wave_afa_weights
 from wavecam.models.mit import mit
 from wavecam.par import PAR
 
@@ -208,6 +208,88 @@ def test_losses_are_finite_and_reach_every_branch(net, cls_labels):
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
         assert any(g.abs().sum() > 0 for g in grads)
     net.eval()
+
+
+def test_cam_passes_run_the_decoder_for_its_statistics_when_asked():
+    """AFA's `cam_only` forward runs the decoder before returning the CAMs, so in training the
+    decoder's BatchNorm running statistics also take in the multi-scale CAM passes."""
+    torch.manual_seed(0)
+    model = WaveAFA("mit_b1", stride=AFA_STRIDE).train()
+    stats = model.decoder.linear_fuse.bn.running_mean
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = stats.clone()
+        torch.manual_seed(1)  # the same stochastic depth draws in both calls
+        cams, _ = model.cams_and_affinity(x)
+        assert torch.equal(stats, before)
+        torch.manual_seed(1)
+        with_decoder, _ = model.cams_and_affinity(x, run_decoder=True)
+        assert not torch.equal(stats, before) and torch.equal(cams, with_decoder)
+
+
+def segformer_checkpoint(num_classes: int, embed_dims=(64, 128, 320, 512), embedding_dim=256, channels=128):
+    """A state dict in the layout of NVlabs' SegFormer (mmseg) checkpoints, named here from their code
+    independently of our modules: `backbone.` + the MiT names, and SegFormerHead's
+    `decode_head.linear_c{1..4}.proj`, `linear_fuse.conv` (no bias: ConvModule with a norm),
+    `linear_fuse.bn`, `linear_pred`, plus BaseDecodeHead's unused classifier `conv_seg` (channels 128).
+    Random values, wrapped as mmseg saves them ({"meta", "state_dict"})."""
+    g = torch.Generator().manual_seed(7)
+    shapes = [("backbone." + k, s) for k, s in nvlabs_mit_keys(embed_dims, (2, 2, 2, 2))]
+    for s in (1, 2, 3, 4):
+        shapes += [(f"decode_head.linear_c{s}.proj.weight", (embedding_dim, embed_dims[s - 1])),
+                   (f"decode_head.linear_c{s}.proj.bias", (embedding_dim,))]
+    shapes += [("decode_head.linear_fuse.conv.weight", (embedding_dim, 4 * embedding_dim, 1, 1))]
+    shapes += [(f"decode_head.linear_fuse.bn.{n}", (embedding_dim,))
+               for n in ("weight", "bias", "running_mean", "running_var")]
+    shapes += [("decode_head.linear_pred.weight", (num_classes, embedding_dim, 1, 1)),
+               ("decode_head.linear_pred.bias", (num_classes,)),
+               ("decode_head.conv_seg.weight", (num_classes, channels, 1, 1)),
+               ("decode_head.conv_seg.bias", (num_classes,))]
+    sd = {k: torch.randn(s, generator=g) for k, s in shapes}
+    sd["decode_head.linear_fuse.bn.num_batches_tracked"] = torch.tensor(160000)
+    return {"meta": {"iter": 160000}, "state_dict": sd}
+
+
+def _ours(key: str) -> str:
+    return key.replace("backbone.", "encoder.", 1).replace("decode_head.", "decoder.", 1)
+
+
+def test_segformer_checkpoints_load_into_encoder_and_decoder(tmp_path):
+    """An ADE20K SegFormer-B1 (150 classes) starts our model: every encoder and decoder tensor but the
+    classifier; a 21-class one loads whole, for test.py and evaluate.py."""
+    torch.manual_seed(0)
+    model = WaveAFA("mit_b1", num_classes=21, stride=AFA_STRIDE)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ade = segformer_checkpoint(150)
+    save_checkpoint(tmp_path / "segformer.b1.512x512.ade.160k.pth", ade)
+    note = load_pretrained(model, tmp_path / "segformer.b1.512x512.ade.160k.pth")
+    assert "SegFormer" in note and "150-class linear_pred left out" in note
+    after = model.state_dict()
+    for key, value in ade["state_dict"].items():
+        if "linear_pred" in key or "conv_seg" in key:
+            continue
+        assert torch.equal(after[_ours(key)], value), key
+    kept = [k for k in after if not k.startswith(("encoder.", "decoder.")) or "linear_pred" in k]
+    assert kept and all(torch.equal(after[k], before[k]) for k in kept)
+    assert len([k for k in after if k.startswith(("encoder.", "decoder."))]) == len(ade["state_dict"]) - 2
+
+    voc = segformer_checkpoint(21)
+    assert load_wave_afa_weights(model, voc) == ("encoder", "decoder")
+    assert torch.equal(model.decoder.linear_pred.weight, voc["state_dict"]["decode_head.linear_pred.weight"])
+    del voc["state_dict"]["decode_head.linear_fuse.bn.running_var"]
+    with pytest.raises(BadFileError, match="decoder.linear_fuse.bn.running_var"):
+        load_wave_afa_weights(model, voc)
+
+
+def test_imagenet_weights_start_the_encoder_and_a_missing_file_says_where_they_come_from(tmp_path):
+    torch.manual_seed(0)
+    src = mit("mit_b1", stride=AFA_STRIDE)
+    save_checkpoint(tmp_path / "mit_b1.pth", {**src.state_dict(), "head.weight": torch.zeros(1000, 512),
+                                             "head.bias": torch.zeros(1000)})
+    model = WaveAFA("mit_b1", pretrained=tmp_path / "mit_b1.pth", stride=AFA_STRIDE)
+    assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in src.state_dict().items())
+    with pytest.raises(WavecamError, match="NVlabs/SegFormer.*ImageNet-1K"):
+        WaveAFA("mit_b1", pretrained=tmp_path / "nowhere" / "mit_b1.pth")
 
 
 # --- PAR ---------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ come from the classifier's CAMs; with `use_wavecam_cams` set, from the product o
 and the classifier's kernels instead, as make_wavecam does.
 
 The state dict is AFA's `WeTr` (`encoder.*`, `decoder.*`, `attn_proj.*`, `classifier.weight`) plus
-`wave.*` and `predictor.*`; `load_wave_afa_weights` loads either.
+`wave.*` and `predictor.*`; `load_wave_afa_weights` loads either, and SegFormer checkpoints of mmseg's
+layout (`backbone.*` for the encoder, `decode_head.*` for the decoder, whose names ours keep) into the
+encoder and decoder. `load_pretrained` starts a model from NVlabs' ImageNet MiT weights (AFA's start)
+or from such a SegFormer checkpoint.
 """
 
 from __future__ import annotations
@@ -22,19 +25,23 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wavecam.io import load_checkpoint
+from wavecam.io import WavecamError, load_checkpoint
 from wavecam.models.cam import cam_weight, class_features, normalised_cams, wave_features, wave_grid_size
 from wavecam.models.checkpoints import _as_state_dict, load_weights
-from wavecam.models.mit import mit
+from wavecam.models.mit import mit, nvlabs_imagenet_key
 from wavecam.models.wave import ClassPredictor, WaveModeling
 
 WAVECAM_PARTS = ("wave", "predictor")
+MIT_WEIGHTS = ("NVlabs' ImageNet-1k pretrained MiT weights are the files mit_b0.pth .. mit_b5.pth released with "
+               "SegFormer (https://github.com/NVlabs/SegFormer, README section 'Training': the weights pretrained "
+               "on ImageNet-1K, on Google Drive and OneDrive)")
 
 
 class _LinearEmbed(nn.Module):
@@ -94,7 +101,7 @@ class WaveAFA(nn.Module):
             raise ValueError(f"pooling must be 'gmp' or 'gap', got {pooling!r}")
         self.num_classes = num_classes
         self.pooling = pooling
-        self.encoder = mit(backbone, pretrained, stride, drop_path_rate)
+        self.encoder = mit(backbone, None, stride, drop_path_rate)
         dims = self.encoder.embed_dims
         wave_grid_size(dims[-1])  # fail now, not at the first batch, on a width WaveCAM cannot use (MiT-B0)
 
@@ -107,6 +114,8 @@ class WaveAFA(nn.Module):
         self.predictor = ClassPredictor(num_classes - 1, dims[-1])
         # Switched on by the trainer once the predictor has learnt enough; not saved in the state dict.
         self.use_wavecam_cams = False
+        if pretrained is not None:
+            load_pretrained(self, pretrained)
 
     def forward(self, x: torch.Tensor, cls_labels: torch.Tensor | None = None) -> WaveAFAOutput:
         """x (B, 3, H, W), cls_labels (B, C-1) multi-hot; with labels the predictor's loss is computed
@@ -133,10 +142,14 @@ class WaveAFA(nn.Module):
         """The (C-1, D, 1, 1) kernel whose response is the CAM used for pseudo labels."""
         return cam_weight(self.classifier.weight, self.predictor.classifier.weight if self.use_wavecam_cams else None)
 
-    def cams_and_affinity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cams_and_affinity(self, x: torch.Tensor, run_decoder: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, 3, H, W) -> raw CAMs (B, C-1, h, w) (no ReLU) and the affinity (B, N, N), N = h*w:
-        AFA's `cam_only` forward, without the decoder it does not need."""
+        AFA's `cam_only` forward. That forward runs the decoder too and drops its output, so in
+        training its BatchNorm running statistics also take in these inputs (every scale of the
+        multi-scale CAMs); `run_decoder` does the same, else the decoder is skipped."""
         features, attns = self.encoder(x, return_attn=True)
+        if run_decoder:
+            self.decoder(features)
         return F.conv2d(features[-1], self.cam_kernel()), self.affinity(attns)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
@@ -154,20 +167,85 @@ class WaveAFA(nn.Module):
                 for params, group_lr, wd in groups]
 
 
-class _AFAParts(nn.Module):
-    """The parts of a WaveAFA that AFA's `WeTr` also has, shared with it, loadable on their own."""
+class _Parts(nn.Module):
+    """Some parts of a WaveAFA (shared with it), loadable on their own: AFA's `WeTr` has all but the
+    WaveCAM parts, a SegFormer checkpoint the encoder and decoder."""
 
-    def __init__(self, model: WaveAFA):
+    def __init__(self, model: WaveAFA, names: Sequence[str]):
         super().__init__()
-        for name in ("encoder", "decoder", "attn_proj", "classifier"):
+        for name in names:
             self.add_module(name, getattr(model, name))
 
 
-def load_wave_afa_weights(model: WaveAFA, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
-    """Load one of our checkpoints (strictly) or one of AFA's (`wetr_iter_*.pth`, strictly into the
-    parts it has, leaving `wave.*` and `predictor.*` as they are). Raises BadFileError on a mismatch."""
+AFA_PARTS = ("encoder", "decoder", "attn_proj", "classifier")
+SEGFORMER_PARTS = ("encoder", "decoder")
+
+
+def segformer_key(key: str) -> str | None:
+    """A key of an mmseg / SegFormer checkpoint -> ours: `backbone.*` -> `encoder.*` (NVlabs' MiT
+    names, as ours) and `decode_head.*` -> `decoder.*` (SegFormerHead's `linear_c{1..4}.proj`,
+    `linear_fuse.conv`, `linear_fuse.bn`, `linear_pred`, as ours). None for what has no place here:
+    mmseg's `decode_head.conv_seg.*` (BaseDecodeHead's classifier, which SegFormerHead never calls),
+    an `auxiliary_head.*` and an ImageNet `backbone.head.*`. Any other key stays, to be reported."""
+    if key.startswith("backbone."):
+        rest = nvlabs_imagenet_key(key.removeprefix("backbone."))
+        return None if rest is None else "encoder." + rest
+    if key.startswith("decode_head."):
+        rest = key.removeprefix("decode_head.")
+        return None if rest.startswith("conv_seg.") else "decoder." + rest
+    return None if key.startswith("auxiliary_head.") else key
+
+
+def is_segformer(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.removeprefix("module.").startswith(("backbone.", "decode_head.")) for k in state_dict)
+
+
+def _segformer_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    mapped = {}
+    for k, v in state_dict.items():
+        name = segformer_key(k.removeprefix("module."))
+        if name is not None:
+            mapped[name] = v
+    return mapped
+
+
+def load_pretrained(model: WaveAFA, path: str | os.PathLike) -> str:
+    """Start `model` from `path`: NVlabs' ImageNet MiT weights (the encoder alone, as AFA starts;
+    `head.*` dropped) or a SegFormer checkpoint of mmseg's layout (encoder and decoder). A SegFormer
+    decoder trained for another number of classes (150 on ADE20K, 19 on Cityscapes) keeps all but its
+    classifier `linear_pred`, which stays at its initialisation. Everything else must fit (BadFileError
+    listing what does not). Returns one line on what was loaded, for the log."""
+    if not Path(path).is_file():
+        raise WavecamError(f"pretrained weights not found: {path}. {MIT_WEIGHTS}")
+    sd = _as_state_dict(load_checkpoint(path), str(path))
+    if not is_segformer(sd):
+        load_weights(model.encoder, sd, key_map=nvlabs_imagenet_key)
+        return f"encoder from {path} (ImageNet MiT weights)"
+    mapped = _segformer_state(sd)
+    own, theirs = model.decoder.linear_pred, mapped.get("decoder.linear_pred.weight")
+    note = ""
+    if theirs is not None and theirs.shape != own.weight.shape:
+        mapped["decoder.linear_pred.weight"] = own.weight.detach()
+        mapped["decoder.linear_pred.bias"] = own.bias.detach()
+        note = f"; its {theirs.shape[0]}-class linear_pred left out for this model's {own.weight.shape[0]} classes"
+    load_weights(_Parts(model, SEGFORMER_PARTS), mapped)
+    return f"encoder and decoder from {path} (SegFormer checkpoint){note}"
+
+
+def load_wave_afa_weights(model: WaveAFA, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]
+                          ) -> tuple[str, ...]:
+    """Load one of our checkpoints (strictly), one of AFA's (`wetr_iter_*.pth`, strictly into the
+    parts it has, leaving `wave.*` and `predictor.*` as they are) or a SegFormer checkpoint of mmseg's
+    layout (strictly into encoder and decoder, class count included). Returns the parts loaded;
+    raises BadFileError on a mismatch."""
     source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
     sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     sd = _as_state_dict(sd, source)
-    has_wavecam = any(k.removeprefix("module.").split(".", 1)[0] in WAVECAM_PARTS for k in sd)
-    load_weights(model if has_wavecam else _AFAParts(model), sd)
+    if is_segformer(sd):
+        load_weights(_Parts(model, SEGFORMER_PARTS), _segformer_state(sd))
+        return SEGFORMER_PARTS
+    if any(k.removeprefix("module.").split(".", 1)[0] in WAVECAM_PARTS for k in sd):
+        load_weights(model, sd)
+        return AFA_PARTS + WAVECAM_PARTS
+    load_weights(_Parts(model, AFA_PARTS), sd)
+    return AFA_PARTS

@@ -201,6 +201,12 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def nvlabs_imagenet_key(key: str) -> str | None:
+    """A key of NVlabs' ImageNet MiT weights -> ours: the same name; their `head.*` ImageNet
+    classifier has no place in an encoder."""
+    return None if key.startswith("head.") else key
+
+
 def mit(name: str = "mit_b1", pretrained: str | os.PathLike | None = None, stride: Sequence[int] = (4, 2, 2, 2),
         drop_path_rate: float = 0.1) -> MixTransformer:
     """Build MiT-B0..B5 by name; `pretrained` is a path to NVlabs' ImageNet weights (or a state dict
@@ -209,5 +215,5 @@ def mit(name: str = "mit_b1", pretrained: str | os.PathLike | None = None, strid
         raise ValueError(f"unknown MiT variant {name!r}; choose from {', '.join(CONFIGS)}")
     model = MixTransformer(CONFIGS[name], stride, drop_path_rate)
     if pretrained is not None:
-        load_weights(model, pretrained, key_map=lambda k: None if k.startswith("head.") else k)
+        load_weights(model, pretrained, key_map=nvlabs_imagenet_key)
     return model
