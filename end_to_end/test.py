@@ -3,8 +3,9 @@
     torchrun --nproc_per_node N end_to_end/test.py --config end_to_end/configs/voc.yaml \
         [--checkpoint PATH] [--work_dir DIR] [--crf] [--set test.eval_set=val ...]
 
-The checkpoint (default: the latest in <work_dir>/checkpoints) is one of train.py's or AFA's
-`wetr_iter_*.pth` (whose missing WaveCAM parts do not matter here). Writes
+The checkpoint (default: the latest in <work_dir>/checkpoints) is one of train.py's, AFA's
+`wetr_iter_*.pth` (whose missing WaveCAM parts do not matter here) or a SegFormer checkpoint of
+mmseg's layout trained for this dataset's classes (encoder and decoder are all the test uses). Writes
 <work_dir>/test/<set>[_crf]/<id>.png (VOC palette) and, where the set has ground truth,
 <work_dir>/results/test_<set>[_crf].json; the `test` section of the config sets the rest.
 """
@@ -21,7 +22,7 @@ from wavecam.io import WavecamError, load_checkpoint
 from wavecam.metrics import format_iou_table
 from wavecam.models.e2e import load_wave_afa_weights
 
-from utils import build_model, latest_checkpoint, load_config, make_source, run_cli, run_test
+from utils import build_model, latest_checkpoint, load_config, make_source, preflight, run_cli, run_test, setup_logging
 
 log = logging.getLogger("wavecam")
 
@@ -41,12 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def test(cfg: dict, checkpoint: str | None, ctx: dist.Context) -> None:
     work_dir = Path(cfg["work_dir"])
-    dist.setup_logging(work_dir / "test.log", ctx)
     path = Path(checkpoint) if checkpoint else latest_checkpoint(work_dir)
     if path is None:
         raise WavecamError(f"no checkpoint in {work_dir / 'checkpoints'}; train first or give --checkpoint")
-    source = make_source(cfg)
     cfg["model"]["pretrained"] = None  # every weight comes from the checkpoint
+    preflight(cfg, [path])
+    setup_logging(work_dir / "test.log", ctx)
+    source = make_source(cfg)
     net = build_model(cfg, source.num_classes).to(ctx.device)
     ckpt = load_checkpoint(path)
     load_wave_afa_weights(net, ckpt)

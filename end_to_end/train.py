@@ -5,68 +5,78 @@
 
 Every `train.eval_iters` iterations (and at the last) the CAM pseudo labels, their affinity-propagated
 version and the segmentation head are evaluated on `val.split`, then a checkpoint is written; after
-the last iteration the test of `test.*` runs (test.py does the same on its own). Under the work dir:
-train.log, config.yaml, tb/ (TensorBoard, when installed), checkpoints/iter_<t>.pth (model, optimiser,
-scheduler, iteration, every rank's RNG state, config), results/val_{cam,aff,seg}.json,
-test/<set>/<id>.png and results/test_<set>.json.
+the last iteration the test of `test.*` runs (test.py does the same on its own, evaluate.py scores a
+checkpoint's CAMs, propagated CAMs and segmentation). Under the work dir: train.log, config.yaml, tb/
+(TensorBoard scalars and image panels), checkpoints/iter_<t>.pth (model, optimiser, scheduler,
+iteration, config), results/val_{cam,aff,seg}.json, test/<set>/<id>.png and results/test_<set>.json.
 
-All randomness of a step draws from torch's generators (the crops too, see utils.SeededSamples), so
-restoring their states, the optimiser and the scheduler continues a run exactly where it stopped.
+The global batch `train.batch_size` is split over the processes, each accumulating micro-batches of
+at most `train.micro_batch` (utils.batch_plan). All randomness of a step is a function of the step:
+each crop draws from its sample's seed (utils.SeededSamples), dropout and stochastic depth from the
+micro-batch's (utils.micro_batch_seed). So restoring the model, optimiser and scheduler continues a
+run exactly where it stopped, and the processes may be fewer than the global batch's micro-batches.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import sys
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-import torch.distributed as tdist
 import torch.nn.functional as F
 import yaml
-from tqdm import tqdm
 
 from wavecam import dist
 from wavecam import e2e_labels as lab
-from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset
 from wavecam.io import WavecamError, atomic_path, load_checkpoint, load_json, save_checkpoint, save_json
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA, load_wave_afa_weights
-from wavecam.optim import loss_scaler, optimizer_step
+from wavecam.optim import loss_scaler
 from wavecam.par import PAR
 
+from panels import TrainPanels, write_panels
 from utils import (
+    BatchPlan,
     MetricLogger,
+    accumulated_step,
     add_scalars,
     amp_dtype,
+    amp_mode,
     autocast,
+    batch_plan,
     build_model,
     checkpoint_path,
     config_changes,
-    eval_loader,
     grid_size,
     latest_checkpoint,
     load_config,
     make_source,
+    micro_batch_seed,
     poly_warmup_adamw,
-    prepare_gt,
+    preflight,
     run_cli,
     run_test,
     settings,
-    split_ids,
+    setup_logging,
     tensorboard,
+    train_dataset,
     train_loader,
     unwrap,
+    validate,
+    validation_loader,
 )
 
 log = logging.getLogger("wavecam")
 # MiT's depthwise kernels (C, 1, 3, 3) get gradients whose stride along the size-1 axis differs from
 # DDP's bucket view: the same memory layout, which DDP reports as a mismatch anyway.
 warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "iteration", "rng", "config")
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "iteration", "config")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,75 +94,122 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- one step ------------------------------------------------------------------------------------
 
-def loss_weights(cfg: dict, t: int) -> dict[str, float]:
-    """The classifier trains alone for the first `cam_iters` iterations, then with the segmentation
-    and affinity losses; the WaveCAM predictor's loss counts from `wavecam.start_iter`."""
-    joint = t >= cfg["train"]["cam_iters"]
-    return {"cls": 1.0,
-            "wave": float(cfg["wavecam"]["loss_weight"]) if t >= cfg["wavecam"]["start_iter"] else 0.0,
-            "seg": float(cfg["loss"]["seg_weight"]) if joint else 0.0,
-            "aff": float(cfg["loss"]["aff_weight"]) if joint else 0.0}
+class Schedule(NamedTuple):
+    weights: dict[str, float]  # of the losses cls, wave, seg, aff
+    propagated_target: bool  # the seg target is the affinity-propagated label, not the refined CAM label
+    wavecam_cams: bool  # pseudo labels come from the WaveCAM kernel
 
 
-def train_step(model: torch.nn.Module, par: PAR, batch: dict, t: int, cfg: dict, ctx: dist.Context,
-               aff_mask: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Every loss of one iteration (unweighted) and the predictor's accuracy; the order of
-    wavecam.e2e_labels' docstring. Losses whose weight is still 0 are computed all the same: under
-    DistributedDataParallel every parameter must take part in each backward."""
+def schedule(cfg: dict, t: int) -> Schedule:
+    """What iteration t (0-based) trains with, from t alone, so a resumed run gets it right by construction.
+
+    Every switch at a key N acts from iteration N + 1, as AFA's `n_iter > N` (scripts/dist_train_voc.py:
+    `if n_iter <= cfg.train.cam_iters` trains the classifier alone, `if n_iter <= 6000` keeps the refined
+    CAM label as the seg target; dist_train_coco.py: `<= 15000` for the seg and affinity targets):
+      the seg and affinity losses count from t > train.cam_iters;
+      the seg target (with `aff_from_seg_target`, the affinity one too) is the propagated label from
+        t > train.prop_label_iters;
+      the WaveCAM predictor's loss counts from t > wavecam.start_iter and the pseudo labels come from the
+        WaveCAM kernel from t > wavecam.cams_iter (our keys, AFA's convention, so a WaveCAM key equal to
+        an AFA one switches at the same iteration)."""
+    train, wave = cfg["train"], cfg["wavecam"]
+    joint = t > train["cam_iters"]
+    weights = {"cls": 1.0,
+               "wave": float(wave["loss_weight"]) if t > wave["start_iter"] else 0.0,
+               "seg": float(cfg["loss"]["seg_weight"]) if joint else 0.0,
+               "aff": float(cfg["loss"]["aff_weight"]) if joint else 0.0}
+    return Schedule(weights, t > train["prop_label_iters"], t > wave["cams_iter"])
+
+
+def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, cfg: dict, ctx: dist.Context,
+               aff_mask: torch.Tensor, panels: bool = False
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, TrainPanels | None]:
+    """Every loss of one micro-batch (unweighted), the predictor's accuracy and, with `panels`, what
+    TensorBoard shows of it; the order of wavecam.e2e_labels' docstring. Losses whose weight is still 0
+    are computed all the same: under DistributedDataParallel every parameter must take part in each
+    backward."""
     net: WaveAFA = unwrap(model)
-    net.use_wavecam_cams = t >= cfg["wavecam"]["cams_iter"]  # from the iteration alone, so a resume gets it right
+    net.use_wavecam_cams = stage.wavecam_cams
     cam, device = cfg["cam"], ctx.device
     images = batch["img"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
     boxes = batch["img_box"]
     with autocast(cfg, device):
         out = model(images, labels)
-        ms = lab.multi_scale_cams(net.cams_and_affinity, images, cam["scales"])
+        cam_fn = functools.partial(net.cams_and_affinity, run_decoder=cam["decoder_statistics"])
+        ms = lab.multi_scale_cams(cam_fn, images, cam["scales"])
 
     pseudo = lab.refine_cams_with_bkg(par, images, ms.cams, labels, cam["high_thre"], cam["low_thre"], boxes)
-    if t < cfg["train"]["prop_label_iters"]:
-        seg_target = pseudo
-    else:
+    if stage.propagated_target:
         seg_target = lab.propagated_label(par, images, ms, labels, lab.radius_mask(*ms.aff_size, cam["radius"], device),
                                           cam["high_thre"], cam["low_thre"], boxes)
+    else:
+        seg_target = pseudo
     aff_source = seg_target if cfg["train"]["aff_from_seg_target"] else pseudo
-    aff_target = lab.affinity_label(aff_source, grid_size(images.shape[2:]), aff_mask)
+    grid = grid_size(images.shape[2:])
+    aff_target = lab.affinity_label(aff_source, grid, aff_mask)
     seg = F.interpolate(out.seg.float(), size=images.shape[2:], mode="bilinear", align_corners=False)
     losses = {"cls": F.multilabel_soft_margin_loss(out.logits.float(), labels),
               "wave": out.wave_loss.float(),
               "seg": lab.seg_loss(seg, seg_target),
               "aff": lab.affinity_loss(out.attn_pred.float(), aff_target)}
-    return losses, out.wave_acc
+    shown = None
+    if panels:
+        shown = TrainPanels(images.detach(), labels, ms.cams, pseudo, seg_target, seg.detach(),
+                            out.attn_pred.detach(), grid)
+    return losses, out.wave_acc, shown
+
+
+def train_iteration(model: torch.nn.Module, opt, scaler, par: PAR, batch: dict, t: int, plan: BatchPlan, cfg: dict,
+                    ctx: dist.Context, aff_mask: torch.Tensor, panels: bool = False
+                    ) -> tuple[dict[str, float], TrainPanels | None]:
+    """The optimiser step of iteration t over this process's batch, in `plan.steps` micro-batches.
+    Returns this process's means over its micro-batches of the weighted total (`loss`) and of the
+    losses that count at t (with the WaveCAM loss, the predictor's accuracy `wave_acc`); with
+    `panels`, the TensorBoard panels of the first micro-batch."""
+    stage = schedule(cfg, t)
+    records: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]] = []
+    shown: list[TrainPanels] = []
+
+    def loss_of(chunk: dict, k: int) -> torch.Tensor:
+        torch.manual_seed(micro_batch_seed(cfg["train"]["seed"], t, ctx.rank * plan.steps + k))
+        losses, acc, chunk_panels = train_step(model, par, chunk, stage, cfg, ctx, aff_mask, panels and k == 0)
+        total = sum(stage.weights[name] * value for name, value in losses.items())
+        if not math.isfinite(total.item()):
+            raise diverged(losses, total, t, Path(cfg["work_dir"]))
+        records.append((total, losses, acc))
+        if chunk_panels is not None:
+            shown.append(chunk_panels)
+        return total
+
+    accumulated_step(model, opt, scaler, micro_batches(batch, plan.micro), loss_of)
+
+    def mean(values: list[torch.Tensor]) -> float:
+        return sum(v.item() for v in values) / len(values)
+
+    values = {"loss": mean([total for total, _, _ in records])}
+    values.update({name: mean([losses[name] for _, losses, _ in records])
+                   for name, weight in stage.weights.items() if weight > 0})
+    if stage.weights["wave"] > 0:
+        values["wave_acc"] = mean([acc for _, _, acc in records])
+    return values, shown[0] if shown else None
+
+
+def micro_batches(batch: dict, size: int) -> list[dict]:
+    """A collated batch cut into consecutive batches of `size` samples."""
+    n = len(batch["name"])
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def diverged(losses: dict[str, torch.Tensor], total: torch.Tensor, t: int, work_dir: Path) -> WavecamError:
+    found = latest_checkpoint(work_dir)
+    kept = f"the last good checkpoint {found} is kept" if found else "no checkpoint was written yet"
+    return WavecamError(f"the loss became {total.item()} at iteration {t} "
+                        f"({', '.join(f'{k} {v.item():.4g}' for k, v in losses.items())}); {kept}. "
+                        "Lower the learning rate and resume.")
 
 
 # --- validation ----------------------------------------------------------------------------------
-
-@torch.no_grad()
-def validate(net: WaveAFA, loader, cfg: dict, ctx: dist.Context, num_classes: int) -> dict[str, ConfusionMatrix]:
-    """Confusions over the validation images (all ranks summed) of AFA's three predictions: `cam`, the
-    multi-scale CAMs with a background score of `cam.bkg_score`; `aff`, those CAMs propagated by the
-    affinity of the last stage (background score `cam.low_thre`); `seg`, the segmentation head."""
-    cam, device = cfg["cam"], ctx.device
-    cms = {k: ConfusionMatrix(num_classes + 1) for k in ("cam", "aff", "seg")}
-    net.eval()
-    for item in tqdm(loader, desc="validate", disable=not ctx.is_main, leave=False):
-        images, labels, gt = item["img"].to(device), item["label"].to(device), item["gt"][0].numpy()
-        with autocast(cfg, device):
-            out = net(images)
-            cams = lab.multi_scale_cams(net.cams_and_affinity, images, cam["scales"]).cams  # (1, C, H, W)
-        grid = grid_size(images.shape[2:])
-        aff = lab.propagate_cams(F.interpolate(cams, size=grid, mode="bilinear", align_corners=False),
-                                 out.attn_pred.float(), labels, cam["low_thre"],
-                                 lab.radius_mask(*grid, cam["radius"], device))
-        preds = {"cam": lab.cam_to_label(cams, labels, cam["bkg_score"]),
-                 "aff": F.interpolate(aff, size=gt.shape, mode="bilinear", align_corners=False).argmax(1),
-                 "seg": F.interpolate(out.seg.float(), size=gt.shape, mode="bilinear", align_corners=False).argmax(1)}
-        for k, pred in preds.items():
-            cms[k].update(pred[0].cpu().numpy(), gt)
-    net.train()
-    dist.sum_confusions(list(cms.values()), ctx)
-    return cms
-
 
 def report_validation(cms: dict[str, ConfusionMatrix], t: int, cfg: dict, writer) -> None:
     """Write results/val_<kind>.json (the latest numbers and the mIoU history), log and plot them."""
@@ -170,38 +227,27 @@ def report_validation(cms: dict[str, ConfusionMatrix], t: int, cfg: dict, writer
 
 # --- checkpoints ---------------------------------------------------------------------------------
 
-def rng_state(ctx: dist.Context) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if ctx.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(ctx.device)
-    return state
-
-
 def save_state(path: Path, net: WaveAFA, opt, sched, scaler, t: int, cfg: dict, ctx: dist.Context) -> None:
-    """Rank 0 writes the checkpoint, with every rank's RNG state (collective: all ranks call it)."""
-    states = [None] * ctx.world_size
-    if ctx.distributed:
-        tdist.all_gather_object(states, rng_state(ctx))
-    else:
-        states = [rng_state(ctx)]
+    """Rank 0 writes the checkpoint (collective: all ranks call it). No generator state: every
+    micro-batch seeds its own (utils.micro_batch_seed)."""
     if ctx.is_main:
         state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "iteration": t, "rng": states, "config": cfg}
+                 "iteration": t, "config": cfg}
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         save_checkpoint(path, state)
         log.info("wrote %s", path)
-    dist.barrier(ctx)
+    dist.barrier(ctx)  # no rank goes on (or ends the run) before the checkpoint is complete
 
 
-def restore(path: Path, net: WaveAFA, opt, sched, scaler, cfg: dict, ctx: dist.Context) -> int:
-    """Load a checkpoint of save_state into model, optimiser, scheduler and this rank's RNG; returns
-    the iteration to continue from."""
+def restore(path: Path, net: WaveAFA, opt, sched, scaler, cfg: dict) -> int:
+    """Load a checkpoint of save_state into model, optimiser and scheduler; returns the iteration to
+    continue from."""
     ckpt = load_checkpoint(path)
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise WavecamError(f"{path}: not a training checkpoint of end_to_end/train.py (no {', '.join(missing)}); "
-                           "to start from other weights set model.pretrained or use test.py --checkpoint")
+                           "to start from other weights set model.pretrained, to score it use evaluate.py")
     load_wave_afa_weights(net, ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
@@ -211,15 +257,6 @@ def restore(path: Path, net: WaveAFA, opt, sched, scaler, cfg: dict, ctx: dist.C
     if changed:
         log.warning("resuming with a config that differs from the checkpoint's in: %s", ", ".join(changed))
     t = int(ckpt["iteration"])
-    if len(ckpt["rng"]) == ctx.world_size:
-        state = ckpt["rng"][ctx.rank]
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and ctx.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], ctx.device)
-    else:
-        log.warning("%s was written by %d processes, resumed by %d: training goes on, but not exactly as it "
-                    "would have without the stop", path, len(ckpt["rng"]), ctx.world_size)
-        torch.manual_seed(cfg["train"]["seed"] + ctx.rank + t)
     log.info("resumed from %s at iteration %d", path, t)
     return t
 
@@ -227,10 +264,7 @@ def restore(path: Path, net: WaveAFA, opt, sched, scaler, cfg: dict, ctx: dist.C
 def resume_path(resume: str | None, work_dir: Path) -> Path | None:
     if resume != "auto":
         return Path(resume) if resume else None
-    found = latest_checkpoint(work_dir)
-    if found is None:
-        log.info("--resume auto: no checkpoint in %s, starting from scratch", work_dir / "checkpoints")
-    return found
+    return latest_checkpoint(work_dir)
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -243,26 +277,38 @@ def setup_model(cfg: dict, num_classes: int, ctx: dist.Context) -> WaveAFA:
     return net.to(ctx.device)
 
 
+def log_start(cfg: dict, plan: BatchPlan, ctx: dist.Context) -> None:
+    data = cfg["dataset"]
+    log.info("device %s (%s), world size %d; %s; AMP %s", ctx.device,
+             torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "CPU", ctx.world_size,
+             plan.describe(), amp_mode(cfg, ctx.device))
+    log.info("crops of %d after a rescale in %s (%s), padded %s", data["crop_size"], data["scale_range"],
+             data["resample"], data["pad"])
+
+
 def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
     work_dir = Path(cfg["work_dir"])
-    dist.setup_logging(work_dir / "train.log", ctx)
     data, t_cfg = cfg["dataset"], cfg["train"]
-    torch.manual_seed(t_cfg["seed"] + ctx.rank)  # ranks differ in dropout, as separate GPUs of AFA's runs do
+    found = resume_path(resume, work_dir)
+    preflight(cfg, [found] if found else [])
+    plan = batch_plan(t_cfg["batch_size"], t_cfg["micro_batch"], ctx.world_size)
+    setup_logging(work_dir / "train.log", ctx)
+    log_start(cfg, plan, ctx)
+    if resume == "auto" and found is None:
+        log.info("--resume auto: no checkpoint in %s, starting from scratch", work_dir / "checkpoints")
+    # Every rank builds the same initial model, as AFA's runs seed every rank alike.
+    torch.manual_seed(t_cfg["seed"])
     torch.backends.cudnn.deterministic = bool(t_cfg["deterministic"])
     torch.backends.cudnn.benchmark = not t_cfg["deterministic"]
 
     source = make_source(cfg)
-    train_set = E2ETrainDataset(source, split_ids(source, data["train_split"]), data["crop_size"],
-                                tuple(data["scale_range"]) if data["scale_range"] else None)
-    val_ids = dist.shard(split_ids(source, cfg["val"]["split"]), ctx)
-    prepare_gt(source, val_ids)
-    val_loader = eval_loader(SegmentationDataset(source, val_ids), cfg, ctx)
+    train_set = train_dataset(cfg, source)
+    val_loader = validation_loader(source, cfg["val"]["split"], cfg, ctx)
 
     net = setup_model(cfg, source.num_classes, ctx)
     opt, sched = poly_warmup_adamw(net, cfg)
-    found = resume_path(resume, work_dir)
     scaler = loss_scaler(ctx.device, amp_dtype(cfg, ctx.device))
-    start = restore(found, net, opt, sched, scaler, cfg, ctx) if found else 0
+    start = restore(found, net, opt, sched, scaler, cfg) if found else 0
     model = net
     if ctx.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -275,32 +321,24 @@ def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
 
     par = PAR(cfg["par"]["dilations"], cfg["par"]["num_iter"]).to(ctx.device)
     aff_mask = lab.radius_mask(*grid_size((data["crop_size"],) * 2), cfg["cam"]["radius"], ctx.device)
-    max_iters = t_cfg["max_iters"]
-    logger = MetricLogger(start, max_iters, t_cfg["samples_per_gpu"] * ctx.world_size, t_cfg["log_iters"])
+    max_iters, log_iters = t_cfg["max_iters"], t_cfg["log_iters"]
+    image_iters = log_iters * t_cfg["tb_image_every"]
+    logger = MetricLogger(start, max_iters, plan.global_batch, log_iters)
     model.train()
-    for t, batch in logger.iterations(train_loader(train_set, cfg, ctx, start)):
-        losses, acc = train_step(model, par, batch, t, cfg, ctx, aff_mask)
-        weights = loss_weights(cfg, t)
-        loss = sum(weights[k] * v for k, v in losses.items())
-        if not math.isfinite(loss.item()):
-            found = latest_checkpoint(work_dir)
-            kept = f"the last good checkpoint {found} is kept" if found else "no checkpoint was written yet"
-            raise WavecamError(f"the loss became {loss.item()} at iteration {t} "
-                               f"({', '.join(f'{k} {v.item():.4g}' for k, v in losses.items())}); {kept}. "
-                               "Lower the learning rate and resume.")
-        optimizer_step(loss, opt, scaler)
+    for t, batch in logger.iterations(train_loader(train_set, plan, cfg, ctx, start)):
+        show = writer is not None and image_iters > 0 and (t + 1) % image_iters == 0
+        lr = opt.param_groups[0]["lr"]  # this iteration's, before the scheduler moves on
+        values, shown = train_iteration(model, opt, scaler, par, batch, t, plan, cfg, ctx, aff_mask, show)
         sched.step()
-
-        values = {"lr": opt.param_groups[0]["lr"], "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                  "wave_acc": acc.item()}
+        values = {"lr": lr, **values}
         logger.step_done(t, **values)
-        if (t + 1) % t_cfg["log_iters"] == 0:
+        if (t + 1) % log_iters == 0:
             add_scalars(writer, "train", values, t + 1)
+        if shown is not None:
+            write_panels(writer, shown, t + 1)
         if (t + 1) % t_cfg["eval_iters"] == 0 or t + 1 == max_iters:
             with logger.untimed():
-                # On a fork of the generators: validation must not shift the training's random streams.
-                with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-                    cms = validate(net, val_loader, cfg, ctx, source.num_classes)
+                cms = validate(net, val_loader, cfg, ctx, source.num_classes)
                 if ctx.is_main:
                     report_validation(cms, t + 1, cfg, writer)
                 save_state(checkpoint_path(work_dir, t + 1), net, opt, sched, scaler, t + 1, cfg, ctx)

@@ -1,6 +1,8 @@
-"""What train.py and test.py share: the YAML config, data, model and optimiser set-up, the
-iteration-indexed sampler that makes a resumed run see the batches of an uninterrupted one, the
-metric logger, optional TensorBoard, and multi-scale flipped segmentation with its evaluation."""
+"""What train.py, test.py and evaluate.py share: the YAML config and the checks made before a run
+writes anything, data, model and optimiser set-up, the global batch split over processes and
+micro-batches, the iteration-indexed sampler that makes a resumed run see the batches of an
+uninterrupted one, the metric logger, TensorBoard, validation (CAMs, propagated CAMs, segmentation)
+and multi-scale flipped segmentation with its evaluation."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from wavecam import dist
+from wavecam import e2e_labels as lab
 from wavecam.crf import crf_inference_prob
-from wavecam.data.datasets import SegmentationDataset
+from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset
 from wavecam.io import WavecamError, save_json, save_png
 from wavecam.metrics import ConfusionMatrix
-from wavecam.models.e2e import WaveAFA
+from wavecam.models.e2e import MIT_WEIGHTS, WaveAFA, load_pretrained
 from wavecam.optim import autocast_dtype
 
 log = logging.getLogger("wavecam")
@@ -55,11 +59,12 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
 
 
 REQUIRED = {
-    "dataset": ("name", "root", "train_split", "crop_size", "scale_range"),
+    "dataset": ("name", "root", "train_split", "crop_size", "scale_range", "resample", "pad"),
     "model": ("backbone", "pretrained", "stride", "embedding_dim", "pooling", "drop_path_rate"),
-    "train": ("seed", "samples_per_gpu", "max_iters", "cam_iters", "prop_label_iters", "aff_from_seg_target",
-              "eval_iters", "log_iters", "num_workers", "amp", "deterministic"),
-    "cam": ("scales", "bkg_score", "high_thre", "low_thre", "radius"),
+    "train": ("seed", "batch_size", "micro_batch", "max_iters", "cam_iters", "prop_label_iters",
+              "aff_from_seg_target", "eval_iters", "log_iters", "tb_image_every", "num_workers", "amp",
+              "deterministic"),
+    "cam": ("scales", "bkg_score", "high_thre", "low_thre", "radius", "decoder_statistics"),
     "par": ("num_iter", "dilations"),
     "loss": ("seg_weight", "aff_weight"),
     "wavecam": ("loss_weight", "start_iter", "cams_iter"),
@@ -72,6 +77,10 @@ REQUIRED = {
 
 def check_config(cfg: dict, path: Path) -> None:
     """One message listing every missing key, rather than a KeyError hours into a run."""
+    if isinstance(cfg.get("train"), dict) and "samples_per_gpu" in cfg["train"]:
+        raise WavecamError(f"{path}: train.samples_per_gpu is gone: set train.batch_size (the global batch, "
+                           "over all processes) and train.micro_batch (images per forward pass of one process); "
+                           "see end_to_end/configs/voc.yaml")
     missing = [] if "work_dir" in cfg else ["work_dir"]
     for section, keys in REQUIRED.items():
         given = cfg.get(section)
@@ -108,11 +117,42 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changed
 
 
+def check_dataset_root(cfg: dict) -> None:
+    root = cfg["dataset"]["root"]
+    if not Path(root).is_dir():
+        raise WavecamError(f"dataset.root {root}: folder not found (from {os.getcwd()}); set it in the config or "
+                           "with --set dataset.root=PATH (the README's 'Datasets' shows the layouts)")
+
+
+def check_pretrained(cfg: dict) -> None:
+    """model.pretrained must be a file (or null); the message says where NVlabs' weights come from."""
+    path, backbone = cfg["model"]["pretrained"], cfg["model"]["backbone"]
+    if path is not None and not Path(path).is_file():
+        raise WavecamError(f"model.pretrained {path}: file not found (from {os.getcwd()}). {MIT_WEIGHTS}. "
+                           f"Put {backbone}.pth at {os.path.abspath(path)}, or point --set model.pretrained=PATH "
+                           "at it (a SegFormer checkpoint of mmseg's layout works too); null trains from random "
+                           "initialisation.")
+
+
+def preflight(cfg: dict, checkpoints: Sequence[str | os.PathLike] = ()) -> None:
+    """What a run needs from the disk, checked before it writes anything (the log included) or indexes
+    any data: the dataset root, the pretrained weights and the given checkpoints. A wrong path then
+    costs seconds, not a COCO mask rendering, and leaves no empty log behind."""
+    check_dataset_root(cfg)
+    check_pretrained(cfg)
+    for path in checkpoints:
+        if not Path(path).is_file():
+            raise WavecamError(f"checkpoint not found: {path} (from {os.getcwd()})")
+
+
+def setup_logging(path: Path, ctx: dist.Context) -> None:
+    # Dated timestamps: a VOC run takes most of a day, a COCO run several.
+    dist.setup_logging(path, ctx, datefmt="%Y-%m-%d %H:%M:%S")
+
+
 def make_source(cfg: dict):
     data = cfg["dataset"]
-    if not Path(data["root"]).is_dir():
-        raise WavecamError(f"dataset.root {data['root']}: folder not found; set it in the config or with "
-                           "--set dataset.root=PATH (the README's 'Datasets' shows the layouts)")
+    check_dataset_root(cfg)
     if data["name"] == "voc":
         from wavecam.data.voc import VOC12
 
@@ -146,11 +186,23 @@ def prepare_gt(source, ids: list[str]) -> None:
 
 
 def build_model(cfg: dict, num_classes: int) -> WaveAFA:
-    """WaveAFA for `num_classes` foreground classes (the network counts the background too)."""
+    """WaveAFA for `num_classes` foreground classes (the network counts the background too), started
+    from `model.pretrained` where it is set."""
     m = cfg["model"]
-    return WaveAFA(m["backbone"], num_classes=num_classes + 1, pretrained=m.get("pretrained"),
-                   stride=tuple(m["stride"]), embedding_dim=m["embedding_dim"], pooling=m["pooling"],
-                   drop_path_rate=m["drop_path_rate"])
+    net = WaveAFA(m["backbone"], num_classes=num_classes + 1, stride=tuple(m["stride"]),
+                  embedding_dim=m["embedding_dim"], pooling=m["pooling"], drop_path_rate=m["drop_path_rate"])
+    if m.get("pretrained") is not None:
+        log.info("pretrained: %s", load_pretrained(net, m["pretrained"]))
+    else:
+        log.info("pretrained: none, random initialisation (model.pretrained is null)")
+    return net
+
+
+def train_dataset(cfg: dict, source) -> E2ETrainDataset:
+    data = cfg["dataset"]
+    return E2ETrainDataset(source, split_ids(source, data["train_split"]), data["crop_size"],
+                           tuple(data["scale_range"]) if data["scale_range"] else None,
+                           resample=data["resample"], pad=data["pad"])
 
 
 def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
@@ -161,6 +213,14 @@ def amp_dtype(cfg: dict, device: torch.device) -> torch.dtype | None:
 def autocast(cfg: dict, device: torch.device):
     dtype = amp_dtype(cfg, device)
     return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def amp_mode(cfg: dict, device: torch.device) -> str:
+    """The precision a run trains in, in words for the log."""
+    dtype = amp_dtype(cfg, device)
+    if dtype is None:
+        return "off (float32)" + (", train.amp is for CUDA only" if cfg["train"].get("amp") else "")
+    return "bf16 autocast" if dtype == torch.bfloat16 else "fp16 autocast with loss scaling"
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -188,6 +248,67 @@ def poly_warmup_adamw(model: WaveAFA, cfg: dict) -> tuple[torch.optim.AdamW, tor
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the processes take a global batch: each `per_process` images, as `steps` micro-batches of
+    `micro` images whose gradients it accumulates before the optimiser steps."""
+
+    global_batch: int
+    world_size: int
+    per_process: int
+    micro: int
+    steps: int
+
+    def describe(self) -> str:
+        accumulated = (f", gradients accumulated over {self.steps} micro-batches of {self.micro}"
+                       if self.steps > 1 else "")
+        return (f"global batch {self.global_batch} = {self.world_size} process(es) x {self.per_process} "
+                f"image(s){accumulated}")
+
+
+def batch_plan(batch_size: int, micro_batch: int, world_size: int) -> BatchPlan:
+    """Split the global batch `batch_size` over `world_size` processes (they must divide it), each
+    taking its share in the fewest equal micro-batches of at most `micro_batch` images. AFA's VOC step
+    (2 processes x 2 images) is then the same on 2 GPUs, on 1 (2 micro-batches of 2) or on 4 (1 each)."""
+    if batch_size < 1 or micro_batch < 1:
+        raise WavecamError(f"train.batch_size ({batch_size}) and train.micro_batch ({micro_batch}) must be >= 1")
+    if batch_size % world_size:
+        raise WavecamError(f"train.batch_size {batch_size} is not divisible by the {world_size} processes; run a "
+                           "number of processes that divides it (NPROC), or change the batch")
+    per_process = batch_size // world_size
+    steps = next(k for k in range(math.ceil(per_process / micro_batch), per_process + 1) if per_process % k == 0)
+    return BatchPlan(batch_size, world_size, per_process, per_process // steps, steps)
+
+
+def micro_batch_seed(seed: int, t: int, index: int) -> int:
+    """The seed of torch's generators (dropout, stochastic depth) for micro-batch `index` of the
+    global batch at iteration t, counted over all processes. A pure function of the step: the same
+    micro-batch draws the same numbers whichever process takes it, so one process accumulating two
+    micro-batches steps as two processes do, and a resumed run as an uninterrupted one."""
+    return (seed * 10_000_019 + t) * 100_003 + index
+
+
+def accumulated_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                     chunks: Sequence[Any], loss_of: Callable[[Any, int], torch.Tensor]) -> None:
+    """One optimiser step over this process's micro-batches `chunks`: `loss_of(chunk, k)` runs the
+    forward and returns the chunk's loss, whose backward is taken divided by the number of chunks.
+
+    The gradient is thus the mean of the chunks' gradients; DistributedDataParallel averages it over
+    the processes, in the last backward only (the others run under `no_sync`), so the step's gradient
+    is the mean over all micro-batches of the global batch, whichever way processes and accumulation
+    share them. Where the loss is a mean over samples this is the gradient of the whole batch's loss;
+    AFA's losses are means per process, and this is the mean its processes' DDP step takes."""
+    opt.zero_grad(set_to_none=True)
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    for k, chunk in enumerate(chunks):
+        last = k == len(chunks) - 1
+        with contextlib.nullcontext() if last or not ddp else model.no_sync():
+            loss = loss_of(chunk, k)
+            scaler.scale(loss / len(chunks)).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 # --- data ----------------------------------------------------------------------------------------
 
 class IterationBatches:
@@ -196,14 +317,15 @@ class IterationBatches:
     Iteration t belongs to epoch t // E (E = len(dataset) // global batch, the last partial batch
     dropped); each epoch is a permutation drawn from (seed, epoch) and split into global batches, each
     cut into one slice per rank. A sample's seed fixes its augmentation (see `SeededSamples`). Both
-    depend only on (seed, t), so a run resumed at t sees exactly what an uninterrupted one would."""
+    depend only on (seed, t) and the global batch, so a run resumed at t sees exactly what an
+    uninterrupted one would, and the global batch holds the same images at any number of processes."""
 
-    def __init__(self, n: int, per_rank: int, ctx: dist.Context, seed: int, start: int, stop: int):
-        self.global_batch = per_rank * ctx.world_size
+    def __init__(self, n: int, plan: BatchPlan, rank: int, seed: int, start: int, stop: int):
+        self.global_batch = plan.global_batch
         if n < self.global_batch:
-            raise WavecamError(f"{n} training images are fewer than one batch of {per_rank} x {ctx.world_size} "
-                               "processes; lower train.samples_per_gpu or use a larger split")
-        self.n, self.per_rank, self.rank, self.seed = n, per_rank, ctx.rank, seed
+            raise WavecamError(f"{n} training images are fewer than one global batch of {self.global_batch}; "
+                               "lower train.batch_size or use a larger split")
+        self.n, self.per_rank, self.rank, self.seed = n, plan.per_process, rank, seed
         self.start, self.stop = start, stop
         self.per_epoch = n // self.global_batch
 
@@ -238,9 +360,10 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
-def train_loader(dataset: Dataset, cfg: dict, ctx: dist.Context, start: int) -> DataLoader:
+def train_loader(dataset: Dataset, plan: BatchPlan, cfg: dict, ctx: dist.Context, start: int) -> DataLoader:
+    """This process's images of every iteration from `start` on, as one batch of `plan.per_process`."""
     t = cfg["train"]
-    batches = IterationBatches(len(dataset), t["samples_per_gpu"], ctx, t["seed"], start, t["max_iters"])
+    batches = IterationBatches(len(dataset), plan, ctx.rank, t["seed"], start, t["max_iters"])
     # Its own generator: creating the loader must not draw from the global one that dropout uses.
     return DataLoader(SeededSamples(dataset), batch_sampler=batches, num_workers=t["num_workers"],
                       pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(t["seed"]))
@@ -324,7 +447,8 @@ def tensorboard(log_dir: str | os.PathLike, ctx: dist.Context):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        log.info("TensorBoard is not installed: no TensorBoard logs (pip install -r end_to_end/requirements.txt)")
+        log.warning("TensorBoard is not installed, so there are no TensorBoard logs; it is one of wavecam's "
+                    "dependencies: pip install tensorboard")
         return None
     return SummaryWriter(str(log_dir))
 
@@ -336,6 +460,42 @@ def add_scalars(writer, prefix: str, values: dict[str, float], step: int) -> Non
 
 
 # --- evaluation ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def validate(net: WaveAFA, loader: DataLoader, cfg: dict, ctx: dist.Context, num_classes: int
+             ) -> dict[str, ConfusionMatrix]:
+    """Confusions over the images of `loader` (all ranks summed) of AFA's three predictions: `cam`,
+    the multi-scale CAMs with a background score of `cam.bkg_score`; `aff`, those CAMs propagated by
+    the affinity of the last stage (background score `cam.low_thre`); `seg`, the segmentation head."""
+    cam, device = cfg["cam"], ctx.device
+    cms = {k: ConfusionMatrix(num_classes + 1) for k in ("cam", "aff", "seg")}
+    was_training = net.training
+    net.eval()
+    for item in tqdm(loader, desc="validate", disable=not ctx.is_main, leave=False):
+        images, labels, gt = item["img"].to(device), item["label"].to(device), item["gt"][0].numpy()
+        with autocast(cfg, device):
+            out = net(images)
+            cams = lab.multi_scale_cams(net.cams_and_affinity, images, cam["scales"]).cams  # (1, C, H, W)
+        grid = grid_size(images.shape[2:])
+        aff = lab.propagate_cams(F.interpolate(cams, size=grid, mode="bilinear", align_corners=False),
+                                 out.attn_pred.float(), labels, cam["low_thre"],
+                                 lab.radius_mask(*grid, cam["radius"], device))
+        preds = {"cam": lab.cam_to_label(cams, labels, cam["bkg_score"]),
+                 "aff": F.interpolate(aff, size=gt.shape, mode="bilinear", align_corners=False).argmax(1),
+                 "seg": F.interpolate(out.seg.float(), size=gt.shape, mode="bilinear", align_corners=False).argmax(1)}
+        for k, pred in preds.items():
+            cms[k].update(pred[0].cpu().numpy(), gt)
+    net.train(was_training)
+    dist.sum_confusions(list(cms.values()), ctx)
+    return cms
+
+
+def validation_loader(source, split: str, cfg: dict, ctx: dist.Context) -> DataLoader:
+    """This rank's share of `split` with ground truth (rendered first where the dataset renders it)."""
+    ids = dist.shard(split_ids(source, split), ctx)
+    prepare_gt(source, ids)
+    return eval_loader(SegmentationDataset(source, ids), cfg, ctx)
+
 
 def settings(cfg: dict, work_dir: str | os.PathLike, eval_set: str) -> dict:
     """What every results/*.json records about the run that produced it (as the multi-stage passes)."""

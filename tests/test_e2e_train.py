@@ -1,27 +1,39 @@
-"""End-to-end trainer: the launch script on 1 and 2 CPU processes, exact resume, the batch schedule."""
+"""End-to-end trainer: the seed's install and launch commands from end_to_end/, the log and TensorBoard,
+exact resume, 1 and 2 CPU processes, the global batch and its accumulation, AFA's schedule edges, the
+order of the checks, evaluate.py."""
 
+import copy
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from wavecam import dist
-from wavecam.io import load_checkpoint
+from wavecam import e2e_labels as lab
+from wavecam.io import WavecamError, load_checkpoint
+from wavecam.optim import loss_scaler
+from wavecam.par import PAR
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCHER = ROOT / "end_to_end" / "train" / "run_wavecam_voc.sh"
-CONFIG = ROOT / "end_to_end" / "configs" / "synthetic.yaml"
-# Four iterations that pass every switch of the schedule: seg/aff losses and the wave loss from 1,
-# propagated seg targets and WaveCAM pseudo labels from 2; validation and a checkpoint every 2.
+E2E = ROOT / "end_to_end"
+LAUNCHER = E2E / "train" / "run_wavecam_voc.sh"
+CONFIG = E2E / "configs" / "synthetic.yaml"
+# Four iterations (t = 0..3) that pass every switch of the schedule, each acting after its value as
+# AFA's `n_iter > N`: classification alone at t = 0, 1; the seg, affinity and WaveCAM losses from t = 2;
+# propagated seg targets and WaveCAM pseudo labels from t = 3. Validation and a checkpoint every 2.
 TINY = ["train.max_iters=4", "train.eval_iters=2", "train.log_iters=2", "train.cam_iters=1",
         "train.prop_label_iters=2", "wavecam.start_iter=1", "wavecam.cams_iter=2"]
 N_VAL = 3
+IMAGE_TAGS = {"train/images", "cam/cams", "labels/pseudo", "labels/seg_target", "labels/seg_pred",
+              "affinity/pixel_0", "affinity/pixel_30", "affinity/pixel_60", "affinity/pixel_90"}
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +44,30 @@ def voc96(tmp_path_factory):
     return make_synthetic_voc(tmp_path_factory.mktemp("voc96"), n_train=8, n_val=N_VAL, size=96, seed=0)
 
 
-def launch(cwd: Path, nproc: int, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NPROC": str(nproc), "CONFIG": str(CONFIG), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(LAUNCHER), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+def seed_env(**extra: str) -> dict:
+    """The environment of a user who installed wavecam into this interpreter's environment: its
+    `python` first on PATH, as the launcher's default PYTHON=python expects."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1", **extra}
+
+
+def launch(nproc: int, *args: str, cwd: Path = E2E, config: str = "configs/synthetic.yaml",
+           check: bool = True) -> subprocess.CompletedProcess:
+    """The seed's `bash train/run_wavecam_voc.sh`, run from end_to_end/ (by default) with the synthetic config."""
+    script = "train/run_wavecam_voc.sh" if cwd == E2E else str(LAUNCHER)
+    proc = subprocess.run(["bash", script, "--device", "cpu", *args], cwd=cwd,
+                          env=seed_env(NPROC=str(nproc), CONFIG=config), capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+@pytest.fixture(scope="module")
+def one_process(voc96, tmp_path_factory):
+    """A 4-iteration run on one process (the global batch of 4 as 2 accumulated micro-batches of 2)."""
+    work_dir = tmp_path_factory.mktemp("one") / "full"
+    launch(1, "--work_dir", str(work_dir), "--set", f"dataset.root={voc96}", *TINY, "test.crf=true")
+    return work_dir
 
 
 def check_run(work_dir: Path, test_name: str) -> dict:
@@ -53,19 +83,58 @@ def check_run(work_dir: Path, test_name: str) -> dict:
     return test
 
 
-def test_one_process_runs_to_the_end_and_resumes_exactly(voc96, tmp_path):
-    launch(tmp_path, 1, "--work_dir", "full", "--set", f"dataset.root={voc96}", *TINY, "test.crf=true")
-    test = check_run(tmp_path / "full", "val_crf")
+# --- the seed's commands -------------------------------------------------------------------------
+
+def test_seed_install_resolves_from_end_to_end():
+    """`cd end_to_end && pip install -r requirements.txt`: pip reads `-c ../constraints.txt` relative to
+    the file and `-e ..` relative to the working directory, both the repository root from here. A dry
+    run without index, dependencies or build isolation checks exactly that, offline: pip finds the
+    constraints and builds the editable project's metadata from the root's pyproject.toml."""
+    pytest.importorskip("setuptools")  # the build backend, which --no-build-isolation takes from here
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index",
+                           "--no-build-isolation", "-r", "requirements.txt"], cwd=E2E, capture_output=True,
+                          text=True, timeout=300, env=seed_env(PIP_DISABLE_PIP_VERSION_CHECK="1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Would install wavecam" in proc.stdout, proc.stdout[-2000:]
+    assert f"file://{ROOT}" in proc.stdout + proc.stderr  # the root, not a folder above it
+    # TensorBoard comes with wavecam itself, so train.py never reports it missing.
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("tensorboard") for d in deps)
+
+
+def test_one_process_from_end_to_end_logs_plots_and_resumes_exactly(one_process, voc96, tmp_path):
+    test = check_run(one_process, "val_crf")
     assert test["crf"] is True and test["iteration"] == 4
+
+    text = (one_process / "train.log").read_text()
+    assert re.match(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} INFO ", text)  # dated timestamps
+    lines = [line for line in text.splitlines() if re.match(r"\d{4}-\d{2}-\d{2} ", line)]
+    assert ("device cpu (CPU), world size 1; global batch 4 = 1 process(es) x 4 image(s), gradients accumulated "
+            "over 2 micro-batches of 2; AMP off (float32)") in lines[0]
+    iters = {m.group(1): line for line in lines if (m := re.search(r"iter (\d+)/4 ", line))}
+    # Iterations 0 and 1 train the classifier alone: no seg, affinity or WaveCAM numbers yet.
+    assert not re.search(r"\b(seg|aff|wave|wave_acc) \d", iters["2"]) and re.search(r"\bcls \d", iters["2"])
+    assert all(re.search(rf"\b{k} \d", iters["4"]) for k in ("cls", "seg", "aff", "wave", "wave_acc"))
+    assert "TensorBoard is not installed" not in text
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(one_process / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert set(events.Tags()["images"]) == IMAGE_TAGS
+    assert [e.step for e in events.Images("affinity/pixel_30")] == [2, 4]  # every log_iters x tb_image_every
+    assert [e.step for e in events.Scalars("train/seg")] == [4]  # only once it counts
 
     # A run stopped after its iteration-2 checkpoint, resumed.
     (tmp_path / "stopped" / "checkpoints").mkdir(parents=True)
-    shutil.copy(tmp_path / "full" / "checkpoints" / "iter_0000002.pth", tmp_path / "stopped" / "checkpoints")
-    launch(tmp_path, 1, "--work_dir", "stopped", "--resume", "auto", "--set", f"dataset.root={voc96}", *TINY,
+    shutil.copy(one_process / "checkpoints" / "iter_0000002.pth", tmp_path / "stopped" / "checkpoints")
+    launch(1, "--work_dir", str(tmp_path / "stopped"), "--resume", "auto", "--set", f"dataset.root={voc96}", *TINY,
            "test.after_training=false")
     assert "resumed from" in (tmp_path / "stopped" / "train.log").read_text()
 
-    full = load_checkpoint(tmp_path / "full" / "checkpoints" / "iter_0000004.pth")
+    full = load_checkpoint(one_process / "checkpoints" / "iter_0000004.pth")
     resumed = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "iter_0000004.pth")
     assert full["model"].keys() == resumed["model"].keys()
     for k, v in full["model"].items():
@@ -73,54 +142,255 @@ def test_one_process_runs_to_the_end_and_resumes_exactly(voc96, tmp_path):
     for i, state in full["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg_sq"], resumed["optimizer"]["state"][i]["exp_avg_sq"])
     assert full["scheduler"] == resumed["scheduler"]
-    assert torch.equal(full["rng"][0]["torch"], resumed["rng"][0]["torch"])
 
 
-def test_two_processes_with_gloo(voc96, tmp_path):
-    launch(tmp_path, 2, "--work_dir", "ddp", "--set", f"dataset.root={voc96}", *TINY, "test.crf=false")
+def test_two_processes_take_the_step_of_one_accumulating(one_process, voc96, tmp_path):
+    """The same global batch of 4 on 2 gloo processes (2 images each, no accumulation) trains the
+    weights one process accumulating 2 micro-batches of 2 trains. On CPUs every process normalises
+    its own micro-batch, as accumulation does (CUDA runs synchronise BatchNorm instead). The step's
+    arithmetic differs only in exact halvings and one sum, so the weights agree to rounding; the
+    tolerance is far below the smallest update of these 4 steps (the learning rate at t = 1, 3e-6)."""
+    launch(2, "--work_dir", str(tmp_path / "ddp"), "--set", f"dataset.root={voc96}", *TINY, "test.crf=false")
     assert check_run(tmp_path / "ddp", "val")["crf"] is False
-    assert len(load_checkpoint(tmp_path / "ddp" / "checkpoints" / "iter_0000004.pth")["rng"]) == 2
+    log_text = (tmp_path / "ddp" / "train.log").read_text()
+    assert "world size 2; global batch 4 = 2 process(es) x 2 image(s); AMP" in log_text
+    two = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "iter_0000004.pth")["model"]
+    one = load_checkpoint(one_process / "checkpoints" / "iter_0000004.pth")["model"]
+    for k, v in one.items():
+        if "running_" not in k and "num_batches_tracked" not in k:  # DDP keeps rank 0's BatchNorm buffers
+            torch.testing.assert_close(two[k], v, rtol=0, atol=1e-7, msg=k)
 
 
-def test_missing_dataset_root_is_one_readable_error(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "end_to_end" / "train.py"), "--config", str(CONFIG),
+def test_evaluate_scores_a_checkpoint_as_training_validated_it(one_process, voc96, tmp_path):
+    proc = subprocess.run([sys.executable, "evaluate.py", "--config", "configs/synthetic.yaml", "--device", "cpu",
+                           "--checkpoint", str(one_process / "checkpoints" / "iter_0000004.pth"),
+                           "--work_dir", str(tmp_path), "--set", f"dataset.root={voc96}", *TINY],
+                          cwd=E2E, env=seed_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mIoU" in proc.stdout
+    for kind in ("cam", "aff", "seg"):
+        scored = json.loads((tmp_path / "results" / f"eval_val_{kind}.json").read_text())
+        validated = json.loads((one_process / "results" / f"val_{kind}.json").read_text())
+        assert scored["cams"] == "wavecam" and scored["iteration"] == 4 and scored["n_images"] == N_VAL
+        assert scored["iou"] == pytest.approx(validated["iou"], abs=1e-9), kind
+
+
+# --- checks before anything is written -----------------------------------------------------------
+
+def test_missing_dataset_root_is_one_readable_error_and_no_log(tmp_path):
+    proc = subprocess.run([sys.executable, str(E2E / "train.py"), "--config", str(CONFIG), "--work_dir", "w",
                            "--set", f"dataset.root={tmp_path / 'nowhere'}"], cwd=tmp_path, capture_output=True,
-                          text=True)
+                          text=True, env=seed_env())
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: dataset.root") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
 
+
+def test_missing_weights_are_reported_before_the_coco_masks_are_rendered(tmp_path):
+    """The COCO config with a missing mit_b1.pth: the error says where NVlabs' weights come from and
+    where they go, and nothing was indexed, rendered or logged before it."""
+    from wavecam.data.synthetic import make_synthetic_coco
+
+    root = make_synthetic_coco(tmp_path / "coco", n_train=4, n_val=2, size=64, seed=0)
+    cache = tmp_path / "cache"
+    proc = launch(1, "--work_dir", str(tmp_path / "w"), "--set", f"dataset.root={root}", f"dataset.cache_dir={cache}",
+                  cwd=tmp_path, config=str(E2E / "configs" / "coco.yaml"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    message = proc.stderr
+    assert message.startswith("error: model.pretrained pretrained/mit_b1.pth: file not found")
+    assert "https://github.com/NVlabs/SegFormer" in message and "ImageNet-1k" in message
+    assert str(tmp_path / "pretrained" / "mit_b1.pth") in message and "--set model.pretrained=PATH" in message
+    assert not cache.exists() and not (tmp_path / "w").exists()
+
+
+def test_an_old_config_is_told_what_replaced_samples_per_gpu(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text(CONFIG.read_text().replace("  batch_size: 4", "  samples_per_gpu: 2"))
+    with pytest.raises(WavecamError, match="samples_per_gpu is gone: set train.batch_size"):
+        e2e_utils().load_config(old)
+
+
+# --- the global batch ----------------------------------------------------------------------------
 
 def e2e_utils():
     """end_to_end/utils.py, under a name that cannot clash with another `utils`."""
-    spec = importlib.util.spec_from_file_location("e2e_utils", ROOT / "end_to_end" / "utils.py")
+    spec = importlib.util.spec_from_file_location("e2e_utils", E2E / "utils.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["e2e_utils"] = module  # dataclasses look their module up while it runs
     spec.loader.exec_module(module)
     return module
 
 
-def _batches(n: int, per_rank: int, world: int, start: int, stop: int) -> list[list[list[tuple[int, int]]]]:
+def e2e_modules(monkeypatch) -> SimpleNamespace:
+    """end_to_end's utils, panels and train as its scripts import them (`utils` and `panels` by name),
+    in sys.modules entries that monkeypatch takes out again after the test."""
+    modules = {}
+    for name in ("utils", "panels", "train"):
+        spec = importlib.util.spec_from_file_location(name, E2E / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        modules[name] = module
+    return SimpleNamespace(**modules)
+
+
+def test_batch_plan_splits_the_global_batch_over_processes_and_micro_batches():
+    plan = e2e_utils().batch_plan
+    assert [(p.per_process, p.micro, p.steps) for p in (plan(4, 2, 1), plan(4, 2, 2), plan(4, 2, 4))] == [
+        (4, 2, 2), (2, 2, 1), (1, 1, 1)]
+    assert (plan(8, 2, 1).micro, plan(8, 2, 1).steps) == (2, 4)  # AFA's COCO batch on one GPU
+    assert (plan(6, 4, 1).micro, plan(6, 4, 1).steps) == (3, 2)  # equal micro-batches, the fewest
+    assert (plan(5, 2, 1).micro, plan(5, 2, 1).steps) == (1, 5)
+    with pytest.raises(WavecamError, match="not divisible by the 3 processes"):
+        plan(4, 2, 3)
+
+
+def _batches(n: int, global_batch: int, world: int, start: int, stop: int) -> list[list[list[tuple[int, int]]]]:
     """Each rank's batches, per iteration."""
-    ranks = [e2e_utils().IterationBatches(n, per_rank, dist.Context(r, world, r, torch.device("cpu")), 7, start, stop)
-             for r in range(world)]
-    return [list(r) for r in ranks]
+    utils = e2e_utils()
+    plan = utils.batch_plan(global_batch, global_batch, world)
+    return [list(utils.IterationBatches(n, plan, r, 7, start, stop)) for r in range(world)]
 
 
 def test_batches_resume_where_they_stopped_and_split_epochs_across_ranks():
-    full = _batches(10, 2, 2, 0, 6)
-    assert _batches(10, 2, 2, 3, 6) == [b[3:] for b in full]
+    full = _batches(10, 4, 2, 0, 6)
+    assert _batches(10, 4, 2, 3, 6) == [b[3:] for b in full]
     # Per epoch (2 iterations of 2 x 2 images), the ranks' samples are distinct; every sample has its own seed.
     for epoch in range(3):
         indices = [i for rank in full for batch in rank[2 * epoch:2 * epoch + 2] for i, _ in batch]
         assert len(set(indices)) == 8
     seeds = [s for rank in full for batch in rank for _, s in batch]
     assert len(set(seeds)) == len(seeds)
+    # One process takes the samples (and seeds) of both ranks, in rank order.
+    one = _batches(10, 4, 1, 0, 6)[0]
+    assert one == [full[0][t] + full[1][t] for t in range(6)]
 
+
+def test_accumulated_step_equals_the_step_on_the_whole_batch():
+    """A mean-over-samples loss on a small float64 model: the whole batch of 4 in one backward and
+    2 micro-batches of 2 accumulated give the same gradient and step. Only the order of the sums
+    differs, which float64 rounds at ~1e-16; 1e-12 leaves room for any CPU's reduction order while a
+    wrong loss scale or a lost micro-batch would be off by tens of percent."""
+    utils = e2e_utils()
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 2, (4, 5)).double()
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(6, 5)).double()
+
+    def step(chunks):
+        model = copy.deepcopy(net)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        utils.accumulated_step(model, opt, loss_scaler(torch.device("cpu"), None), chunks,
+                               lambda c, _: torch.nn.functional.multilabel_soft_margin_loss(model(c[0]), c[1]))
+        return model
+
+    whole = step([(x, y)])
+    accumulated = step([(x[:2], y[:2]), (x[2:], y[2:])])
+    for (name, a), b in zip(whole.named_parameters(), accumulated.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-12, atol=1e-14, msg=name)
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14, msg=name)
+    halved = step([(x[:2], y[:2])])  # a different batch does change the step
+    assert not torch.allclose(halved[0].weight.grad, whole[0].weight.grad, rtol=1e-3)
+
+
+def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96, monkeypatch):
+    """The trainer's own iteration (WaveAFA, multi-scale CAMs, PAR, propagated labels, every loss on):
+    one process accumulating the global batch of 4 as 2 micro-batches of 2 gets the gradient DDP gives
+    2 processes of 2 images, the mean of theirs; the same images and the same dropout draws. The two
+    do the same arithmetic but for a halving (exact in binary floating point) and one sum, so on one
+    thread they agree to the last bit; the tolerance (1e-5 relative, 1e-6 of a tensor's largest
+    gradient absolute) admits a multi-threaded CPU reordering a reduction, where a wrong loss scale or
+    another dropout draw would be off by far more."""
+    m = e2e_modules(monkeypatch)
+    cfg = m.utils.load_config(CONFIG, [f"dataset.root={voc96}", "train.cam_iters=0", "train.prop_label_iters=0",
+                                       "wavecam.start_iter=0", "wavecam.cams_iter=0", "par.num_iter=3"])
+    t = 1  # every switch on
+    source = m.utils.make_source(cfg)
+    dataset = m.utils.train_dataset(cfg, source)
+    torch.manual_seed(0)
+    net = m.utils.build_model(cfg, source.num_classes)
+    par = PAR(cfg["par"]["dilations"], cfg["par"]["num_iter"])
+    aff_mask = lab.radius_mask(*m.utils.grid_size((64, 64)), cfg["cam"]["radius"])
+
+    def run(world: int, rank: int):
+        ctx = dist.Context(rank, world, rank, torch.device("cpu"))
+        plan = m.utils.batch_plan(4, 2, world)
+        model = copy.deepcopy(net)
+        opt, _ = m.utils.poly_warmup_adamw(model, cfg)
+        batch = next(iter(m.utils.train_loader(dataset, plan, cfg, ctx, t)))
+        values, _ = m.train.train_iteration(model, opt, loss_scaler(ctx.device, None), par, batch, t, plan, cfg, ctx,
+                                            aff_mask)
+        return batch, values, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    one_batch, one_values, one_grads = run(1, 0)
+    ranks = [run(2, r) for r in range(2)]
+    assert torch.equal(one_batch["img"], torch.cat([batch["img"] for batch, _, _ in ranks]))
+    assert set(one_values) == {"loss", "cls", "wave", "seg", "aff", "wave_acc"}
+    for k, v in one_values.items():
+        assert v == pytest.approx(sum(values[k] for _, values, _ in ranks) / 2, rel=1e-5), k
+    for name, grad in one_grads.items():
+        ref = (ranks[0][2][name] + ranks[1][2][name]) / 2
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()) + 1e-30, msg=name)
+
+
+# --- AFA's schedule ------------------------------------------------------------------------------
+
+def test_schedule_switches_where_afa_does(monkeypatch):
+    """AFA's dist_train_voc.py trains the classifier alone while `n_iter <= cfg.train.cam_iters` and
+    keeps the refined CAM label as the seg target while `n_iter <= 6000`; dist_train_coco.py uses
+    5000 and `<= 15000`, for the affinity target too. Its PolyWarmupAdamW sets the learning rate of
+    step g (0-based) to lr * (1 - (1 - g / warmup) * (1 - ratio)) for g < warmup, then
+    lr * (1 - g / max_iter) ** power."""
+    m = e2e_modules(monkeypatch)
+    voc = m.utils.load_config(E2E / "configs" / "voc.yaml")
+    coco = m.utils.load_config(E2E / "configs" / "coco.yaml")
+    schedule = m.train.schedule
+    assert schedule(voc, 2000).weights == {"cls": 1.0, "wave": 0.0, "seg": 0.0, "aff": 0.0}
+    assert schedule(voc, 2001).weights == {"cls": 1.0, "wave": 1.0, "seg": 0.1, "aff": 0.1}
+    assert (schedule(voc, 6000).propagated_target, schedule(voc, 6001).propagated_target) == (False, True)
+    assert (schedule(voc, 4000).wavecam_cams, schedule(voc, 4001).wavecam_cams) == (False, True)
+    assert schedule(coco, 5000).weights["seg"] == 0 and schedule(coco, 5001).weights == {
+        "cls": 1.0, "wave": 0.1, "seg": 0.1, "aff": 0.1}
+    assert (schedule(coco, 15000).propagated_target, schedule(coco, 15001).propagated_target) == (False, True)
+    assert coco["train"]["aff_from_seg_target"] and not voc["train"]["aff_from_seg_target"]
+
+    def afa_lr(g: int, cfg: dict) -> float:
+        s, lr, max_iter = cfg["scheduler"], cfg["optimizer"]["learning_rate"], cfg["train"]["max_iters"]
+        if g < s["warmup_iter"]:
+            return lr * (1 - (1 - g / s["warmup_iter"]) * (1 - s["warmup_ratio"]))
+        return lr * (1 - g / max_iter) ** s["power"]
+
+    class OneParameter:
+        def param_groups(self, lr, weight_decay):
+            return [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr, "weight_decay": weight_decay}]
+
+    for cfg in (voc, coco):
+        opt, sched = m.utils.poly_warmup_adamw(OneParameter(), cfg)
+        for g in range(3):  # the rate an iteration steps with, as the trainer reads it before sched.step()
+            assert opt.param_groups[0]["lr"] == pytest.approx(afa_lr(g, cfg), rel=1e-12)
+            opt.step()
+            sched.step()
+        factor = sched.lr_lambdas[0]
+        warmup = cfg["scheduler"]["warmup_iter"]
+        for g in (0, 1, warmup - 1, warmup, warmup + 1, cfg["train"]["max_iters"] - 1):
+            assert cfg["optimizer"]["learning_rate"] * factor(g) == pytest.approx(afa_lr(g, cfg), rel=1e-12), g
+
+
+def test_configs_default_to_afas_published_runs():
+    """AFA's launch/run_sbatch_attn_reg.sh: 2 processes x samples_per_gpu 2, --crop_size 512;
+    run_sbatch_attn_reg_coco.sh: 4 processes x 2, --crop_size 512."""
+    utils = e2e_utils()
+    for name, batch in (("voc", 4), ("coco", 8)):
+        cfg = utils.load_config(E2E / "configs" / f"{name}.yaml")
+        assert (cfg["dataset"]["crop_size"], cfg["train"]["batch_size"], cfg["train"]["micro_batch"]) == (512, batch, 2)
+        assert (cfg["dataset"]["resample"], cfg["dataset"]["pad"]) == ("pil_bilinear", "black")
+
+
+# --- the rest ------------------------------------------------------------------------------------
 
 def test_diverging_loss_stops_with_the_iteration(voc96, tmp_path):
-    env = {**os.environ, "NPROC": "1", "CONFIG": str(CONFIG), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(LAUNCHER), "--work_dir", "nan", "--set", f"dataset.root={voc96}", *TINY,
-                           "optimizer.learning_rate=1e30"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = launch(1, "--work_dir", str(tmp_path / "nan"), "--set", f"dataset.root={voc96}", *TINY,
+                  "optimizer.learning_rate=1e30", check=False)
     assert proc.returncode != 0
     assert "error: the loss became" in proc.stderr and "at iteration" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -132,7 +402,7 @@ def test_crf_workers_give_the_predictions_of_the_main_process(tmp_path):
 import sys
 from pathlib import Path
 import numpy as np
-sys.path.insert(0, {str(ROOT / "end_to_end")!r})
+sys.path.insert(0, {str(E2E)!r})
 from utils import CRFWorkers
 
 rng = np.random.default_rng(0)
@@ -165,7 +435,7 @@ def test_coco_config_keeps_afas_lists(tmp_path):
     """AFA's COCO lists leave out the images without annotations, unlike the multi-stage default."""
     utils = e2e_utils()
     (tmp_path / "annotations").mkdir()
-    cfg = utils.load_config(ROOT / "end_to_end" / "configs" / "coco.yaml", [f"dataset.root={tmp_path}"])
+    cfg = utils.load_config(E2E / "configs" / "coco.yaml", [f"dataset.root={tmp_path}"])
     source = utils.make_source(cfg)
     assert (source.split_images, source.crowd) == ("annotated", "ignore")
     recorded = utils.settings(cfg, tmp_path, "val")

@@ -78,14 +78,16 @@ def sum_confusions(cms, ctx: Context) -> None:
         cm.mat, cm.n_images = row[:-1].reshape(cm.mat.shape), int(row[-1])
 
 
-def setup_logging(log_file: str | os.PathLike | None, ctx: Context | None = None) -> None:
-    """Rank 0 logs INFO to stderr and to `log_file`; other ranks only warnings."""
+def setup_logging(log_file: str | os.PathLike | None, ctx: Context | None = None,
+                  datefmt: str = "%H:%M:%S") -> None:
+    """Rank 0 logs INFO to stderr and to `log_file`; other ranks only warnings. `datefmt` is the
+    timestamp's strftime format (the end-to-end trainer's runs last days, so it adds the date)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     main = ctx is None or ctx.is_main
     root.setLevel(logging.INFO if main else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file and main:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Train WaveCAM end to end on PASCAL VOC 2012, validate every train.eval_iters iterations, then test.
 #
-#   bash end_to_end/train/run_wavecam_voc.sh [train.py arguments...]
+#   cd end_to_end && bash train/run_wavecam_voc.sh [train.py arguments...]
 #
-# NPROC    processes (default: every visible GPU, or 1 on a machine without one)
+# It runs from any directory; relative paths (CONFIG, dataset.root, model.pretrained, the work dir)
+# are taken from the current one.
+# NPROC    processes (default: every visible GPU, or 1 on a machine without one); they must divide
+#          train.batch_size, and accumulate gradients where they are fewer than batch_size / micro_batch
 # CONFIG   YAML config (default: end_to_end/configs/voc.yaml)
 # PYTHON   interpreter with wavecam installed (default: python)
 # Extra arguments go to train.py, e.g. --work_dir DIR --resume auto --set dataset.root=/data/VOC2012
