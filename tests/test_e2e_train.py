@@ -97,11 +97,9 @@ def test_seed_install_resolves_from_end_to_end():
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Would install wavecam" in proc.stdout, proc.stdout[-2000:]
     assert f"file://{ROOT}" in proc.stdout + proc.stderr  # the root, not a folder above it
-    # TensorBoard comes with wavecam itself, so train.py never reports it missing.
-    import tomllib
-
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert any(d.startswith("tensorboard") for d in deps)
+    # TensorBoard comes with wavecam itself, so train.py never reports it missing (no tomllib on 3.10).
+    deps = re.search(r"^dependencies = \[(.*?)^\]", (ROOT / "pyproject.toml").read_text(), re.S | re.M).group(1)
+    assert '"tensorboard>=' in deps
 
 
 def test_one_process_from_end_to_end_logs_plots_and_resumes_exactly(one_process, voc96, tmp_path):
