@@ -45,8 +45,15 @@ def demo_flags(a) -> list[str]:
         # best background threshold is higher, and IRN's thresholds move with it.
         "--cam_eval_thres", "0.5", "--conf_fg_thres", "0.5", "--conf_bg_thres", "0.25", "--sem_seg_bg_thres", "0.5",
         "--irn_crop_size", str(crop), "--irn_batch_size", "16", "--irn_num_epoches", str(a.irn_epochs),
-        "--irn_learning_rate", "0.05", "--irn_path_radius", str(min(10, crop // 8)),
+        "--irn_learning_rate", "0.05", "--irn_path_radius", str(a.irn_path_radius),
+        # The walk's reach grows with its steps (2^exp_times of radius 5 at stride 4) whatever the image
+        # size: 256 steps suit VOC's 125 x 94 maps, while on 24 x 24 maps they spread every class over
+        # the whole image (measured in the README's demo section).
+        "--exp_times", str(a.exp_times),
     ]
+
+
+QUICK = {"n_train": 24, "n_val": 8, "size": 64, "cam_epochs": 2, "wavecam_epochs": 1, "irn_epochs": 1}
 
 
 def run(dataset: str, argv: list[str]) -> None:
@@ -85,7 +92,14 @@ def main() -> None:
     p.add_argument("--cam-epochs", type=int, default=10)
     p.add_argument("--wavecam-epochs", type=int, default=8)
     p.add_argument("--irn-epochs", type=int, default=5)
+    p.add_argument("--irn-path-radius", type=int, default=5,
+                   help="IRN's pair radius at stride 4 (the paper's 10 leaves a 24 x 24 map few source pixels)")
+    p.add_argument("--exp-times", type=int, default=1, help="the random walk takes 2^N steps (the paper's: 8)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--quick", action="store_true",
+                   help="toy sizes (the test suite's): shows the chain runs, not that it works")
+    if p.parse_known_args()[0].quick:  # explicit flags still win over these
+        p.set_defaults(**QUICK)
     a = p.parse_args()
 
     start = time.perf_counter()
