@@ -59,8 +59,7 @@ def inputs(size, seed=0):
 
 
 def median_time(fn, runs):
-    """Median wall and CPU seconds of `runs` calls. The walks run on one thread, so where other
-    processes share the cores the CPU time is the better guess at the wall time on a quiet machine."""
+    """Median wall and CPU (all threads) seconds of `runs` calls."""
     fn()
     wall, cpu = [], []
     for _ in range(runs):
@@ -80,8 +79,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=9, help="timed runs per figure (median)")
     a = p.parse_args(argv)
     walks = {"stencil": propagate, "sparse": previous_sparse_walk, "dense": propagate_dense}
+    threads = torch.get_num_threads()
     print(f"K={N_CLASSES} beta={BETA} exp_times={EXP_TIMES} ({2**EXP_TIMES} steps) radius={RADIUS}; median of "
-          f"{a.repeats} runs, seconds; stencil and sparse on one CPU thread, dense on {torch.get_num_threads()}")
+          f"{a.repeats} runs, seconds; CPU threads: stencil {min(threads, N_CLASSES)} (one per class), sparse 1, "
+          f"dense {threads}")
     print(f"{'map (h x w)':<13}{'stencil':>10}{'sparse':>10}{'dense':>10}   max rel diff to dense")
 
     cams, edge = inputs(SMALL)
@@ -101,6 +102,13 @@ def main(argv=None):
     print(f"{FULL[0]} x {FULL[1]:<7}{full['stencil']:>10.4f}{full['sparse']:>10.4f}{'-':>10}   "
           f"stencil vs sparse {same:.1e}")
     print(f"{'  CPU time':<13}{timed['stencil'][1]:>10.4f}{timed['sparse'][1]:>10.4f}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in make_sem_seg's CPU workers
+    try:
+        single = median_time(lambda: propagate(cams, edge, BETA, EXP_TIMES, RADIUS), a.repeats)[0]
+    finally:
+        torch.set_num_threads(threads)
+    print(f"{'  1 thread':<13}{single:>10.4f}")
 
     # Multiply-adds: the dense formula squares an (hw)^2 matrix exp_times times; the stencil applies
     # its offsets to every pixel and class once per step.

@@ -167,6 +167,22 @@ def test_stencil_walk_equals_dense_formula(radius, size, exp_times):
     assert rel < 1e-4
 
 
+def test_walk_over_threads_equals_one_thread():
+    # On a CPU the classes are split over torch's threads; each class's arithmetic is unchanged.
+    g = torch.Generator().manual_seed(3)
+    cams, edge = torch.rand(3, 17, 23, generator=g), torch.rand(17, 23, generator=g) ** 2
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = propagate(cams, edge, exp_times=5)
+        torch.set_num_threads(2)
+        two = propagate(cams, edge, exp_times=5)
+        assert torch.get_num_threads() == 2  # the walk gives the caller's setting back
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(one, two)
+
+
 def test_walk_of_no_class():
     rw = propagate(torch.zeros(0, 6, 8), torch.rand(6, 8))
     assert rw.shape == (0, 6, 8) and rw.dtype == torch.float32

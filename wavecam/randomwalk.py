@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -170,14 +171,26 @@ def propagate(cams, edge, beta: float = 10, exp_times: int = 8, radius: int = 5)
     float64 throughout: each step sums ~70 positive terms per pixel, and in float32 the smallest
     are rounded away more often than not, a loss that grows with the steps (3e-5 relative at
     exp_times=8 on a VOC-sized map, against a 1e-4 tolerance); float64 costs about twice the time.
+
+    On a CPU the classes are split over the caller's torch threads (torch.get_num_threads()):
+    each group walks on its own Python thread with single-threaded torch ops, which release the GIL.
+    The groups never wait for each other, so a core taken by another process slows the walk
+    down without stalling it, unlike intra-op threads (see `_one_cpu_thread`).
     """
     cams, edge = _check_inputs(cams, edge)
-    k, h, w = cams.shape
+    groups = max(1, min(cams.shape[0], torch.get_num_threads())) if cams.device.type == "cpu" else 1
     with _one_cpu_thread(cams.device):
         edge = edge.double()
-        walk = _StencilWalk(transition_stencil(edge, beta, radius), k)
-        v = walk.run(cams.double() * (1 - edge), 2**exp_times)
-    return v.float()
+        layout = _FlatStencil(transition_stencil(edge, beta, radius))
+        scores = (cams.double() * (1 - edge)).tensor_split(groups)
+
+        def walk(x: torch.Tensor) -> torch.Tensor:
+            return _StencilWalk(layout, x.shape[0]).run(x, 2**exp_times)
+
+        if groups == 1:
+            return walk(scores[0]).float()
+        with ThreadPoolExecutor(groups) as pool:
+            return torch.cat(list(pool.map(walk, scores))).float()
 
 
 def transition_stencil(edge: torch.Tensor, beta: float, radius: int = 5) -> torch.Tensor:
@@ -206,39 +219,48 @@ def transition_stencil(edge: torch.Tensor, beta: float, radius: int = 5) -> torc
     return aff / aff.sum(dim=(0, 1))
 
 
+class _FlatStencil:
+    """A `transition_stencil` laid out for `_StencilWalk`, read-only, shared by its walks.
+
+    Scores live in a flat buffer of rows of length w + R (R zero columns after each row) with R
+    rows plus R columns of zeros before and after, so every neighbour (y + dy, x + dx) of the map
+    is the flat index i + dy * (w + R) + dx and a shift of the whole map is a slice. `rows` holds,
+    per row dy of the neighbourhood, the weights (2s+1, 1, n) of its offsets (dy, -s..s) over the
+    n = h * (w + R) flat pixels, zero on the gap columns (so the gaps stay zero step after step).
+    """
+
+    def __init__(self, stencil: torch.Tensor):
+        size, _, self.h, self.w = stencil.shape
+        self.reach = reach = size // 2
+        self.row = self.w + reach
+        self.n = self.h * self.row
+        self.lead = reach * self.row + reach  # buffer index of pixel (0, 0)
+        flat = F.pad(stencil, (0, reach)).reshape(size, size, 1, self.n)
+        spans = {dy: _row_span(reach + 1, dy) for dy in range(-reach, reach + 1)}
+        self.rows = [(dy, span, flat[reach + dy, reach - span:reach + span + 1].contiguous())
+                     for dy, span in sorted(spans.items(), key=lambda item: -item[1])]  # full width first
+
+
 class _StencilWalk:
-    """Applies a `transition_stencil` to (K, h, w) scores, one step at a time.
+    """Applies a `_FlatStencil` to (K, h, w) scores, one step at a time.
 
-    The scores live in a flat buffer of rows of length w + R (R zero columns after each row) with
-    R rows plus R columns of zeros before and after, so every neighbour (y + dy, x + dx) of the
-    map is the flat index i + dy * (w + R) + dx and a shift of the whole map is a slice.
-
-    Per step: for each row dy of the neighbourhood, its 2s+1 offsets (dy, -s..s) as one strided
-    view (2s+1, K, n) of the buffer, multiplied by their weights and accumulated into a
-    (2R+1, K, n) sum, one slot per dx; then one sum over dx. Ten large operations per step instead
-    of one per offset, each bound once to its views: a torch call costs microseconds, and there are
+    Per step: for each row dy of the neighbourhood, its 2s+1 offsets as one strided view
+    (2s+1, K, n) of the buffer, multiplied by their weights and accumulated into a (2R+1, K, n)
+    sum, one slot per dx; then one sum over dx. Ten large operations per step instead of one per
+    offset, each bound once to its views: a torch call costs microseconds, and there are
     2**exp_times steps.
     """
 
-    def __init__(self, stencil: torch.Tensor, n_classes: int):
-        size, _, h, w = stencil.shape
-        reach = size // 2
-        self.shape = (n_classes, h, w)
-        self.row = w + reach
-        n = h * self.row
-        self.lead = reach * self.row + reach  # buffer index of pixel (0, 0)
-        self.buffers = [stencil.new_zeros(n_classes, self.lead + n + self.lead) for _ in range(2)]
-        acc = stencil.new_empty(size, n_classes, n)
-        # Weights of the gap columns are zero, so the gaps stay zero step after step.
-        flat = F.pad(stencil, (0, reach)).reshape(size, size, 1, n)
-        rows = sorted(range(-reach, reach + 1), key=lambda dy: -_row_span(reach + 1, dy))  # full width first
+    def __init__(self, layout: _FlatStencil, n_classes: int):
+        self.layout = layout
+        reach, n = layout.reach, layout.n
+        self.buffers = [layout.rows[0][2].new_zeros(n_classes, layout.lead + n + layout.lead) for _ in range(2)]
+        acc = layout.rows[0][2].new_empty(2 * reach + 1, n_classes, n)
         ops = [[], []]  # per step parity: buffers[0] -> buffers[1], then back
         for parity, (src, dst) in enumerate((self.buffers, self.buffers[::-1])):
-            for i, dy in enumerate(rows):
-                span = _row_span(reach + 1, dy)
-                weights = flat[reach + dy, reach - span:reach + span + 1].contiguous()
+            for i, (dy, span, weights) in enumerate(layout.rows):
                 shifted = src.as_strided((2 * span + 1, n_classes, n), (1, src.stride(0), 1),
-                                         src.storage_offset() + self.lead + dy * self.row - span)
+                                         src.storage_offset() + layout.lead + dy * layout.row - span)
                 slots = acc[reach - span:reach + span + 1]
                 # The full-width row writes every slot, the others add to theirs.
                 ops[parity].append(functools.partial(torch.mul, weights, shifted, out=slots) if i == 0 else
@@ -248,16 +270,16 @@ class _StencilWalk:
 
     def _interior(self, buffer: torch.Tensor) -> torch.Tensor:
         """(K, h * (w + R)) the map's rows with their gap columns."""
-        return buffer[:, self.lead:self.lead + self.shape[1] * self.row]
+        return buffer[:, self.layout.lead:self.layout.lead + self.layout.n]
 
     def run(self, scores: torch.Tensor, steps: int) -> torch.Tensor:
         """(K, h, w) -> (K, h, w) after `steps` steps."""
-        k, h, w = self.shape
-        self._interior(self.buffers[0]).view(k, h, self.row)[..., :w] = scores
+        k, h, w = scores.shape[0], self.layout.h, self.layout.w
+        self._interior(self.buffers[0]).view(k, h, self.layout.row)[..., :w] = scores
         for i in range(steps):
             for op in self.ops[i % 2]:
                 op()
-        return self._interior(self.buffers[steps % 2]).view(k, h, self.row)[..., :w].clone()
+        return self._interior(self.buffers[steps % 2]).view(k, h, self.layout.row)[..., :w].clone()
 
 
 def _row_span(radius: int, dy: int) -> int:
@@ -267,9 +289,10 @@ def _row_span(radius: int, dy: int) -> int:
 
 @contextlib.contextmanager
 def _one_cpu_thread(device: torch.device):
-    # Every op here is small (a step is a few MB of memory traffic): threads gain little, while
-    # hundreds of thread barriers in a row stall badly when the cores are shared (over 10x slower
-    # measured on a loaded 2-core machine). Callers parallelise over images instead.
+    # Every op here is small (a step is a few MB of memory traffic): intra-op threads gain little,
+    # while thousands of thread barriers in a row stall badly when the cores are shared (over 10x
+    # slower measured on a loaded 2-core machine). The walk splits its classes over threads that
+    # never wait for each other instead, and callers parallelise over images.
     if device.type != "cpu":
         yield
         return
