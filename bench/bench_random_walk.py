@@ -81,7 +81,7 @@ def main(argv=None):
     walks = {"stencil": propagate, "sparse": previous_sparse_walk, "dense": propagate_dense}
     threads = torch.get_num_threads()
     print(f"K={N_CLASSES} beta={BETA} exp_times={EXP_TIMES} ({2**EXP_TIMES} steps) radius={RADIUS}; median of "
-          f"{a.repeats} runs, seconds; CPU threads: stencil {min(threads, N_CLASSES)} (one per class), sparse 1, "
+          f"{a.repeats} runs, seconds\nCPU threads: stencil {min(threads, N_CLASSES)} (one per class), sparse 1, "
           f"dense {threads}")
     print(f"{'map (h x w)':<13}{'stencil':>10}{'sparse':>10}{'dense':>10}   max rel diff to dense")
 
@@ -117,14 +117,13 @@ def main(argv=None):
     dense_ops = n_full**3 * EXP_TIMES
     stencil_ops = offsets * n_full * N_CLASSES * 2**EXP_TIMES
     projected = small["dense"] * (n_full / n_small) ** 3
-    print(f"\nat {FULL[0]} x {FULL[1]}: the dense formula needs a {n_full} x {n_full} matrix "
-          f"({n_full**2 * 4 / 2**20:.0f} MiB in float32) and {dense_ops:.1e} multiply-adds, the stencil "
-          f"{offsets} offsets x {n_full} pixels x {N_CLASSES} classes x {2**EXP_TIMES} steps = {stencil_ops:.1e}: "
-          f"{dense_ops / stencil_ops:.0f}x fewer.")
+    print(f"\nmultiply-adds at {FULL[0]} x {FULL[1]}: dense {dense_ops:.1e} (a {n_full} x {n_full} matrix, "
+          f"{n_full**2 * 4 / 2**20:.0f} MiB in float32,\n  squared {EXP_TIMES} times), stencil {stencil_ops:.1e} "
+          f"({offsets} offsets x {n_full} pixels x {N_CLASSES} classes x {2**EXP_TIMES} steps): "
+          f"{dense_ops / stencil_ops:.0f}x fewer")
     print(f"dense at {FULL[0]} x {FULL[1]} projected from {SMALL[0]} x {SMALL[1]} by (h*w)^3: {projected:.0f} s, "
-          f"{projected / full['stencil']:.0f}x the stencil; the previous sparse operator: "
-          f"{full['sparse'] / full['stencil']:.1f}x the stencil.")
-
+          f"{projected / full['stencil']:.0f}x the stencil;\nthe previous sparse operator: "
+          f"{full['sparse'] / full['stencil']:.1f}x the stencil")
 
 if __name__ == "__main__":
     main()
