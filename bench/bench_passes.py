@@ -7,7 +7,7 @@ paper's code, side by side in one run, with the outputs of the two compared.
 Each (pass, variant) runs in a fresh process, so its peak memory is its own: peak RSS on the CPU,
 `torch.cuda.max_memory_allocated` on a GPU. "ours" is what the pipeline runs with its default
 flags (channels_last, cuDNN benchmark for training, same-size inference batches, vectorised losses, shared CRF
-lattice, sparse random walk; `--amp` adds bf16 autocast); "plain" is the same computation written
+lattice, stencil random walk; `--amp` adds bf16 autocast); "plain" is the same computation written
 as the reference code writes it (NCHW float32, per-image loops, ReCAM's broadcast product, one CRF
 per refinement, IRN's dense transition matrix). Training figures are the network step alone
 (forward, loss, backward, SGD) on in-memory batches: the data loader is left out, as it runs in

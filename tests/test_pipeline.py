@@ -97,6 +97,29 @@ def test_make_cam_baseline_and_rerun_skips(workspace, voc_root, tmp_path):
     assert [f.stat().st_mtime_ns for f in files] == mtimes, "a finished image must not be redone"
 
 
+def test_make_sem_seg_over_processes_equals_in_process_and_resumes(workspace, voc_root, tmp_path):
+    # The fixture's sem_seg/ was made in one process (--num_workers 0); on a CPU, workers split the images.
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for name in ("res50_irn.pth", "cam_mask"):
+        (ws / name).symlink_to(workspace / name)
+    in_process = sorted((workspace / "sem_seg").glob("*.png"))
+    run(voc_root, ws, "--device cpu --num_workers 2 --make_sem_seg_pass True")
+    assert [p.name for p in sorted((ws / "sem_seg").glob("*.png"))] == [p.name for p in in_process]
+    for png in in_process:
+        np.testing.assert_array_equal(load_png(ws / "sem_seg" / png.name), load_png(png), err_msg=png.name)
+
+    redo = in_process[:2]
+    for png in redo:
+        (ws / "sem_seg" / png.name).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (ws / "sem_seg").glob("*.png")}
+    run(voc_root, ws, "--device cpu --num_workers 2 --make_sem_seg_pass True")
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept, "a finished image must not be redone"
+    for png in redo:
+        np.testing.assert_array_equal(load_png(ws / "sem_seg" / png.name), load_png(png), err_msg=png.name)
+    assert not list((ws / "sem_seg").glob(".*"))  # no temporary file left behind
+
+
 def test_runner_from_multi_stage_folder_and_bad_root(tmp_path):
     proc = subprocess.run([sys.executable, "run_wavecam_voc.py", "--voc12_root", str(tmp_path / "nonexistent"),
                            "--work_space", str(tmp_path / "ws"), "--eval_cam_pass", "True"],

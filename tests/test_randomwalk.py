@@ -6,12 +6,14 @@ import torch
 
 from wavecam.randomwalk import (
     PathIndex,
+    _image_pairs,
     affinity_labels,
     downsample_label,
     edge_to_affinity,
     propagate,
     propagate_dense,
     rw_to_label,
+    transition_stencil,
 )
 
 
@@ -117,8 +119,43 @@ def test_edge_to_affinity_is_one_minus_max_on_path():
         np.testing.assert_allclose(aff[d].numpy(), np.where(crosses, 0.1, 1.0), atol=1e-6)
 
 
-@pytest.mark.parametrize("radius,size,exp_times", [(2, (6, 7), 5), (3, (9, 8), 6), (5, (13, 11), 6), (5, (4, 3), 3)])
-def test_sparse_walk_equals_dense_formula(radius, size, exp_times):
+def dense_transition(edge, beta, radius):
+    """IRN's column-normalised transition matrix (h*w, h*w), float64, as propagate_dense builds it."""
+    n = edge.numel()
+    src, dst, aff = _image_pairs(edge.double(), radius)
+    affinity = torch.eye(n, dtype=torch.float64)
+    affinity[src, dst] = aff
+    affinity[dst, src] = aff
+    trans = affinity.pow(beta)
+    return trans / trans.sum(dim=0, keepdim=True)
+
+
+@pytest.mark.parametrize("radius,size", [(2, (5, 6)), (5, (9, 13)), (5, (3, 4)), (7, (15, 12))])
+def test_stencil_holds_the_transition_matrix(radius, size):
+    # Entry [R + dy, R + dx, y, x] is the step's weight of neighbour (y + dy, x + dx) in pixel
+    # (y, x)'s new score: IRN's trans[(y + dy, x + dx), (y, x)], as x @ trans takes column (y, x).
+    g = torch.Generator().manual_seed(radius)
+    edge = (torch.rand(size, generator=g) ** 2).double()
+    edge[0, -1] = 1.0
+    stencil = transition_stencil(edge, beta=10, radius=radius)
+    reach = radius - 1
+    assert stencil.shape == (2 * reach + 1, 2 * reach + 1, *size) and stencil.dtype == torch.float64
+    trans = dense_transition(edge, 10, radius)
+    h, w = size
+    expected = torch.zeros_like(stencil)
+    for y in range(h):
+        for x in range(w):
+            for dy in range(-reach, reach + 1):
+                for dx in range(-reach, reach + 1):
+                    if 0 <= y + dy < h and 0 <= x + dx < w and dy * dy + dx * dx < radius**2:
+                        expected[reach + dy, reach + dx, y, x] = trans[(y + dy) * w + x + dx, y * w + x]
+    torch.testing.assert_close(stencil, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(stencil.sum(dim=(0, 1)), torch.ones(size, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("radius,size,exp_times", [(2, (6, 7), 5), (3, (9, 8), 6), (5, (13, 11), 6), (5, (4, 3), 3),
+                                                   (5, (20, 31), 8), (10, (23, 21), 4), (5, (7, 9), 0)])
+def test_stencil_walk_equals_dense_formula(radius, size, exp_times):
     g = torch.Generator().manual_seed(radius * 100 + size[0])
     cams = torch.rand(3, *size, generator=g)
     edge = torch.rand(size, generator=g) ** 2
@@ -128,6 +165,27 @@ def test_sparse_walk_equals_dense_formula(radius, size, exp_times):
     assert fast.shape == cams.shape and fast.dtype == torch.float32
     rel = (fast.double() - ref).abs().max() / ref.abs().max()
     assert rel < 1e-4
+
+
+def test_walk_over_threads_equals_one_thread():
+    # On a CPU the classes are split over torch's threads; each class's arithmetic is unchanged.
+    g = torch.Generator().manual_seed(3)
+    cams, edge = torch.rand(3, 17, 23, generator=g), torch.rand(17, 23, generator=g) ** 2
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = propagate(cams, edge, exp_times=5)
+        torch.set_num_threads(2)
+        two = propagate(cams, edge, exp_times=5)
+        assert torch.get_num_threads() == 2  # the walk gives the caller's setting back
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(one, two)
+
+
+def test_walk_of_no_class():
+    rw = propagate(torch.zeros(0, 6, 8), torch.rand(6, 8))
+    assert rw.shape == (0, 6, 8) and rw.dtype == torch.float32
 
 
 def test_walk_stays_inside_walls():

@@ -166,8 +166,9 @@ def pending(ids: list[str], out_dir: str, suffix: str, args, ctx: dist.Context) 
     return [i for i in ids if not is_complete(out / f"{i}{suffix}")]
 
 
-def map_images(fn, ids: list[str], workers: int, desc: str, show: bool = True) -> None:
-    """Apply fn(id) to every id, over `workers` processes when there are several."""
+def map_images(fn, ids: list[str], workers: int, desc: str, show: bool = True, threads: int | None = None) -> None:
+    """Apply fn(id) to every id, over `workers` processes when there are several, each limited to
+    `threads` torch threads if given (so that the processes' threads add up to the cores)."""
     from tqdm import tqdm
 
     if workers <= 1 or len(ids) <= 1:
@@ -177,9 +178,14 @@ def map_images(fn, ids: list[str], workers: int, desc: str, show: bool = True) -
     import multiprocessing as mp
 
     # spawn: forked children of a process that has run torch/OpenMP threads can deadlock.
-    with mp.get_context("spawn").Pool(min(workers, len(ids))) as pool:
+    with mp.get_context("spawn").Pool(min(workers, len(ids)), initializer=_limit_threads, initargs=(threads,)) as pool:
         for _ in tqdm(pool.imap_unordered(fn, ids, chunksize=4), total=len(ids), desc=desc, disable=not show):
             pass
+
+
+def _limit_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def read_cam(args, image_id: str, produced_by: str = "--make_wavecam_pass (or --make_cam_pass)") -> dict:

@@ -1,8 +1,15 @@
 """make_sem_seg: IRN's boundary map (image + flip) -> affinities within radius 5 -> random walk
-of the stride-4 CAMs -> sem_seg/<id>.png with background at --sem_seg_bg_thres."""
+of the stride-4 CAMs -> sem_seg/<id>.png with background at --sem_seg_bg_thres.
+
+On a GPU one process takes the images in turn. On a CPU the network's forward pass and the walk
+of an image are both CPU-bound and single-image, so the images are spread over --num_workers
+processes (at most one per core), each with its share of the cores' threads and its own copy of
+the network (with PyTorch and one image's activations, about 1.3 GB per process).
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -16,7 +23,16 @@ from wavecam.io import save_png
 from wavecam.models.irn import EdgeDisplacement
 from wavecam.randomwalk import propagate, rw_to_label
 
-from step.common import loader_options, make_source, pending, place, read_cam, resolve_list, skip_bad_image
+from step.common import (
+    loader_options,
+    make_source,
+    map_images,
+    memory_format,
+    pending,
+    read_cam,
+    resolve_list,
+    skip_bad_image,
+)
 
 log = logging.getLogger("wavecam")
 
@@ -27,23 +43,56 @@ def run(args) -> None:
     source = make_source(args)
     ids = pending(resolve_list(source, args.infer_list), args.sem_seg_out_dir, ".png", args, ctx)
     log.info("make_sem_seg: %d images to do", len(ids))
-    model = place(EdgeDisplacement.from_checkpoint(args.irn_weights_name, crop_size=args.irn_crop_size,
-                                                   arch=args.irn_network, pad_to_crop=args.irn_pad_to_crop),
-                  args, ctx)
-    loader = DataLoader(InferenceDataset(source, ids, with_labels=False, skip_bad=args.skip_bad_images),
-                        batch_size=None, **loader_options(args, ctx, workers=min(args.num_workers, 4)))
-    for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):
-        image_id = pack["name"]
-        if "bad" in pack:
-            skip_bad_image(args, "make_sem_seg", image_id, pack["bad"])
-            continue
-        cam = read_cam(args, image_id)
-        strided = torch.from_numpy(cam["cam"]).to(ctx.device)
-        if len(cam["keys"]):
-            edge, _ = model(pack["img"].to(ctx.device))
-            rw = propagate(strided, edge, beta=args.beta, exp_times=args.exp_times, radius=5)
-        else:  # an image without classes (COCO has some): nothing to walk, all background as in ReCAM
-            rw = strided
-        label = rw_to_label(rw, cam["keys"], args.sem_seg_bg_thres, pack["size"])
-        save_png(os.path.join(args.sem_seg_out_dir, f"{image_id}.png"), label.astype("uint8"))
+    cores = max(1, _cores() // ctx.world_size)  # torchrun's CPU ranks share the machine
+    workers = min(args.num_workers, cores)
+    if ctx.device.type == "cpu" and workers > 1 and len(ids) > 1:
+        map_images(functools.partial(_label_in_worker, args=args, source=source), ids, workers, "make_sem_seg",
+                   show=ctx.is_main, threads=max(1, cores // workers))
+    else:
+        model = _network(args.irn_weights_name, args.irn_crop_size, args.irn_network, args.irn_pad_to_crop,
+                         memory_format(args), ctx.device)
+        loader = DataLoader(InferenceDataset(source, ids, with_labels=False, skip_bad=args.skip_bad_images),
+                            batch_size=None, **loader_options(args, ctx, workers=min(args.num_workers, 4)))
+        for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):
+            label_image(model, pack, args, ctx.device)
     dist.barrier(ctx)
+
+
+def label_image(model: EdgeDisplacement, item: dict, args, device: torch.device) -> None:
+    """One item of InferenceDataset (image (3, H, W), its name and size) -> sem_seg/<name>.png."""
+    image_id = item["name"]
+    if "bad" in item:
+        skip_bad_image(args, "make_sem_seg", image_id, item["bad"])
+        return
+    cam = read_cam(args, image_id)
+    strided = torch.from_numpy(cam["cam"]).to(device)
+    if len(cam["keys"]):
+        edge, _ = model(torch.as_tensor(item["img"]).to(device))
+        rw = propagate(strided, edge, beta=args.beta, exp_times=args.exp_times, radius=5)
+    else:  # an image without classes (COCO has some): nothing to walk, all background as in ReCAM
+        rw = strided
+    label = rw_to_label(rw, cam["keys"], args.sem_seg_bg_thres, item["size"])
+    save_png(os.path.join(args.sem_seg_out_dir, f"{image_id}.png"), label.astype("uint8"))
+
+
+@torch.no_grad()
+def _label_in_worker(image_id: str, args, source) -> None:
+    cpu = torch.device("cpu")
+    model = _worker_network(args.irn_weights_name, args.irn_crop_size, args.irn_network, args.irn_pad_to_crop,
+                            memory_format(args), cpu)
+    item = InferenceDataset(source, [image_id], with_labels=False, skip_bad=args.skip_bad_images)[0]
+    label_image(model, item, args, cpu)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _network(weights: str, crop_size: int, arch: str, pad_to_crop: bool, layout: torch.memory_format,
+             device: torch.device) -> EdgeDisplacement:
+    model = EdgeDisplacement.from_checkpoint(weights, crop_size=crop_size, arch=arch, pad_to_crop=pad_to_crop)
+    return model.to(device, memory_format=layout)
+
+
+# A worker process loads the network once, for all of its images.
+_worker_network = functools.cache(_network)
