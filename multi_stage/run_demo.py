@@ -40,7 +40,7 @@ def demo_flags(a) -> list[str]:
         "--cam_batch_size", "16", "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", "0.02",
         "--sgd_momentum", "0.9", "--cam_scales", "1.0", "0.5", "1.5",
         "--cam_eval_sweep", "0.05", "0.8", "0.05",
-        "--wavecam_num_epoches", str(a.wavecam_epochs), "--wavecam_learning_rate", "0.05",
+        "--wavecam_num_epoches", str(a.wavecam_epochs), "--wavecam_learning_rate", str(a.wavecam_lr),
         # CAMs of a network trained from scratch are flatter than ImageNet-initialised ones: their
         # best background threshold is higher, and IRN's thresholds move with it.
         "--cam_eval_thres", "0.5", "--conf_fg_thres", "0.5", "--conf_bg_thres", "0.25", "--sem_seg_bg_thres", "0.5",
@@ -91,6 +91,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--cam-epochs", type=int, default=10)
     p.add_argument("--wavecam-epochs", type=int, default=8)
+    p.add_argument("--wavecam-lr", type=float, default=0.01,
+                   help="train_wavecam's learning rate (0.05 diverged at epoch 5; see the README's demo section)")
     p.add_argument("--irn-epochs", type=int, default=5)
     p.add_argument("--irn-path-radius", type=int, default=5,
                    help="IRN's pair radius at stride 4 (the paper's 10 leaves a 24 x 24 map few source pixels)")
