@@ -49,6 +49,8 @@ log = logging.getLogger("wavecam")
 
 @dataclass(frozen=True)
 class Method:
+    """ReCAM or WaveCAM: which flags and files a pass uses, and whether it may build the wave module."""
+
     name: str  # the prefix of its flags and files: "recam" or "wavecam"
     has_wave: bool  # whether it may build the wave module (switched by --<name>_wave)
 
