@@ -23,8 +23,10 @@ from wavecam.models.resnet import resolve_arch, stage_channels
 # (flag, module in step/) in the order a full run executes them.
 PASSES = (
     ("train_cam_pass", "train_cam"),
+    ("train_recam_pass", "train_recam"),
     ("train_wavecam_pass", "train_wavecam"),
     ("make_cam_pass", "make_cam"),
+    ("make_recam_pass", "make_recam"),
     ("make_wavecam_pass", "make_wavecam"),
     ("eval_cam_pass", "eval_cam"),
     ("cam_to_ir_label_pass", "cam_to_ir_label"),
@@ -36,22 +38,29 @@ PASSES = (
 # Paths joined to --work_space unless absolute (as the reference does).
 WORK_SPACE_PATHS = (
     "log_name", "cam_weights_name", "irn_weights_name", "cam_out_dir", "ir_label_out_dir",
-    "sem_seg_out_dir", "wavecam_weight_dir",
+    "sem_seg_out_dir", "recam_weight_dir", "wavecam_weight_dir",
 )
+
+# The passes that write --cam_out_dir: one of them per work space (or per --cam_out_dir).
+CAM_WRITERS = ("make_cam_pass", "make_recam_pass", "make_wavecam_pass")
 
 # ReCAM's step_coco trains, infers and evaluates on train2014 throughout (val2014 only for the
 # validation loss of the training passes), and its COCO make_recam takes the CAM kernel from the
-# fine-tuned classifier alone, where the VOC one multiplies in the predictor's.
+# fine-tuned classifier alone, where the VOC one multiplies in the predictor's. Its COCO runner
+# adds --recam_batch_size (6) and a loss weight of 0.1; WaveCAM's flags follow them.
 DATASET_DEFAULTS = {
     "voc": {},
     "coco": {
         "cam_eval_thres": 0.15,
+        "recam_loss_weight": 0.1,
+        "recam_batch_size": 6,
         "wavecam_loss_weight": 0.1,
         "wavecam_batch_size": 6,
         "sem_seg_bg_thres": 0.25,
         "train_list": "train",
         "infer_list": "train",
         "chainer_eval_set": "train",
+        "recam_kernel": "classifier",
         "wavecam_kernel": "classifier",
     },
 }
@@ -117,6 +126,14 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--cam_resample", choices=("pil", "torch"), default="pil",
       help="make_cam's scales: PIL bicubic on the uint8 image in the loader (the reference's), or torch "
            "bilinear on the normalised tensor on the pass's device (no loader work)")
+    # ReCAM (its run_sample.py; VOC's train_recam takes --cam_batch_size, COCO's --recam_batch_size)
+    a("--recam_num_epoches", type=int, default=4)
+    a("--recam_learning_rate", type=float, default=0.0005)
+    a("--recam_loss_weight", type=float, default=1.0)
+    a("--recam_batch_size", type=int, default=None, help="default: --cam_batch_size")
+    a("--recam_weight_dir", default="recam_weight")
+    a("--recam_kernel", choices=("product", "classifier"), default="product",
+      help="make_recam's CAM kernel, as --wavecam_kernel")
     # WaveCAM
     a("--wavecam_num_epoches", type=int, default=4)
     a("--wavecam_learning_rate", type=float, default=0.0005)
@@ -126,6 +143,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--wavecam_kernel", choices=("product", "classifier"), default="product",
       help="make_wavecam's CAM kernel: the predictor's weight times the fine-tuned classifier's (ReCAM's "
            "VOC make_recam), or the fine-tuned classifier's alone (its COCO one)")
+    a("--wavecam_wave", type=str2bool, default=True,
+      help="the wave module in train_wavecam; False fuses nothing into the class features, which is "
+           "ReCAM's computation under the wavecam_* flags and file names (ablation)")
     # Mining inter-pixel relations
     a("--conf_fg_thres", type=float, default=0.35)
     a("--conf_bg_thres", type=float, default=0.1)
@@ -171,7 +191,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--persistent_workers", type=str2bool, default=True,
       help="training loaders keep their --num_workers processes between epochs")
     a("--cam_infer_batch", type=int, default=0,
-      help="images of one size per forward in make_cam/make_wavecam; 0: 8 on CUDA, 1 on CPU")
+      help="images of one size per forward in make_cam/make_recam/make_wavecam; 0: 8 on CUDA, 1 on CPU")
     # Passes
     for flag, _ in PASSES:
         a(f"--{flag}", type=str2bool, default=False)
@@ -181,14 +201,17 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 
 def check_conflicts(args: argparse.Namespace) -> None:
     """Flag combinations that cannot both hold, refused before any pass runs."""
-    if args.make_cam_pass and args.make_wavecam_pass:
-        raise WavecamError("--make_cam_pass and --make_wavecam_pass both write --cam_out_dir "
+    writers = [f"--{flag}" for flag in CAM_WRITERS if getattr(args, flag)]
+    if len(writers) > 1:
+        names = f"{', '.join(writers[:-1])} and {writers[-1]}"
+        raise WavecamError(f"{names} {'both' if len(writers) == 2 else 'all'} write --cam_out_dir "
                            f"({args.cam_out_dir}): run them in separate work spaces, or one after the other "
                            "with different --cam_out_dir")
     if args.train_irn_pass and args.irn_crop_size < 8 * args.irn_path_radius:
         raise WavecamError(f"--irn_crop_size {args.irn_crop_size} is too small for --irn_path_radius "
                            f"{args.irn_path_radius}: the crop must be at least {8 * args.irn_path_radius} pixels")
-    for flag in ("cam_batch_size", "wavecam_batch_size", "irn_batch_size", "num_workers", "cam_infer_batch"):
+    for flag in ("cam_batch_size", "recam_batch_size", "wavecam_batch_size", "irn_batch_size", "num_workers",
+                 "cam_infer_batch"):
         if getattr(args, flag) < (0 if flag in ("num_workers", "cam_infer_batch") else 1):
             raise WavecamError(f"--{flag} {getattr(args, flag)} is out of range")
 
@@ -197,8 +220,9 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     for name in WORK_SPACE_PATHS:
         setattr(args, name, os.path.join(args.work_space, getattr(args, name)))
     args.log_name += ".log"
-    if args.wavecam_batch_size is None:
-        args.wavecam_batch_size = args.cam_batch_size
+    for flag in ("recam_batch_size", "wavecam_batch_size"):
+        if getattr(args, flag) is None:
+            setattr(args, flag, args.cam_batch_size)
     args.pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     args.cam_scales = tuple(args.cam_scales)
     args.cam_network, args.irn_network = resolve_arch(args.cam_network), resolve_arch(args.irn_network)

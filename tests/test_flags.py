@@ -27,12 +27,37 @@ def test_published_defaults():
     assert (a.cam_batch_size, a.cam_num_epoches, a.cam_learning_rate, a.cam_weight_decay) == (16, 5, 0.1, 1e-4)
     assert a.cam_scales == (1.0, 0.5, 1.5, 2.0) and a.cam_crop_size == 512
     assert (a.wavecam_num_epoches, a.wavecam_learning_rate, a.wavecam_loss_weight) == (4, 0.0005, 1.0)
-    assert a.wavecam_batch_size == 16
+    assert a.wavecam_batch_size == 16 and a.wavecam_wave is True
+    # ReCAM's run_sample.py; its VOC train_recam batches by --cam_batch_size.
+    assert (a.recam_num_epoches, a.recam_learning_rate, a.recam_loss_weight, a.recam_batch_size) == (4, 0.0005, 1.0, 16)
+    assert a.recam_weight_dir == os.path.join("result_default", "recam_weight") and a.recam_kernel == "product"
+    assert parse("voc", "--cam_batch_size 8").recam_batch_size == 8
     assert (a.irn_crop_size, a.irn_batch_size, a.irn_num_epoches, a.irn_learning_rate) == (512, 32, 3, 0.1)
     assert (a.beta, a.exp_times) == (10, 8)
     assert (a.conf_fg_thres, a.conf_bg_thres, a.sem_seg_bg_thres) == (0.35, 0.1, 0.28)
     c = parse("coco", "")
     assert (c.cam_eval_thres, c.wavecam_loss_weight, c.wavecam_batch_size, c.sem_seg_bg_thres) == (0.15, 0.1, 6, 0.25)
+    assert (c.recam_loss_weight, c.recam_batch_size) == (0.1, 6)
+
+
+def test_recam_passes_and_their_order():
+    a = parse("voc", "--work_space WS --train_recam_pass True --make_recam_pass True")
+    assert a.train_recam_pass and a.make_recam_pass and not a.train_wavecam_pass
+    order = [module for _, module in PASSES]
+    assert order[:7] == ["train_cam", "train_recam", "train_wavecam", "make_cam", "make_recam", "make_wavecam",
+                         "eval_cam"]
+
+
+@pytest.mark.parametrize("passes", [("make_cam", "make_recam"), ("make_recam", "make_wavecam"),
+                                    ("make_cam", "make_recam", "make_wavecam")])
+def test_cam_writers_conflict(passes):
+    from wavecam.io import WavecamError
+
+    line = " ".join(f"--{p}_pass True" for p in passes)
+    with pytest.raises(WavecamError, match=r"both|all") as e:
+        parse("voc", f"--work_space WS {line}")
+    assert all(f"--{p}_pass" in str(e.value) for p in passes) and "cam_mask" in str(e.value)
+    parse("voc", f"--work_space WS --{passes[0]}_pass True")
 
 
 @pytest.mark.parametrize("text,value", [("True", True), ("yes", True), ("1", True), ("False", False),

@@ -177,6 +177,25 @@ def test_class_features_and_fused_representation():
         torch.testing.assert_close(net(x)[1], naive + wave, rtol=1e-5, atol=1e-5)
 
 
+def test_wave_module_switched_off_is_recams_class_feature():
+    """ReCAM's `Net_CAM_Feature`: ReLU'd CAMs of the classifier, each divided by its maximum + 1e-5,
+    times the features, averaged over pixels; no wave parameters to train or save."""
+    torch.manual_seed(2)
+    net = WaveCAMNet(C, wave=False).eval()
+    assert net.wave is None and not any(k.startswith("wave.") for k in net.state_dict())
+    backbone, wave = net.param_groups()
+    assert wave == [] and len(backbone) == len([p for p in net.parameters() if p.requires_grad])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        f = net.features(x)
+        cams = F.relu(F.conv2d(f, net.classifier.weight))
+        cams = cams / (F.adaptive_max_pool2d(cams, (1, 1)) + 1e-5)
+        recam = (cams.unsqueeze(2) * f.unsqueeze(1)).flatten(3).mean(-1)
+        logits, fused = net(x)
+    torch.testing.assert_close(fused, recam, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, net.classifier(f.mean(dim=(2, 3), keepdim=True)).flatten(1))
+
+
 def test_predictor_loss_matches_per_image_loop():
     torch.manual_seed(3)
     predictor = ClassPredictor(C, dim=16)

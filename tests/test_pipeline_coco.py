@@ -3,6 +3,7 @@ default lists, thresholds and policies: the same pass modules as VOC, computing 
 step_coco computes (train2014 throughout, every image of it)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,12 @@ def test_coco_defaults_are_the_papers():
     assert (a.cam_eval_thres, a.wavecam_loss_weight, a.wavecam_batch_size, a.sem_seg_bg_thres) == (0.15, 0.1, 6, 0.25)
     assert (a.train_list, a.val_list, a.infer_list, a.chainer_eval_set) == ("train", "val", "train", "train")
     assert (a.coco_split_images, a.coco_crowd, a.wavecam_kernel) == ("all", "background", "classifier")
+    # run_sample_coco.py's ReCAM flags; its make_recam takes the classifier alone.
+    assert (a.recam_num_epoches, a.recam_learning_rate, a.recam_loss_weight, a.recam_batch_size) == (4, 0.0005, 0.1, 6)
+    assert (a.recam_kernel, a.recam_weight_dir) == ("classifier", os.path.join("result_default", "recam_weight"))
     assert a.mscoco_root
-    assert finalize(build_parser("voc").parse_args([])).wavecam_kernel == "product"
+    voc = finalize(build_parser("voc").parse_args([]))
+    assert (voc.wavecam_kernel, voc.recam_kernel) == ("product", "product")
 
 
 def test_both_command_lines_with_default_lists(coco_root, tmp_path):
@@ -94,22 +99,28 @@ def test_both_command_lines_with_default_lists(coco_root, tmp_path):
 
 
 @pytest.mark.parametrize("kernel", ["classifier", "product"])
-def test_make_wavecam_kernel(coco_root, tmp_path, monkeypatch, kernel):
-    import step.make_wavecam as make_wavecam
+@pytest.mark.parametrize("method", ["recam", "wavecam"])
+def test_make_pass_kernel(coco_root, tmp_path, monkeypatch, method, kernel):
+    import importlib
 
+    from step.fine_tune import RECAM, WAVECAM, checkpoint_paths
+
+    make_pass = importlib.import_module(f"step.make_{method}")
     args = finalize(build_parser("coco").parse_args(
-        f"--mscoco_root {coco_root} --work_space {tmp_path} --cam_network resnet18 --wavecam_num_epoches 2 "
-        f"--wavecam_kernel {kernel}".split()))
-    net_path, predictor_path = make_wavecam.checkpoint_paths(args)
+        f"--mscoco_root {coco_root} --work_space {tmp_path} --cam_network resnet18 --{method}_num_epoches 2 "
+        f"--{method}_kernel {kernel}".split()))
+    net_path, predictor_path = checkpoint_paths(args, RECAM if method == "recam" else WAVECAM)
+    assert net_path == str(tmp_path / f"{method}_weight" / f"res50_{method}_2.pth")
     torch.manual_seed(0)
     fine_tuned = CAMNet(80, pretrained=None, arch="resnet18")
     save_checkpoint(net_path, fine_tuned.state_dict())
     predictor = ClassPredictor(80, 512)
     if kernel == "product":  # ReCAM's COCO make_recam never reads the predictor: with `classifier` it may be absent
-        save_checkpoint(predictor_path, {**predictor.state_dict(), "wave.w1.weight": torch.zeros(80, 80, 1)})
+        extra = {"wave.w1.weight": torch.zeros(80, 80, 1)} if method == "wavecam" else {}
+        save_checkpoint(predictor_path, {**predictor.state_dict(), **extra})
     seen = {}
-    monkeypatch.setattr(make_wavecam, "write_cams", lambda args, model, weight, desc: seen.update(weight=weight))
-    make_wavecam.run(args)
+    monkeypatch.setattr(make_pass, "write_cams", lambda args, model, weight, desc: seen.update(weight=weight))
+    make_pass.run(args)
 
     expected = fine_tuned.classifier.weight
     if kernel == "product":

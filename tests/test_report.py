@@ -143,6 +143,38 @@ def test_report_numbers_plot_and_gallery(work_spaces, tmp_path):
     assert any("_irn.png" in s for s in parser.srcs)
 
 
+def test_three_baseline_rows_and_the_final_segmentation_column(voc, tmp_path):
+    """CAM, ReCAM and WaveCAM work spaces in one table; the seg column appears with results/eval_seg.json."""
+    names = ["CAM", "ReCAM", "WaveCAM"]
+    spaces = [tmp_path / f"ws_{n.lower()}" for n in names]
+    for seed, ws in enumerate(spaces):
+        make_work_space(ws, voc, seed=10 + seed, irn=True)
+    report(spaces, tmp_path / "r", names=names)
+    md = (tmp_path / "r" / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| run |"))
+    assert "seg mIoU" not in header
+    rows = md_rows(md, "run")
+    assert [r[0] for r in rows] == names
+    for ws, row in zip(spaces, rows):
+        assert row[1] == pct(load(ws, "eval_cam")["miou"]) and row[5] == pct(load(ws, "eval_sem_seg")["miou"])
+
+    rng = np.random.default_rng(3)
+    seg = fake_result(rng, voc, spaces[2]) | {"n_images": 5}
+    save_json(spaces[2] / "results" / "eval_seg.json", seg)
+    report(spaces, tmp_path / "r", names=names)
+    md = (tmp_path / "r" / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| run |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = {r[0]: dict(zip(columns, r)) for r in md_rows(md, "run")}
+    assert rows["WaveCAM"]["seg mIoU"] == pct(seg["miou"]) and rows["CAM"]["seg mIoU"] == "-"
+    assert rows["WaveCAM"]["images"] == "4 / 5"
+    appendix_header = next(line for line in md.splitlines() if line.startswith("| class |"))
+    assert "| WaveCAM seg |" in appendix_header and "CAM seg" not in appendix_header.replace("WaveCAM seg", "")
+    with open(tmp_path / "r" / "results.csv") as f:
+        csv_rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert float(csv_rows["WaveCAM"]["seg_miou"]) == seg["miou"] and csv_rows["ReCAM"]["seg_miou"] == ""
+
+
 def test_cli_and_empty_work_space(work_spaces, tmp_path):
     ws_cam, _ = work_spaces
     cmd = [sys.executable, "-m", "wavecam.report"]

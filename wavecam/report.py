@@ -3,10 +3,12 @@ image gallery.
 
     python -m wavecam.report WS [WS ...] --out DIR [--gallery N] [--names a b ...]
 
-writes DIR/results.md and DIR/results.csv (one row per work space, from its results/*.json),
-DIR/per_class_iou.csv, DIR/miou_vs_threshold.png and, with --gallery N, DIR/gallery.html with
-its pictures under DIR/gallery/. Every number comes from the eval passes' JSON files; only the
-gallery reads images, CAMs and labels, from the dataset root and folders those files record.
+writes DIR/results.md and DIR/results.csv (one row per work space, from its results/*.json: CAM,
+ReCAM and WaveCAM work spaces side by side give the paper's baseline rows), DIR/per_class_iou.csv,
+DIR/miou_vs_threshold.png and, with --gallery N, DIR/gallery.html with its pictures under
+DIR/gallery/. Every number comes from the eval passes' JSON files; only the gallery reads images,
+CAMs and labels, from the dataset root and folders those files record. The final segmentation's
+column (stage 3, results/eval_seg.json) appears once a work space has that file.
 """
 
 from __future__ import annotations
@@ -54,11 +56,12 @@ class Run:
     work_space: Path
     cam: dict | None  # results/eval_cam.json
     sem_seg: dict | None  # results/eval_sem_seg.json
+    seg: dict | None = None  # results/eval_seg.json: the final segmentation (stage 3)
 
     @property
     def settings(self) -> dict:
-        """Dataset, data root and evaluation set, which both eval passes record."""
-        return self.cam or self.sem_seg
+        """Dataset, data root and evaluation set, which every eval pass records."""
+        return self.cam or self.sem_seg or self.seg
 
 
 def load_run(work_space: str | Path, name: str) -> Run:
@@ -66,11 +69,11 @@ def load_run(work_space: str | Path, name: str) -> Run:
     if not ws.is_dir():
         raise WavecamError(f"work space {ws} not found")
     found = {stage: load_json(p) if (p := ws / "results" / f"{stage}.json").is_file() else None
-             for stage in ("eval_cam", "eval_sem_seg")}
+             for stage in ("eval_cam", "eval_sem_seg", "eval_seg")}
     if not any(found.values()):
-        raise WavecamError(f"{ws}: no results/eval_cam.json or results/eval_sem_seg.json; run --eval_cam_pass True "
-                           "(and --eval_sem_seg_pass True) on it first")
-    return Run(name, ws, found["eval_cam"], found["eval_sem_seg"])
+        raise WavecamError(f"{ws}: no results/eval_cam.json, results/eval_sem_seg.json or results/eval_seg.json; "
+                           "run --eval_cam_pass True (and --eval_sem_seg_pass True) on it first")
+    return Run(name, ws, found["eval_cam"], found["eval_sem_seg"], found["eval_seg"])
 
 
 def load_runs(work_spaces: Sequence[str | Path], names: Sequence[str] | None = None) -> list[Run]:
@@ -100,7 +103,8 @@ SUMMARY_FIELDS = {
     "seeds_miou": ("cam", "miou"), "seeds_threshold": ("cam", "threshold"),
     "best_miou": ("cam", "best_miou"), "best_threshold": ("cam", "best_threshold"),
     "irn_miou": ("sem_seg", "miou"), "irn_bg_threshold": ("sem_seg", "sem_seg_bg_thres"),
-    "seeds_n_images": ("cam", "n_images"), "irn_n_images": ("sem_seg", "n_images"),
+    "seg_miou": ("seg", "miou"),
+    "seeds_n_images": ("cam", "n_images"), "irn_n_images": ("sem_seg", "n_images"), "seg_n_images": ("seg", "n_images"),
 }
 
 
@@ -122,11 +126,16 @@ def class_names(dataset: str | None, n_class: int) -> list[str]:
     return ["background", *names] if len(names) + 1 == n_class else [f"class {i}" for i in range(n_class)]
 
 
+def stages(run: Run) -> tuple[tuple[str, dict | None], ...]:
+    """(label, results) of each stage a run may have: seeds, IRN pseudo labels, final segmentation."""
+    return ("seeds", run.cam), ("irn", run.sem_seg), ("seg", run.seg)
+
+
 def per_class_rows(runs: Sequence[Run]) -> list[dict]:
     """Long format: one row per run, stage and class."""
     rows = []
     for run in runs:
-        for stage, result in (("seeds", run.cam), ("irn", run.sem_seg)):
+        for stage, result in stages(run):
             if result:
                 names = class_names(result.get("dataset"), len(result["iou"]))
                 rows += [{"run": run.name, "stage": stage, "class": c, "iou": "" if v is None else v}
@@ -145,7 +154,7 @@ def thr(v) -> str:
 
 
 def images(row: dict) -> str:
-    counts = [str(row[k]) for k in ("seeds_n_images", "irn_n_images") if row[k] != ""]
+    counts = [str(row[k]) for k in ("seeds_n_images", "irn_n_images", "seg_n_images") if row[k] != ""]
     return " / ".join(dict.fromkeys(counts))
 
 
@@ -157,12 +166,18 @@ MAIN_COLUMNS = (
     ("best thr", lambda r: thr(r["best_threshold"])),
     ("IRN mIoU", lambda r: pct(r["irn_miou"])),
     ("IRN bg thr", lambda r: thr(r["irn_bg_threshold"])),
+    ("seg mIoU", lambda r: pct(r["seg_miou"])),
     ("seeds fg P", lambda r: pct(r["seeds_fg_precision"])),
     ("seeds fg R", lambda r: pct(r["seeds_fg_recall"])),
     ("IRN fg P", lambda r: pct(r["irn_fg_precision"])),
     ("IRN fg R", lambda r: pct(r["irn_fg_recall"])),
     ("images", images),
 )
+
+
+def has_seg(rows: Sequence[dict]) -> bool:
+    """Whether a work space has results/eval_seg.json: until one does, the table has no seg column."""
+    return any(r["seg_miou"] != "" for r in rows)
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -175,8 +190,9 @@ def appendix(runs: Sequence[Run]) -> list[str]:
     differ (VOC next to COCO) get a table each."""
     columns: dict[tuple[str, ...], list[tuple[str, dict]]] = {}
     for run in runs:
-        for label, result in (("seeds", run.cam), ("IRN", run.sem_seg)):
+        for label, result in stages(run):
             if result:
+                label = {"irn": "IRN"}.get(label, label)
                 names = tuple(class_names(result.get("dataset"), len(result["iou"])))
                 columns.setdefault(names, []).append((f"{run.name} {label}", result))
     lines = ["## Appendix: per-class IoU (%)", ""]
@@ -188,12 +204,16 @@ def appendix(runs: Sequence[Run]) -> list[str]:
 
 
 def markdown(runs: Sequence[Run], rows: Sequence[dict]) -> str:
-    sets = sorted({f"{r.settings.get('dataset', '?')} {r.settings.get('eval_set', '?')}" for r in runs})
+    sets = sorted({f"{result.get('dataset', '?')} {result.get('eval_set', '?')}"
+                   for r in runs for _, result in stages(r) if result})
+    columns = [c for c in MAIN_COLUMNS if has_seg(rows) or c[0] != "seg mIoU"]
+    seg = "; seg: the final segmentation (eval_seg)" if has_seg(rows) else ""
     lines = ["# Results", "",
              f"mIoU and foreground precision / recall in %, evaluated on: {', '.join(sets)}. "
-             "Seeds: CAM (or WaveCAM) maps cut at the background threshold of eval_cam; best sweep: the best "
-             "threshold of its sweep; IRN: eval_sem_seg's pseudo labels. '-': the pass has no results.", "",
-             *md_table([c for c, _ in MAIN_COLUMNS], [[f(r) for _, f in MAIN_COLUMNS] for r in rows]), "",
+             "Seeds: each run's CAMs (CAM, ReCAM or WaveCAM) cut at the background threshold of eval_cam; best "
+             f"sweep: the best threshold of its sweep; IRN: eval_sem_seg's pseudo labels{seg}. '-': the pass has "
+             "no results.", "",
+             *md_table([c for c, _ in columns], [[f(r) for _, f in columns] for r in rows]), "",
              FG_NOTE, "", *appendix(runs)]
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""The epoch loop shared by train_cam, train_wavecam and train_irn, with resume.
+"""The epoch loop shared by train_cam, train_recam, train_wavecam and train_irn, with resume.
 
 After every epoch a full state (model, optimiser, scheduler, epoch) is written atomically to
 `<work_space>/resume/<pass>.pth`; re-running the same command continues from it. Every epoch's

@@ -1,11 +1,12 @@
-"""CAM networks on ResNet-50: the classification net of train_cam and the WaveCAM net of train_wavecam.
+"""CAM networks on ResNet-50: the classification net of train_cam and the fine-tuned net of
+train_recam / train_wavecam (WaveCAMNet, with or without the wave module).
 
 State-dict layout (ours, and the canonical names of ReCAM/IRN's `resnet50_cam.Net`):
 
     stage1.0.*  conv1        stage1.1.*  bn1        stage1.4.<i>.*  layer1 blocks
     stage2.0.<i>.*  layer2   stage3.0.<i>.*  layer3   stage4.0.<i>.*  layer4
     classifier.weight  (C, 2048, 1, 1)
-    wave.*  (WaveCAMNet only: the WaveModeling parameters)
+    wave.*  (WaveCAMNet with its wave module only: the WaveModeling parameters)
 
 ReCAM's nets also register the same tensors as `resnet50.*` (torchvision names), `backbone.<stage-1>.*`
 and `newly_added.0.*`; `reference_key` maps any of those aliases to the names above, and
@@ -80,18 +81,25 @@ class CAMNet(nn.Module):
 
 class WaveCAMNet(CAMNet):
     """CAMNet + WaveModeling: each present class's CAM-weighted feature is fused with the wave
-    representation of the CAMs. State-dict compatible with CAMNet apart from `wave.*`."""
+    representation of the CAMs. State-dict compatible with CAMNet apart from `wave.*`.
+
+    `wave=False` builds no wave module and fuses nothing: the class representations are the
+    CAM-weighted features alone, ReCAM's `Net_CAM_Feature`. ReCAM and WaveCAM differ in that one
+    module, so one class with a switch keeps them from drifting apart.
+    """
 
     def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = None, strides=(2, 2, 2, 1),
-                 freeze_bn: bool = True, arch: str = "resnet50"):
+                 freeze_bn: bool = True, arch: str = "resnet50", wave: bool = True):
         super().__init__(num_classes, pretrained, strides, freeze_bn, arch)
-        self.wave = WaveModeling(num_classes)
+        self.wave = WaveModeling(num_classes) if wave else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> (logits (B, C), fused class representations (B, C, 2048))."""
         f = self.features(x)
         cams = normalised_cams(f, self.classifier.weight)
-        fused = class_features(cams, f) + self.wave_features(cams)
+        fused = class_features(cams, f)
+        if self.wave is not None:
+            fused = fused + self.wave_features(cams)
         return self.logits(f), fused
 
     def wave_features(self, cams: torch.Tensor) -> torch.Tensor:
@@ -99,9 +107,11 @@ class WaveCAMNet(CAMNet):
         return wave_features(self.wave, cams, self.classifier.in_channels)
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(backbone + classifier, wave) trainable parameters, for the 0.1x and 1x learning rates."""
+        """(backbone + classifier, wave) trainable parameters, for the 0.1x and 1x learning rates
+        (the wave list is empty without the module)."""
         backbone, classifier = super().param_groups()
-        return backbone + classifier, [p for p in self.wave.parameters() if p.requires_grad]
+        wave = [] if self.wave is None else [p for p in self.wave.parameters() if p.requires_grad]
+        return backbone + classifier, wave
 
 
 def normalised_cams(features: torch.Tensor, classifier_weight: torch.Tensor) -> torch.Tensor:
@@ -137,7 +147,7 @@ def class_features(cams: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 
 def cam_weight(classifier_weight: torch.Tensor, predictor_weight: torch.Tensor | None = None) -> torch.Tensor:
     """The 1x1 kernel (C, D, 1, 1) whose response is the CAM: the classifier's (make_cam) or its
-    element-wise product with the predictor's (make_wavecam, as ReCAM's make_recam)."""
+    element-wise product with the predictor's (make_recam / make_wavecam, as ReCAM's VOC make_recam)."""
     if predictor_weight is None:
         return classifier_weight
     return predictor_weight * classifier_weight

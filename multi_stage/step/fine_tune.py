@@ -1,0 +1,169 @@
+"""Fine-tuning the CAM net with a class predictor, and the CAM kernel it leaves: the computation
+of train_recam / make_recam and train_wavecam / make_wavecam, parameterised by a `Method`.
+
+ReCAM and WaveCAM differ in one module. Both fine-tune the CAM net on
+    multi-label soft margin + <name>_loss_weight * cross-entropy of the class representations,
+where a present class's representation is its CAM-weighted mean feature (ReCAM's
+`Net_CAM_Feature`); WaveCAM adds the wave module's output to it, unless --wavecam_wave False.
+Backbone and classifier learn at 0.1x the rate, predictor and wave module at 1x. A method names
+its flags (`<name>_num_epoches`, `_learning_rate`, `_loss_weight`, `_batch_size`, `_weight_dir`,
+`_kernel`) and its files, as ReCAM's code and the paper's name them: every epoch writes
+`<name>_weight/res50_<name>_{ep}.pth` (backbone + classifier, CAM-net layout) and
+`<name>_predictor_{ep}.pth` (ReCAM's `Class_Predictor` layout, `classifier.weight` (C, D, 1, 1),
+plus `wave.*` when the wave module is built).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wavecam import dist
+from wavecam.data.datasets import ClassificationDataset
+from wavecam.io import is_complete, save_checkpoint
+from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
+from wavecam.models.cam import cam_weight, load_cam_weights
+from wavecam.models.checkpoints import load_weights
+from wavecam.optim import loss_scaler, poly_sgd
+
+from step.common import (
+    amp_dtype,
+    autocast,
+    make_source,
+    resolve_list,
+    seed_everything,
+    to_device,
+    train_loader,
+    unwrap,
+    wrap_ddp,
+)
+from step.training import ResumeState, fit
+
+log = logging.getLogger("wavecam")
+
+
+@dataclass(frozen=True)
+class Method:
+    """ReCAM or WaveCAM: which flags and files a pass uses, and whether it may build the wave module."""
+
+    name: str  # the prefix of its flags and files: "recam" or "wavecam"
+    has_wave: bool  # whether it may build the wave module (switched by --<name>_wave)
+
+    def flag(self, args, option: str):
+        return getattr(args, f"{self.name}_{option}")
+
+    def wave(self, args) -> bool:
+        return self.has_wave and self.flag(args, "wave")
+
+
+RECAM = Method("recam", has_wave=False)
+WAVECAM = Method("wavecam", has_wave=True)
+
+
+def checkpoint_paths(args, method: Method, epoch: int | None = None) -> tuple[str, str]:
+    """(net, predictor) files of `epoch`, by default the last one (what the make pass reads)."""
+    ep = epoch or method.flag(args, "num_epoches")
+    folder = method.flag(args, "weight_dir")
+    return (os.path.join(folder, f"res50_{method.name}_{ep}.pth"),
+            os.path.join(folder, f"{method.name}_predictor_{ep}.pth"))
+
+
+class _Trainee(nn.Module):
+    """Net and predictor in one module so DDP synchronises both."""
+
+    def __init__(self, net: WaveCAMNet, predictor: ClassPredictor):
+        super().__init__()
+        self.net, self.predictor = net, predictor
+
+    def forward(self, img, label):
+        logits, fused = self.net(img)
+        loss_ce, acc = self.predictor(fused.float(), label)
+        return logits, loss_ce, acc
+
+
+def split_state(net: WaveCAMNet, predictor: ClassPredictor) -> tuple[dict, dict]:
+    """(CAM-net state, predictor state): the wave module travels with the predictor, as in the paper's code."""
+    sd = net.state_dict()
+    cam = {k: v for k, v in sd.items() if not k.startswith("wave.")}
+    pred = {**predictor.state_dict(), **{k: v for k, v in sd.items() if k.startswith("wave.")}}
+    return cam, pred
+
+
+def train(args, method: Method) -> None:
+    name = f"train_{method.name}"
+    ctx = dist.init(args.device)
+    if all(is_complete(p) for p in checkpoint_paths(args, method)) and not args.force:
+        log.info("%s exists: skipping %s (--force True to retrain)", checkpoint_paths(args, method)[0], name)
+        return
+    seed_everything(args.seed, ctx.rank)
+    source = make_source(args)
+    ids = resolve_list(source, args.train_list)
+    dataset = ClassificationDataset(source, ids, crop_size=args.cam_crop_size,
+                                    resize_long=tuple(args.cam_resize_long), hflip=True)
+    batch, epochs = method.flag(args, "batch_size"), method.flag(args, "num_epoches")
+    lr, loss_weight, wave = method.flag(args, "learning_rate"), method.flag(args, "loss_weight"), method.wave(args)
+    loader = train_loader(dataset, batch, args, ctx)
+
+    # As in train_cam: statistics learned from scratch keep being learned, ImageNet ones stay frozen.
+    net = WaveCAMNet(source.num_classes, pretrained=None, arch=args.cam_network, freeze_bn=args.pretrained is not None,
+                     wave=wave)
+    load_cam_weights(net, args.cam_weights_name, cam_only=True)
+    predictor = ClassPredictor(source.num_classes, net.classifier.in_channels)
+    base, wave_params = net.param_groups()
+    opt, sched = poly_sgd(
+        [{"params": base, "lr": 0.1 * lr}, {"params": [*wave_params, *predictor.parameters()], "lr": lr}],
+        lr, args.cam_weight_decay, len(loader) * epochs, momentum=args.sgd_momentum,
+    )
+    model = wrap_ddp(_Trainee(net, predictor), args, ctx)
+
+    def step(pack: dict) -> dict:
+        label = pack["label"].to(ctx.device, non_blocking=True)
+        with autocast(args, ctx.device):
+            logits, loss_ce, acc = model(to_device(pack["img"], args, ctx), label)
+        loss_cls = F.multilabel_soft_margin_loss(logits.float(), label)
+        return {"loss": loss_cls + loss_weight * loss_ce, "loss_cls": loss_cls, "loss_ce": loss_ce, "acc": acc}
+
+    def end_of_epoch(ep: int) -> None:
+        # Every epoch's weights, as the reference writes them (the make pass reads the last).
+        if ctx.is_main:
+            trainee = unwrap(model)
+            cam_sd, pred_sd = split_state(trainee.net, trainee.predictor)
+            net_path, pred_path = checkpoint_paths(args, method, ep)
+            save_checkpoint(pred_path, pred_sd)
+            save_checkpoint(net_path, cam_sd)
+
+    state = ResumeState(args, name, {
+        "train_ids": len(ids), "batch": batch, "epochs": epochs, "lr": lr, "loss_weight": loss_weight,
+        "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size, "wave": wave})
+    fit(name, model, opt, sched, loader, epochs, step, state, ctx, args.seed, end_of_epoch,
+        loss_scaler(ctx.device, amp_dtype(args, ctx.device)))
+    if ctx.is_main:
+        state.finish()
+    dist.barrier(ctx)
+
+
+def cam_kernel(args, method: Method, model: CAMNet, predictor_path: str) -> torch.Tensor:
+    """The (C, D, 1, 1) kernel of --<name>_kernel for the fine-tuned `model`: the predictor's weight
+    times the classifier's (`product`, ReCAM's VOC make_recam) or the classifier's alone
+    (`classifier`, its COCO make_recam, which never loads the predictor)."""
+    if method.flag(args, "kernel") == "classifier":
+        return cam_weight(model.classifier.weight)
+    predictor = ClassPredictor(model.classifier.out_channels, model.classifier.in_channels)
+    # A WaveCAM predictor file also holds the wave module; only its classifier shapes the CAM.
+    load_weights(predictor, predictor_path, key_map=lambda k: k if k.startswith("classifier.") else None)
+    return cam_weight(model.classifier.weight, predictor.classifier.weight)
+
+
+def fine_tuned_cam(args, method: Method) -> tuple[CAMNet, torch.Tensor]:
+    """The network of the method's last epoch (ours, or ReCAM's own `res50_recam_*.pth` with its
+    aliases) and its CAM kernel, for make_cam's `write_cams`."""
+    source = make_source(args)
+    net_path, predictor_path = checkpoint_paths(args, method)
+    model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
+    load_cam_weights(model, net_path, cam_only=True)
+    return model, cam_kernel(args, method, model, predictor_path)
