@@ -30,6 +30,8 @@ from wavecam.report import report
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "multi_stage"))  # the front doors' `pipeline` and `step.*`
 
+from run_demo import demo_flags  # noqa: E402
+
 from pipeline import main as pipeline_main  # noqa: E402
 
 METHODS = (  # (row, work space, the passes that make its CAMs)
@@ -38,27 +40,12 @@ METHODS = (  # (row, work space, the passes that make its CAMs)
     ("WaveCAM", "ws_wavecam", ("train_wavecam", "make_wavecam")),
 )
 IRN = ("eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg", "eval_sem_seg")
-QUICK = {"n_train": 24, "n_val": 8, "size": 64, "cam_epochs": 2, "fine_tune_epochs": 1, "irn_epochs": 1}
+QUICK = {"n_train": 24, "n_val": 8, "size": 64, "cam_epochs": 2, "wavecam_epochs": 1, "irn_epochs": 1}
 
 
 def flags(a) -> list[str]:
-    """Settings shared by every work space; ReCAM and WaveCAM get the same fine-tuning ones."""
-    crop = a.size
-    fine_tune = [f"--{m}_{option}" for m in ("recam", "wavecam") for option in ("num_epoches", "learning_rate")]
-    values = [str(a.fine_tune_epochs), "0.05"] * 2
-    return [
-        "--pretrained", "none", "--num_workers", str(a.workers), "--seed", "0",
-        "--cam_network", a.network, "--irn_network", a.network,
-        # Seeds and pseudo labels are scored on training images, as the paper's tables are.
-        "--train_list", "train_aug", "--infer_list", "train", "--chainer_eval_set", "train",
-        "--cam_crop_size", str(crop), "--cam_resize_long", str(int(crop * 0.8)), str(int(crop * 1.2)),
-        "--cam_batch_size", "16", "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", "0.02",
-        "--sgd_momentum", "0.9", "--cam_scales", "1.0", "0.5", "1.5", "--cam_eval_sweep", "0.05", "0.8", "0.05",
-        *(x for pair in zip(fine_tune, values) for x in pair),
-        "--cam_eval_thres", "0.5", "--conf_fg_thres", "0.5", "--conf_bg_thres", "0.25", "--sem_seg_bg_thres", "0.5",
-        "--irn_crop_size", str(crop), "--irn_batch_size", "16", "--irn_num_epoches", str(a.irn_epochs),
-        "--irn_learning_rate", "0.05", "--irn_path_radius", "5", "--exp_times", "1",
-    ]
+    """The demo's settings for every work space; ReCAM gets WaveCAM's fine-tuning ones."""
+    return [*demo_flags(a), "--recam_num_epoches", str(a.wavecam_epochs), "--recam_learning_rate", str(a.wavecam_lr)]
 
 
 def run(argv: list[str]) -> None:
@@ -81,13 +68,17 @@ def main() -> None:
     p.add_argument("--n-val", type=int, default=64)
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--cam-epochs", type=int, default=10)
-    p.add_argument("--fine-tune-epochs", type=int, default=8, help="train_recam's and train_wavecam's epochs")
+    p.add_argument("--wavecam-epochs", type=int, default=8, help="train_recam's and train_wavecam's epochs")
+    p.add_argument("--wavecam-lr", type=float, default=0.01, help="train_recam's and train_wavecam's learning rate")
     p.add_argument("--irn-epochs", type=int, default=5)
+    p.add_argument("--irn-path-radius", type=int, default=5)
+    p.add_argument("--exp-times", type=int, default=1)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quick", action="store_true", help="toy sizes: shows the tool runs, not how the methods rank")
     if p.parse_known_args()[0].quick:  # explicit flags still win over these
         p.set_defaults(**QUICK)
     a = p.parse_args()
+    a.dataset = "voc"
 
     start = time.perf_counter()
     out = Path(a.out).resolve()
