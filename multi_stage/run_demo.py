@@ -1,10 +1,11 @@
 """The README's first command: the whole multi-stage chain on the embedded synthetic dataset.
 
 It writes a synthetic VOC root, then runs the paper's two command lines in two work spaces:
-`ws_cam` (plain CAM baseline: train_cam, make_cam, eval_cam) and `ws_wavecam` (train_wavecam
-from the baseline's res50_cam.pth, make_wavecam, eval_cam, then IRN: cam_to_ir_label, train_irn,
-make_sem_seg, eval_sem_seg), prints the table of the three label sets and writes the report with
-its gallery under `<out>/report/`.
+`ws_cam` (plain CAM baseline: train_cam, make_cam, eval_cam, then IRN on those seeds:
+cam_to_ir_label, train_irn, make_sem_seg, eval_sem_seg) and `ws_wavecam` (train_wavecam from the
+baseline's res50_cam.pth, make_wavecam, eval_cam, then IRN on the WaveCAM seeds), prints the table
+of the four label sets, so that each stage can be read against the seeds it started from, and
+writes the report with its gallery under `<out>/report/`.
 
 ImageNet weights cannot be assumed offline, so the demo trains from random initialisation, on
 small images, with conventional momentum and more epochs, and on ResNet-18 (`--network`), which
@@ -67,18 +68,18 @@ def read(ws: Path, name: str) -> dict:
 
 
 def table(ws_cam: Path, ws_wave: Path) -> str:
-    cam, wave, sem = read(ws_cam, "eval_cam"), read(ws_wave, "eval_cam"), read(ws_wave, "eval_sem_seg")
-    rows = [
-        ("CAM seeds", cam["miou"], f"bg {cam['threshold']:.2f}", cam["best_miou"], cam["best_threshold"]),
-        ("WaveCAM seeds", wave["miou"], f"bg {wave['threshold']:.2f}", wave["best_miou"], wave["best_threshold"]),
-        ("IRN pseudo labels (from WaveCAM)", sem["miou"], f"bg {sem['sem_seg_bg_thres']:.2f}", None, None),
-    ]
+    rows = []
+    for ws, name in ((ws_cam, "CAM"), (ws_wave, "WaveCAM")):
+        seeds, sem = read(ws, "eval_cam"), read(ws, "eval_sem_seg")
+        rows += [(f"{name} seeds", seeds["miou"], f"bg {seeds['threshold']:.2f}", seeds["best_miou"],
+                  seeds["best_threshold"]),
+                 (f"IRN pseudo labels (from {name})", sem["miou"], f"bg {sem['sem_seg_bg_thres']:.2f}", None, None)]
     lines = [f"{'labels':<34} {'mIoU':>6}  {'setting':<8} {'best (sweep)':>14}",
              f"{'-' * 34} {'-' * 6}  {'-' * 8} {'-' * 14}"]
     for name, m, setting, best, thr in rows:
         sweep = f"{100 * best:5.1f} @ {thr:.2f}" if best is not None else ""
         lines.append(f"{name:<34} {100 * m:6.1f}  {setting:<8} {sweep:>14}")
-    return "\n".join(lines) + f"\n(evaluated on {cam['n_images']} '{cam['eval_set']}' images)"
+    return "\n".join(lines) + f"\n(evaluated on {seeds['n_images']} '{seeds['eval_set']}' images)"
 
 
 def main() -> None:
@@ -112,13 +113,15 @@ def main() -> None:
     root_flag = "--voc12_root" if a.dataset == "voc" else "--mscoco_root"
     common = [root_flag, str(root), *demo_flags(a)]
 
-    run(a.dataset, [*common, "--work_space", str(ws_cam), "--train_cam_pass", "True", "--make_cam_pass", "True",
-         "--eval_cam_pass", "True"])
+    irn = ["--cam_to_ir_label_pass", "True", "--train_irn_pass", "True", "--make_sem_seg_pass", "True",
+           "--eval_sem_seg_pass", "True"]
+    cam = [*common, "--work_space", str(ws_cam)]
+    run(a.dataset, [*cam, "--train_cam_pass", "True", "--make_cam_pass", "True", "--eval_cam_pass", "True"])
+    run(a.dataset, [*cam, *irn])
     wave = [*common, "--work_space", str(ws_wave), "--cam_weights_name", str(ws_cam / "res50_cam.pth")]
     # The paper's two command lines, verbatim apart from the demo's sizes.
     run(a.dataset, [*wave, "--train_wavecam_pass", "True", "--make_wavecam_pass", "True", "--eval_cam_pass", "True"])
-    run(a.dataset, [*wave, "--cam_to_ir_label_pass", "True", "--train_irn_pass", "True", "--make_sem_seg_pass", "True",
-         "--eval_sem_seg_pass", "True"])
+    run(a.dataset, [*wave, *irn])
 
     print("\n" + table(ws_cam, ws_wave))
     report([ws_cam, ws_wave], out / "report", gallery=9, names=["CAM", "WaveCAM"])

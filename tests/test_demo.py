@@ -14,7 +14,7 @@ def test_quick_demo_runs_the_chain(tmp_path):
     proc = subprocess.run([sys.executable, str(DEMO), "--quick", "--out", str(tmp_path / "demo"), "--workers", "0"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for row in ("CAM seeds", "WaveCAM seeds", "IRN pseudo labels"):
+    for row in ("CAM seeds", "IRN pseudo labels (from CAM)", "WaveCAM seeds", "IRN pseudo labels (from WaveCAM)"):
         assert row in proc.stdout
     out = tmp_path / "demo"
     assert (out / "report" / "results.md").is_file() and (out / "report" / "gallery.html").is_file()
