@@ -25,7 +25,8 @@ from wavecam.models.e2e import WAVECAM_PARTS, load_wave_afa_weights
 
 from utils import (
     build_model,
-    load_config,
+    config_from_args,
+    front_door_parser,
     make_source,
     preflight,
     run_cli,
@@ -39,18 +40,13 @@ log = logging.getLogger("wavecam")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Score an end-to-end checkpoint's CAMs, propagated CAMs and segmentation.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", required=True, help="the YAML config the model was trained with")
+    p = front_door_parser("Score an end-to-end checkpoint's CAMs, propagated CAMs and segmentation.",
+                          "where results go (default: the config's work_dir)", "dataset.root=/data/VOC2012")
     p.add_argument("--checkpoint", required=True, help="train.py's iter_<t>.pth, AFA's wetr_iter_<t>.pth, ...")
     p.add_argument("--split", default=None, help="the split to score (default: the config's val.split)")
     p.add_argument("--cams", default="auto", choices=("auto", "classifier", "wavecam"),
                    help="the kernel of the CAMs: auto takes the WaveCAM kernel where the checkpoint's iteration is "
                         "past wavecam.cams_iter and it has the WaveCAM parts, as training's validation did")
-    p.add_argument("--work_dir", default=None, help="where results go (default: the config's work_dir)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: the rank's GPU)")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set dataset.root=/data/VOC2012")
     return p.parse_args(argv)
 
 
@@ -99,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def job() -> None:
-        cfg = load_config(args.config, args.overrides)
-        if args.work_dir:
-            cfg["work_dir"] = args.work_dir
+        cfg = config_from_args(args)
         evaluate(cfg, args.checkpoint, args.split or cfg["val"]["split"], args.cams, dist.init(args.device))
 
     return run_cli(job)

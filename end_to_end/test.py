@@ -22,21 +22,26 @@ from wavecam.io import WavecamError, load_checkpoint
 from wavecam.metrics import format_iou_table
 from wavecam.models.e2e import load_wave_afa_weights
 
-from utils import build_model, latest_checkpoint, load_config, make_source, preflight, run_cli, run_test, setup_logging
+from utils import (
+    build_model,
+    config_from_args,
+    front_door_parser,
+    latest_checkpoint,
+    make_source,
+    preflight,
+    run_cli,
+    run_test,
+    setup_logging,
+)
 
 log = logging.getLogger("wavecam")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Test an end-to-end WaveCAM segmenter (multi-scale + flip, CRF).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", required=True, help="the YAML config the model was trained with")
+    p = front_door_parser("Test an end-to-end WaveCAM segmenter (multi-scale + flip, CRF).",
+                          "where outputs go (default: the config's work_dir)", "test.eval_set=train test.scales=[1.0]")
     p.add_argument("--checkpoint", default=None, help="default: the latest in <work_dir>/checkpoints")
-    p.add_argument("--work_dir", default=None, help="where outputs go (default: the config's work_dir)")
     p.add_argument("--crf", action="store_true", help="dense CRF on the probabilities (same as --set test.crf=true)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: the rank's GPU)")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set test.eval_set=train test.scales=[1.0]")
     return p.parse_args(argv)
 
 
@@ -62,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def job() -> None:
-        cfg = load_config(args.config, args.overrides)
-        if args.work_dir:
-            cfg["work_dir"] = args.work_dir
+        cfg = config_from_args(args)
         cfg["test"]["crf"] = cfg["test"]["crf"] or args.crf
         test(cfg, args.checkpoint, dist.init(args.device))
 

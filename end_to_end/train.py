@@ -53,9 +53,10 @@ from utils import (
     build_model,
     checkpoint_path,
     config_changes,
+    config_from_args,
+    front_door_parser,
     grid_size,
     latest_checkpoint,
-    load_config,
     make_source,
     micro_batch_seed,
     poly_warmup_adamw,
@@ -80,15 +81,11 @@ CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "iteration", "config")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train WaveCAM end to end (AFA + WaveCAM on MiT).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML config, e.g. end_to_end/configs/voc.yaml")
-    p.add_argument("--work_dir", default=None, help="where everything is written (default: the config's work_dir)")
+    p = front_door_parser("Train WaveCAM end to end (AFA + WaveCAM on MiT).",
+                          "where everything is written (default: the config's work_dir)",
+                          "train.max_iters=100 dataset.root=/data/VOC2012")
     p.add_argument("--resume", default=None,
                    help="a checkpoint to continue from, or 'auto': the latest in <work_dir>/checkpoints if any")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: the rank's GPU)")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set train.max_iters=100 dataset.root=/data/VOC2012")
     return p.parse_args(argv)
 
 
@@ -353,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def job() -> None:
-        cfg = load_config(args.config, args.overrides)
-        if args.work_dir:
-            cfg["work_dir"] = args.work_dir
+        cfg = config_from_args(args)
         train(cfg, args.resume, dist.init(args.device))
 
     return run_cli(job)

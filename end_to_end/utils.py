@@ -6,6 +6,7 @@ and multi-scale flipped segmentation with its evaluation."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import logging
@@ -40,6 +41,25 @@ log = logging.getLogger("wavecam")
 
 
 # --- config --------------------------------------------------------------------------------------
+
+def front_door_parser(description: str, work_dir_help: str, set_example: str) -> argparse.ArgumentParser:
+    """The arguments train.py, test.py and evaluate.py share: --config, --work_dir, --device, --set."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", required=True, help="the YAML config, e.g. end_to_end/configs/voc.yaml")
+    p.add_argument("--work_dir", default=None, help=work_dir_help)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: the rank's GPU)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help=f"override config values, e.g. --set {set_example}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> dict:
+    """The config with the command line's --set overrides and --work_dir applied."""
+    cfg = load_config(args.config, args.overrides)
+    if args.work_dir:
+        cfg["work_dir"] = args.work_dir
+    return cfg
+
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
     """The YAML file at `path` with `section.key=value` overrides applied (values parsed as YAML)."""
