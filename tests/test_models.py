@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomise_batchnorm
 from torch import nn
 
 from wavecam.cam import multiscale_cam, multiscale_cam_batch
@@ -19,18 +20,6 @@ C = 20
 def cam_net():
     torch.manual_seed(0)
     return CAMNet(C, pretrained=None).eval()
-
-
-def _randomise(module: nn.Module) -> nn.Module:
-    """Random weights and BatchNorm statistics, so loading the wrong tensor cannot go unnoticed."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return module
 
 
 # --- WaveModeling ------------------------------------------------------------------------------
@@ -88,7 +77,7 @@ def _naive_wave(m: WaveModeling, cams: torch.Tensor) -> torch.Tensor:
 
 def test_wave_forward_matches_naive_formula():
     torch.manual_seed(1)
-    m = _randomise(WaveModeling(4)).double().eval()
+    m = randomise_batchnorm(WaveModeling(4)).double().eval()
     cams = torch.rand(2, 4, 8, 8, dtype=torch.float64) * 1.2 - 0.1
     with torch.no_grad():
         out = m(cams)
@@ -254,7 +243,7 @@ class _ReCAMLayout(nn.Module):
 
 def test_recam_checkpoint_loads_with_identical_outputs(tmp_path):
     torch.manual_seed(4)
-    ref = _randomise(_ReCAMLayout(C)).eval()
+    ref = randomise_batchnorm(_ReCAMLayout(C)).eval()
     sd = ref.state_dict()
     assert {"resnet50.layer4.2.bn3.running_var", "backbone.0.4.0.conv1.weight", "stage2.0.0.downsample.0.weight",
             "newly_added.0.weight"} <= set(sd)

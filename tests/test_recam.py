@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import randomise_batchnorm
 from torch import nn
 
 from wavecam.io import load_cam, load_checkpoint, save_checkpoint
@@ -46,18 +47,6 @@ class _ClassPredictor(nn.Module):
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
         self.classifier = nn.Conv2d(dim, num_classes, 1, bias=False)
-
-
-def _randomise(net: nn.Module) -> nn.Module:
-    """BatchNorm statistics and affine terms away from their defaults, so a wrongly mapped tensor shows."""
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return net.eval()
 
 
 def recam_formula(net: _ReCAMCAM, image: np.ndarray, weight: torch.Tensor, keys: torch.Tensor):
@@ -103,7 +92,7 @@ def test_make_recam_on_recam_checkpoint_is_its_formula(dataset, voc_root, coco_r
     ids = [i for i, label in zip(source.split("train"), source.labels(source.split("train"))) if label.any()][:2]
     (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
     torch.manual_seed(10)
-    ref = _randomise(_ReCAMCAM(n_class))
+    ref = randomise_batchnorm(_ReCAMCAM(n_class)).eval()
     predictor = _ClassPredictor(n_class, 2048)
     with torch.no_grad():
         # Kernels mostly positive on the non-negative features, so that every class responds
