@@ -71,7 +71,8 @@ def micro_batches(batch: dict, size: int) -> list[dict]:
 
 def mean_losses(records: Sequence[dict[str, torch.Tensor]]) -> dict[str, float]:
     """The mean over micro-batches of each loss (as floats)."""
-    return {k: sum(float(r[k]) for r in records) / len(records) for k in records[0]}
+    return {k: sum(r[k].item() if torch.is_tensor(r[k]) else float(r[k]) for r in records) / len(records)
+            for k in records[0]}
 
 
 @dataclass
