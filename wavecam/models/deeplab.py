@@ -401,7 +401,6 @@ def load_seg_weights(model: SegNetwork, checkpoint: str | os.PathLike | Mapping[
 
     key_map = deeplab_pytorch_key if layout == DEEPLAB_PYTORCH else torchvision_resnet_key
     mapped = {name: v for k, v in sd.items() if (name := key_map(k)) is not None}
-    model.set_convention(CAFFE if layout == DEEPLAB_PYTORCH else TORCHVISION)
     target: nn.Module | None
     if any(k.startswith("aspp.") for k in mapped):
         target = model.reference_base()
@@ -413,6 +412,7 @@ def load_seg_weights(model: SegNetwork, checkpoint: str | os.PathLike | Mapping[
         mapped = {k.removeprefix("backbone."): v for k, v in mapped.items()}
         log.info("%s: backbone weights only (%s); the head starts from its initialisation", source, layout)
     load_weights(target, _with_batch_counters(mapped, target), name=source, hint=WEIGHTS_HINT)
+    model.set_convention(CAFFE if layout == DEEPLAB_PYTORCH else TORCHVISION)
     return layout
 
 
