@@ -257,9 +257,14 @@ def test_unknown_network_name():
 
 # --- DeepLab-v3 ----------------------------------------------------------------------------------
 
-def test_torchvision_deeplabv3_in_the_same_interface():
-    model = D.build_seg_network("deeplabv3_resnet101", 5, pretrained="none")
+def test_torchvision_deeplabv3_in_the_same_interface(monkeypatch):
+    torch.manual_seed(0)
+    imagenet = randomise_batchnorm(models.resnet101(weights=None)).state_dict()
+    monkeypatch.setattr(D, "_imagenet_state_dict", lambda arch: imagenet if arch == "resnet101" else None)
+    model = D.build_seg_network("deeplabv3_resnet101", 5, pretrained="imagenet")
     assert model.convention == D.TORCHVISION
+    backbone = model.backbone.state_dict()
+    assert all(torch.equal(backbone[k], v) for k, v in imagenet.items() if not k.startswith("fc."))
     x = torch.randn(2, 3, 33, 33)
     out = model.train()(x)
     assert isinstance(out, list) and out[0].shape == (2, 5, 33, 33)

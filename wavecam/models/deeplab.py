@@ -197,7 +197,8 @@ class SegNetwork(nn.Module):
         return CAFFE if bool(self.caffe_convention) else TORCHVISION
 
     def set_convention(self, name: str) -> None:
-        """"caffe" (BGR minus the caffe mean; layer2 strided in its 1x1) or "torchvision"."""
+        """Switch to the weights' convention: "caffe" (BGR minus the caffe mean; layer2 strided in
+        its 1x1) or "torchvision" (ImageNet-normalised RGB; layer2 strided in its 3x3)."""
         if name not in _NORMS:
             raise ValueError(f"unknown input convention {name!r}: {CAFFE} or {TORCHVISION}")
         self.caffe_convention.fill_(name == CAFFE)
