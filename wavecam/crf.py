@@ -81,3 +81,28 @@ def crf_inference_prob(img: np.ndarray, probs: np.ndarray, t: int = 10, pos_xy_s
     crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
     crf.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=np.ascontiguousarray(img), compat=bi_w)
     return np.asarray(crf.inference(t), dtype=np.float32).reshape(c, h, w)
+
+
+# deeplab-pytorch's test-time CRF (configs/voc12.yaml and coco.yaml, section CRF; libs/utils/crf.py
+# runs it on softmax probabilities, as `crf_inference_prob`).
+DEEPLAB_CRF = {"t": 10, "pos_w": 3, "pos_xy_std": 1, "bi_w": 4, "bi_xy_std": 67, "bi_rgb_std": 3}
+CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
+
+
+def deeplab_reference_crf_image(img: np.ndarray) -> np.ndarray:
+    """The picture deeplab-pytorch's `main.py crf` actually hands the CRF for an (H, W, 3) uint8 RGB
+    image: its dataset item, BGR minus the caffe mean, cast back to uint8 (`image.astype(np.uint8)`).
+    Values below the mean wrap around (-5.3 -> 251, numpy's cast on x86; other platforms may
+    saturate), so each channel jumps by about 256 where it crosses its mean: edges that the image
+    does not have, which the bilateral term sees. The channel order itself changes nothing (one
+    colour std for all three)."""
+    shifted = img[..., ::-1].astype(np.float32) - np.asarray(CAFFE_MEAN_BGR, np.float32)
+    return np.ascontiguousarray(np.mod(np.trunc(shifted).astype(np.int64), 256).astype(np.uint8))
+
+
+def crf_inference_deeplab(img: np.ndarray, probs: np.ndarray, reference_image: bool = True) -> np.ndarray:
+    """deeplab-pytorch's CRF of softmax `probs` (C, H, W) on `img` (H, W, 3) uint8 RGB; returns
+    (C, H, W) float32. With `reference_image` (the default, what the reference computes) the
+    bilateral term sees `deeplab_reference_crf_image(img)`; without, the image itself."""
+    rgbim = deeplab_reference_crf_image(img) if reference_image else img
+    return crf_inference_prob(rgbim, probs, **DEEPLAB_CRF)

@@ -24,21 +24,34 @@ def _as_state_dict(obj, source: str) -> Mapping[str, torch.Tensor]:
     raise BadFileError(f"{source}: holds no state dict (expected a mapping of parameter names to tensors)")
 
 
+def read_state_dict(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]
+                    ) -> tuple[str, Mapping[str, torch.Tensor]]:
+    """(what errors call it, its state dict) for a path or an in-memory state dict, unwrapping
+    {"model": sd} / {"state_dict": sd}; for loaders that look at the keys before choosing a key map."""
+    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    return source, _as_state_dict(sd, source)
+
+
 def load_weights(
     model: nn.Module,
     checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
     key_map: KeyMap | None = None,
     strict: bool = True,
+    *,
+    name: str | None = None,
+    hint: str = "Is it the right network and class count (--cam_network, dataset) for this pass?",
 ) -> tuple[list[str], list[str]]:
     """Load `checkpoint` (a path or a state dict) into `model`.
 
     `key_map` renames each checkpoint key to the model's name, or drops it by returning None
     (aliases such as ReCAM's `backbone.*` copies). With `strict`, missing/unexpected keys and
-    shape mismatches raise one BadFileError that lists them. Returns (missing, unexpected).
+    shape mismatches raise one BadFileError that lists them, then `hint`. `name` is what the error
+    calls a state dict passed in memory (by default its path, or "state dict").
+    Returns (missing, unexpected).
     """
-    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
-    sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    sd = _as_state_dict(sd, source)
+    source, sd = read_state_dict(checkpoint)
+    source = name or source
 
     mapped: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
@@ -61,7 +74,7 @@ def load_weights(
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
                 lines.append(f"  {title}: {shown}")
-        lines.append("  Is it the right network and class count (--cam_network, dataset) for this pass?")
+        lines.append(f"  {hint}")
         raise BadFileError("\n".join(lines))
     ok = {k: v for k, v in mapped.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(ok, strict=False)
