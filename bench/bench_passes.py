@@ -31,8 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "multi_stage"))  # step.* as the front doors import it
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CASES = ("train_cam", "train_wavecam", "train_irn", "make_wavecam", "cam_to_ir_label", "make_sem_seg", "eval")
@@ -273,7 +271,7 @@ def _plain_confident_label(img, cam, fg_thres, bg_thres):
 
 
 def _ours_confident_label(item):
-    from step.cam_to_ir_label import confident_label
+    from wavecam.multi_stage.passes.cam_to_ir_label import confident_label
 
     return confident_label(item[0], item[1], 0.35, 0.1)
 

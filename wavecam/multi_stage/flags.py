@@ -1,4 +1,4 @@
-"""Flags of the multi-stage pipeline and the order of its passes.
+"""Flags of the multi-stage pipeline.
 
 Flag names and defaults are those of the paper's repository (the ReCAM/IRN `run_sample.py`
 family, `wavecam_*` for the WaveCAM passes); everything added here is an addition, never a
@@ -8,32 +8,12 @@ rename. The VOC and COCO front doors differ only in the dataset flag and a few d
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import os
-import sys
-import time
-
-import torch
 
 from wavecam.data.coco import CROWD, SPLIT_IMAGES
 from wavecam.io import WavecamError
 from wavecam.models.resnet import resolve_arch, stage_channels
-
-# (flag, module in step/) in the order a full run executes them.
-PASSES = (
-    ("train_cam_pass", "train_cam"),
-    ("train_recam_pass", "train_recam"),
-    ("train_wavecam_pass", "train_wavecam"),
-    ("make_cam_pass", "make_cam"),
-    ("make_recam_pass", "make_recam"),
-    ("make_wavecam_pass", "make_wavecam"),
-    ("eval_cam_pass", "eval_cam"),
-    ("cam_to_ir_label_pass", "cam_to_ir_label"),
-    ("train_irn_pass", "train_irn"),
-    ("make_sem_seg_pass", "make_sem_seg"),
-    ("eval_sem_seg_pass", "eval_sem_seg"),
-)
+from wavecam.multi_stage.passes import ORDER
 
 # Paths joined to --work_space unless absolute (as the reference does).
 WORK_SPACE_PATHS = (
@@ -193,8 +173,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--cam_infer_batch", type=int, default=0,
       help="images of one size per forward in make_cam/make_recam/make_wavecam; 0: 8 on CUDA, 1 on CPU")
     # Passes
-    for flag, _ in PASSES:
-        a(f"--{flag}", type=str2bool, default=False)
+    for name in ORDER:
+        a(f"--{name}_pass", type=str2bool, default=False)
     p.set_defaults(dataset=dataset, **DATASET_DEFAULTS[dataset])
     return p
 
@@ -229,42 +209,3 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     args.feature_dim = stage_channels(args.cam_network)[-1]
     check_conflicts(args)
     return args
-
-
-def main(dataset: str, argv: list[str] | None = None) -> int:
-    args = build_parser(dataset).parse_args(argv)
-    from wavecam import dist
-
-    try:
-        args = finalize(args)
-        os.makedirs(args.work_space, exist_ok=True)
-        ctx = dist.init(args.device)
-        dist.setup_logging(args.log_name, ctx)
-        if args.deterministic:
-            make_deterministic()
-        log = logging.getLogger("wavecam")
-        log.info("arguments: %s", vars(args))
-        for flag, module in PASSES:
-            if getattr(args, flag):
-                start = time.perf_counter()
-                log.info("== %s", module)
-                torch.backends.cudnn.benchmark = False  # the training passes turn it on (step.common.wrap_ddp)
-                importlib.import_module(f"step.{module}").run(args)
-                log.info("== %s done in %.1f s", module, time.perf_counter() - start)
-    except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full or read-only disk, a vanished folder: say which file, not where in the code
-        print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}; free some space or "
-              "choose a writable --work_space, then re-run: finished outputs are kept", file=sys.stderr)
-        return 2
-    return 0
-
-
-def make_deterministic() -> None:
-    import torch
-
-    # cuBLAS needs a fixed workspace for reproducible matrix products.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False

@@ -22,9 +22,8 @@ from tqdm import tqdm
 
 from wavecam import dist
 from wavecam.io import WavecamError, load_checkpoint, save_checkpoint
+from wavecam.multi_stage.common import unwrap
 from wavecam.optim import optimizer_step
-
-from step.common import unwrap
 
 log = logging.getLogger("wavecam")
 

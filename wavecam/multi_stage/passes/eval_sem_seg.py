@@ -11,9 +11,8 @@ from wavecam import dist
 from wavecam.data.classes import IGNORE_INDEX
 from wavecam.io import WavecamError, load_png, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-
-from step.common import make_source, resolve_list
-from step.evaluation import prepare_gt, results_path, settings
+from wavecam.multi_stage.common import make_source, resolve_list
+from wavecam.multi_stage.evaluation import prepare_gt, results_path, settings
 
 log = logging.getLogger("wavecam")
 

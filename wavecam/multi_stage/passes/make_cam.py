@@ -20,8 +20,15 @@ from wavecam.data.datasets import InferenceDataset
 from wavecam.io import save_cam
 from wavecam.models import CAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
-
-from step.common import amp_dtype, loader_options, make_source, pending, place, resolve_list, skip_bad_image
+from wavecam.multi_stage.common import (
+    amp_dtype,
+    loader_options,
+    make_source,
+    pending,
+    place,
+    resolve_list,
+    skip_bad_image,
+)
 
 log = logging.getLogger("wavecam")
 

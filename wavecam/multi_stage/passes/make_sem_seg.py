@@ -21,9 +21,7 @@ from wavecam import dist
 from wavecam.data.datasets import InferenceDataset
 from wavecam.io import save_png
 from wavecam.models.irn import EdgeDisplacement
-from wavecam.randomwalk import propagate, rw_to_label
-
-from step.common import (
+from wavecam.multi_stage.common import (
     loader_options,
     make_source,
     map_images,
@@ -33,6 +31,7 @@ from step.common import (
     resolve_list,
     skip_bad_image,
 )
+from wavecam.randomwalk import propagate, rw_to_label
 
 log = logging.getLogger("wavecam")
 

@@ -13,8 +13,7 @@ from wavecam import dist
 from wavecam.crf import crf_inference_labels
 from wavecam.data.classes import IGNORE_INDEX
 from wavecam.io import BadFileError, save_png
-
-from step.common import make_source, map_images, pending, read_cam, resolve_list, skip_bad_image
+from wavecam.multi_stage.common import make_source, map_images, pending, read_cam, resolve_list, skip_bad_image
 
 log = logging.getLogger("wavecam")
 

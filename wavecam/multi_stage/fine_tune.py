@@ -29,9 +29,7 @@ from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
-from wavecam.optim import loss_scaler, poly_sgd
-
-from step.common import (
+from wavecam.multi_stage.common import (
     amp_dtype,
     autocast,
     make_source,
@@ -42,7 +40,8 @@ from step.common import (
     unwrap,
     wrap_ddp,
 )
-from step.training import ResumeState, fit
+from wavecam.multi_stage.training import ResumeState, fit
+from wavecam.optim import loss_scaler, poly_sgd
 
 log = logging.getLogger("wavecam")
 

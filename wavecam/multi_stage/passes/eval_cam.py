@@ -12,9 +12,8 @@ from wavecam import dist
 from wavecam.cam import seeds
 from wavecam.io import save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-
-from step.common import make_source, read_cam, resolve_list
-from step.evaluation import prepare_gt, results_path, settings
+from wavecam.multi_stage.common import make_source, read_cam, resolve_list
+from wavecam.multi_stage.evaluation import prepare_gt, results_path, settings
 
 log = logging.getLogger("wavecam")
 
