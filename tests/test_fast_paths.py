@@ -12,8 +12,8 @@ from PIL import Image
 from wavecam.data.datasets import ClassificationDataset
 from wavecam.data.voc import VOC12
 from wavecam.io import load_cam
+from wavecam.multi_stage.cams import same_size_batches
 from wavecam.multi_stage.common import train_loader
-from wavecam.multi_stage.passes.make_cam import same_size_batches
 from wavecam.multi_stage.runner import main
 from wavecam.multi_stage.training import seed_epoch
 

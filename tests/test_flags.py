@@ -79,3 +79,15 @@ def test_every_pass_has_a_module():
     for flag, module in PASSES.items():
         assert module == f"wavecam.multi_stage.passes.{flag.removesuffix('_pass')}"
         assert callable(importlib.import_module(module).run)
+
+
+def test_no_pass_imports_another():
+    """What passes share lives in the library, so that each pass can be read and re-run alone."""
+    import ast
+    import importlib
+
+    for module in PASSES.values():
+        tree = ast.parse(open(importlib.import_module(module).__file__).read())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        assert not [name for name in imported if name and name.startswith("wavecam.multi_stage.passes")], module

@@ -160,7 +160,7 @@ def cam_kernel(args, method: Method, model: CAMNet, predictor_path: str) -> torc
 
 def fine_tuned_cam(args, method: Method) -> tuple[CAMNet, torch.Tensor]:
     """The network of the method's last epoch (ours, or ReCAM's own `res50_recam_*.pth` with its
-    aliases) and its CAM kernel, for make_cam's `write_cams`."""
+    aliases) and its CAM kernel, for cams.write_cams."""
     source = make_source(args)
     net_path, predictor_path = checkpoint_paths(args, method)
     model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)

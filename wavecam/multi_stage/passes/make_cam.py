@@ -1,94 +1,12 @@
-"""make_cam: multi-scale, flipped CAMs of the plain classifier into cam_mask/<id>.npz.
-
-Images of one size go through the network together (--cam_infer_batch): flips are always batched
-with their image, scales cannot be (their shapes differ), so same-size images are what fills a GPU.
-"""
+"""make_cam: multi-scale, flipped CAMs of the plain classifier into cam_mask/<id>.npz
+(wavecam.multi_stage.cams.write_cams)."""
 
 from __future__ import annotations
 
-import logging
-import os
-
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader
-from tqdm import tqdm
-
-from wavecam import dist
-from wavecam.cam import multiscale_cam_batch
-from wavecam.data.datasets import InferenceDataset
-from wavecam.io import save_cam
 from wavecam.models import CAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
-from wavecam.multi_stage.common import (
-    amp_dtype,
-    loader_options,
-    make_source,
-    pending,
-    place,
-    resolve_list,
-    skip_bad_image,
-)
-
-log = logging.getLogger("wavecam")
-
-
-def infer_batch(args, ctx: dist.Context) -> int:
-    """--cam_infer_batch, 0 meaning 8 on CUDA and 1 on CPU (where batching gains little)."""
-    if args.cam_infer_batch > 0:
-        return args.cam_infer_batch
-    return 8 if ctx.device.type == "cuda" else 1
-
-
-def same_size_batches(source, ids: list[str], batch: int) -> list[list[int]]:
-    """Indices into `ids` in groups of at most `batch` images of one size, read from the file
-    headers. An image whose header cannot be read is a group of its own: loading it reports why."""
-    if batch == 1:  # no header to read
-        return [[i] for i in range(len(ids))]
-    by_size: dict[object, list[int]] = {}
-    for i, image_id in enumerate(ids):
-        try:
-            with Image.open(source.image_path(image_id)) as im:
-                size = im.size
-        except (OSError, ValueError):
-            size = ("unreadable", i)
-        by_size.setdefault(size, []).append(i)
-    return [group[k:k + batch] for group in by_size.values() for k in range(0, len(group), batch)]
-
-
-def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
-    """CAMs of every pending id of --train_list with the 1x1 kernel `weight` (C, D, 1, 1)."""
-    ctx = dist.init(args.device)
-    source = make_source(args)
-    ids = pending(resolve_list(source, args.train_list), args.cam_out_dir, ".npz", args, ctx)
-    log.info("%s: %d images to do", desc, len(ids))
-    place(model, args, ctx).eval()
-    weight = weight.detach().to(ctx.device)
-    batches = same_size_batches(source, ids, infer_batch(args, ctx))
-    scales = args.cam_scales if args.cam_resample == "pil" else None
-    dataset = InferenceDataset(source, ids, skip_bad=args.skip_bad_images, scales=scales)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=list,
-                        **loader_options(args, ctx, workers=min(args.num_workers, 4)))
-    dtype = amp_dtype(args, ctx.device)
-    with tqdm(total=len(ids), desc=desc, disable=not ctx.is_main) as bar:
-        for packs in loader:
-            bar.update(len(packs))
-            for pack in packs:
-                if "bad" in pack:
-                    skip_bad_image(args, desc, pack["name"], pack["bad"])
-            packs = [p for p in packs if "bad" not in p]
-            if packs:
-                keys = [torch.nonzero(p["label"]).flatten() for p in packs]
-                images = torch.stack([p["img"] for p in packs]).to(ctx.device, non_blocking=True)
-                scaled = None if scales is None else [torch.stack(level) for level in
-                                                      zip(*(p["scaled"] for p in packs), strict=True)]
-                cams = multiscale_cam_batch(model.features, images, weight, keys, args.cam_scales,
-                                            memory_format=torch.channels_last if args.channels_last else None,
-                                            amp_dtype=dtype, scaled=scaled)
-                for p, k, (strided, high_res) in zip(packs, keys, cams, strict=True):
-                    save_cam(os.path.join(args.cam_out_dir, f"{p['name']}.npz"), k.cpu().numpy(),
-                             strided.cpu().numpy(), high_res.cpu().numpy())
-    dist.barrier(ctx)
+from wavecam.multi_stage.cams import write_cams
+from wavecam.multi_stage.common import make_source
 
 
 def run(args) -> None:

@@ -5,8 +5,8 @@ make_recam.py (wavecam.multi_stage.fine_tune.cam_kernel)."""
 
 from __future__ import annotations
 
+from wavecam.multi_stage.cams import write_cams
 from wavecam.multi_stage.fine_tune import RECAM, fine_tuned_cam
-from wavecam.multi_stage.passes.make_cam import write_cams
 
 
 def run(args) -> None:

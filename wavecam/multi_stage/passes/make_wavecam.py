@@ -3,8 +3,8 @@ cam_mask/<id>.npz, with the 1x1 kernel of --wavecam_kernel (wavecam.multi_stage.
 
 from __future__ import annotations
 
+from wavecam.multi_stage.cams import write_cams
 from wavecam.multi_stage.fine_tune import WAVECAM, fine_tuned_cam
-from wavecam.multi_stage.passes.make_cam import write_cams
 
 
 def run(args) -> None:
