@@ -27,6 +27,7 @@ from pathlib import Path
 from wavecam.data.synthetic import make_synthetic_voc
 from wavecam.multi_stage.demo import demo_flags
 from wavecam.multi_stage.runner import main as pipeline_main
+from wavecam.multi_stage.workspace import default_path
 from wavecam.report import report
 
 METHODS = (  # (row, work space, the passes that make its CAMs)
@@ -79,9 +80,9 @@ def main() -> None:
     out = Path(a.out).resolve()
     root = make_synthetic_voc(out / "voc", n_train=a.n_train, n_val=a.n_val, size=a.size, seed=0)
     common = ["--voc12_root", str(root), *flags(a)]
-    cam_weights = out / "ws_cam" / "res50_cam.pth"
+    cam_weights = default_path(out / "ws_cam", "cam_weights_name")
     for _, ws, passes in METHODS:
-        line = [*common, "--work_space", str(out / ws), "--cam_weights_name", str(cam_weights)]
+        line = [*common, "--work_space", str(out / ws), "--cam_weights_name", cam_weights]
         run([*line, *(x for name in (*passes, *IRN) for x in (f"--{name}_pass", "True"))])
 
     names = [name for name, _, _ in METHODS]

@@ -42,6 +42,7 @@ def run(cmd: list[str], log: Path, timeout: float) -> float:
 def chain(tmp: Path, device: str, quick: bool, timeout: float) -> dict:
     """Both of the paper's command lines on a synthetic VOC root, one epoch per training pass."""
     from wavecam.data.synthetic import make_synthetic_voc
+    from wavecam.multi_stage.workspace import default_path, results_path
 
     root = make_synthetic_voc(tmp / "voc", n_train=16 if quick else 128, n_val=4 if quick else 16,
                               size=96 if quick else 500, seed=0, jobs=os.cpu_count() or 1)
@@ -61,9 +62,9 @@ def chain(tmp: Path, device: str, quick: bool, timeout: float) -> dict:
               "--eval_sem_seg_pass", "True"]
     wall = run([*runner, *first], tmp / "chain_first.log", timeout)
     wall += run([*runner, *second], tmp / "chain_second.log", timeout)
-    log = (ws / "sample_train_eval.log").read_text()
+    log = Path(default_path(ws, "log_name")).read_text()
     passes = {m[1]: float(m[2]) for m in re.finditer(r"== (\w+) done in ([\d.]+) s", log)}
-    results = {name: json.loads((ws / "results" / f"{name}.json").read_text())["miou"]
+    results = {name: json.loads(results_path(ws, name).read_text())["miou"]
                for name in ("eval_cam", "eval_sem_seg")}
     return {"n_train": len((root / "ImageSets/Segmentation/train.txt").read_text().split()), "wall_s": wall,
             "pass_s": passes, "miou": results, "note": "random init, one epoch each: times matter, mIoU does not"}

@@ -8,7 +8,6 @@ with their image, scales cannot be (their shapes differ), so same-size images ar
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from PIL import Image
@@ -29,6 +28,7 @@ from wavecam.multi_stage.common import (
     resolve_list,
     skip_bad_image,
 )
+from wavecam.multi_stage.workspace import CAMS
 
 log = logging.getLogger("wavecam")
 
@@ -60,7 +60,7 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
     """CAMs of every pending id of --train_list with the 1x1 kernel `weight` (C, D, 1, 1)."""
     ctx = dist.init(args.device)
     source = make_source(args)
-    ids = pending(resolve_list(source, args.train_list), args.cam_out_dir, ".npz", args, ctx)
+    ids = pending(resolve_list(source, args.train_list), CAMS.folder(args), CAMS.suffix, args, ctx)
     log.info("%s: %d images to do", desc, len(ids))
     place(model, args, ctx).eval()
     weight = weight.detach().to(ctx.device)
@@ -86,6 +86,6 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
                                             memory_format=torch.channels_last if args.channels_last else None,
                                             amp_dtype=dtype, scaled=scaled)
                 for p, k, (strided, high_res) in zip(packs, keys, cams, strict=True):
-                    save_cam(os.path.join(args.cam_out_dir, f"{p['name']}.npz"), k.cpu().numpy(),
+                    save_cam(CAMS.path(args, p["name"]), k.cpu().numpy(),
                              strided.cpu().numpy(), high_res.cpu().numpy())
     dist.barrier(ctx)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from wavecam.data.synthetic import make_synthetic_coco, make_synthetic_voc
 from wavecam.multi_stage.runner import main as pipeline_main
+from wavecam.multi_stage.workspace import default_path, results_path
 from wavecam.report import report
 
 
@@ -63,7 +64,7 @@ def run(dataset: str, argv: list[str]) -> None:
 
 
 def read(ws: Path, name: str) -> dict:
-    return json.loads((ws / "results" / f"{name}.json").read_text())
+    return json.loads(results_path(ws, name).read_text())
 
 
 def table(ws_cam: Path, ws_wave: Path) -> str:
@@ -117,7 +118,7 @@ def main() -> None:
     cam = [*common, "--work_space", str(ws_cam)]
     run(a.dataset, [*cam, "--train_cam_pass", "True", "--make_cam_pass", "True", "--eval_cam_pass", "True"])
     run(a.dataset, [*cam, *irn])
-    wave = [*common, "--work_space", str(ws_wave), "--cam_weights_name", str(ws_cam / "res50_cam.pth")]
+    wave = [*common, "--work_space", str(ws_wave), "--cam_weights_name", default_path(ws_cam, "cam_weights_name")]
     # The paper's two command lines, verbatim apart from the demo's sizes.
     run(a.dataset, [*wave, "--train_wavecam_pass", "True", "--make_wavecam_pass", "True", "--eval_cam_pass", "True"])
     run(a.dataset, [*wave, *irn])

@@ -14,12 +14,7 @@ from wavecam.data.coco import CROWD, SPLIT_IMAGES
 from wavecam.io import WavecamError
 from wavecam.models.resnet import resolve_arch, stage_channels
 from wavecam.multi_stage.passes import ORDER
-
-# Paths joined to --work_space unless absolute (as the reference does).
-WORK_SPACE_PATHS = (
-    "log_name", "cam_weights_name", "irn_weights_name", "cam_out_dir", "ir_label_out_dir",
-    "sem_seg_out_dir", "recam_weight_dir", "wavecam_weight_dir",
-)
+from wavecam.multi_stage.workspace import PATH_FLAGS, join_paths
 
 # The passes that write --cam_out_dir: one of them per work space (or per --cam_out_dir).
 CAM_WRITERS = ("make_cam_pass", "make_recam_pass", "make_wavecam_pass")
@@ -111,7 +106,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--recam_learning_rate", type=float, default=0.0005)
     a("--recam_loss_weight", type=float, default=1.0)
     a("--recam_batch_size", type=int, default=None, help="default: --cam_batch_size")
-    a("--recam_weight_dir", default="recam_weight")
+    a("--recam_weight_dir", default=PATH_FLAGS["recam_weight_dir"])
     a("--recam_kernel", choices=("product", "classifier"), default="product",
       help="make_recam's CAM kernel, as --wavecam_kernel")
     # WaveCAM
@@ -119,7 +114,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--wavecam_learning_rate", type=float, default=0.0005)
     a("--wavecam_loss_weight", type=float, default=1.0)
     a("--wavecam_batch_size", type=int, default=None, help="default: --cam_batch_size")
-    a("--wavecam_weight_dir", default="wavecam_weight")
+    a("--wavecam_weight_dir", default=PATH_FLAGS["wavecam_weight_dir"])
     a("--wavecam_kernel", choices=("product", "classifier"), default="product",
       help="make_wavecam's CAM kernel: the predictor's weight times the fine-tuned classifier's (ReCAM's "
            "VOC make_recam), or the fine-tuned classifier's alone (its COCO one)")
@@ -146,12 +141,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--sem_seg_bg_thres", type=float, default=0.28)
     # Output paths (joined to --work_space unless absolute)
     a("--work_space", default="result_default")
-    a("--log_name", default="sample_train_eval")
-    a("--cam_weights_name", default="res50_cam.pth")
-    a("--irn_weights_name", default="res50_irn.pth")
-    a("--cam_out_dir", default="cam_mask")
-    a("--ir_label_out_dir", default="ir_label")
-    a("--sem_seg_out_dir", default="sem_seg")
+    a("--log_name", default=PATH_FLAGS["log_name"])
+    a("--cam_weights_name", default=PATH_FLAGS["cam_weights_name"])
+    a("--irn_weights_name", default=PATH_FLAGS["irn_weights_name"])
+    a("--cam_out_dir", default=PATH_FLAGS["cam_out_dir"])
+    a("--ir_label_out_dir", default=PATH_FLAGS["ir_label_out_dir"])
+    a("--sem_seg_out_dir", default=PATH_FLAGS["sem_seg_out_dir"])
     a("--force", type=str2bool, default=False, help="redo outputs that already exist")
     a("--resume", type=str2bool, default=True,
       help="continue an interrupted training pass from <work_space>/resume/ (False: start it over)")
@@ -197,9 +192,7 @@ def check_conflicts(args: argparse.Namespace) -> None:
 
 
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
-    for name in WORK_SPACE_PATHS:
-        setattr(args, name, os.path.join(args.work_space, getattr(args, name)))
-    args.log_name += ".log"
+    join_paths(args)
     for flag in ("recam_batch_size", "wavecam_batch_size"):
         if getattr(args, flag) is None:
             setattr(args, flag, args.cam_batch_size)
