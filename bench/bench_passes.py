@@ -31,8 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 CASES = ("train_cam", "train_wavecam", "train_irn", "make_wavecam", "cam_to_ir_label", "make_sem_seg", "eval")
 
 
@@ -58,6 +56,7 @@ def peak_mb(device: torch.device) -> float:
 
 # ---------------------------------------------------------------- training passes
 def train_case(name: str, variant: str, a, device: torch.device) -> dict:
+    # A sibling module: Python puts bench/ on the path of a script run as python bench/<script>.py.
     from bench_hot_paths import plain_class_features, plain_predictor_loss
 
     from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet

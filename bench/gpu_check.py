@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PAPER = ["--crop", "512", "--cam-batch", "16", "--irn-batch", "32"]
 QUICK = ["--crop", "64", "--cam-batch", "2", "--irn-batch", "2", "--arch", "resnet18", "--warmup", "1", "--steps", "1",
@@ -78,6 +77,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import torch
+
+    # A sibling module: Python puts bench/ on the path of a script run as python bench/<script>.py.
     from project_voc import project
 
     if a.device == "cuda" and not torch.cuda.is_available():
