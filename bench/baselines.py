@@ -9,7 +9,7 @@ alone. Every work space then runs eval_cam and IRN (cam_to_ir_label, train_irn, 
 eval_sem_seg), and `wavecam.report` writes `<out>/report/results.md` with one row per method: seeds,
 IRN pseudo labels and, once stage 3 writes results/eval_seg.json, the final segmentation.
 
-The settings are the demo's (multi_stage/run_demo.py), for the same reason: no ImageNet weights
+The settings are the demo's (wavecam.multi_stage.demo), for the same reason: no ImageNet weights
 offline, so ResNet-18 from random initialisation on small images, conventional momentum, and
 thresholds raised for the flatter CAMs of a network trained from scratch. The numbers show that the
 three rows come from one tool on one dataset, not the paper's ranking. `--quick` runs toy sizes (the
@@ -25,14 +25,10 @@ import time
 from pathlib import Path
 
 from wavecam.data.synthetic import make_synthetic_voc
+from wavecam.multi_stage.demo import demo_flags
+from wavecam.multi_stage.runner import main as pipeline_main
+from wavecam.multi_stage.workspace import default_path
 from wavecam.report import report
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "multi_stage"))  # the front doors' `pipeline` and `step.*`
-
-from run_demo import demo_flags  # noqa: E402
-
-from pipeline import main as pipeline_main  # noqa: E402
 
 METHODS = (  # (row, work space, the passes that make its CAMs)
     ("CAM", "ws_cam", ("train_cam", "make_cam")),
@@ -84,9 +80,9 @@ def main() -> None:
     out = Path(a.out).resolve()
     root = make_synthetic_voc(out / "voc", n_train=a.n_train, n_val=a.n_val, size=a.size, seed=0)
     common = ["--voc12_root", str(root), *flags(a)]
-    cam_weights = out / "ws_cam" / "res50_cam.pth"
+    cam_weights = default_path(out / "ws_cam", "cam_weights_name")
     for _, ws, passes in METHODS:
-        line = [*common, "--work_space", str(out / ws), "--cam_weights_name", str(cam_weights)]
+        line = [*common, "--work_space", str(out / ws), "--cam_weights_name", cam_weights]
         run([*line, *(x for name in (*passes, *IRN) for x in (f"--{name}_pass", "True"))])
 
     names = [name for name, _, _ in METHODS]

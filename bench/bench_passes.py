@@ -31,10 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "multi_stage"))  # step.* as the front doors import it
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 CASES = ("train_cam", "train_wavecam", "train_irn", "make_wavecam", "cam_to_ir_label", "make_sem_seg", "eval")
 
 
@@ -60,6 +56,7 @@ def peak_mb(device: torch.device) -> float:
 
 # ---------------------------------------------------------------- training passes
 def train_case(name: str, variant: str, a, device: torch.device) -> dict:
+    # A sibling module: Python puts bench/ on the path of a script run as python bench/<script>.py.
     from bench_hot_paths import plain_class_features, plain_predictor_loss
 
     from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
@@ -273,7 +270,7 @@ def _plain_confident_label(img, cam, fg_thres, bg_thres):
 
 
 def _ours_confident_label(item):
-    from step.cam_to_ir_label import confident_label
+    from wavecam.multi_stage.passes.cam_to_ir_label import confident_label
 
     return confident_label(item[0], item[1], 0.35, 0.1)
 

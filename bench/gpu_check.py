@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PAPER = ["--crop", "512", "--cam-batch", "16", "--irn-batch", "32"]
 QUICK = ["--crop", "64", "--cam-batch", "2", "--irn-batch", "2", "--arch", "resnet18", "--warmup", "1", "--steps", "1",
@@ -42,6 +41,7 @@ def run(cmd: list[str], log: Path, timeout: float) -> float:
 def chain(tmp: Path, device: str, quick: bool, timeout: float) -> dict:
     """Both of the paper's command lines on a synthetic VOC root, one epoch per training pass."""
     from wavecam.data.synthetic import make_synthetic_voc
+    from wavecam.multi_stage.workspace import default_path, results_path
 
     root = make_synthetic_voc(tmp / "voc", n_train=16 if quick else 128, n_val=4 if quick else 16,
                               size=96 if quick else 500, seed=0, jobs=os.cpu_count() or 1)
@@ -61,9 +61,9 @@ def chain(tmp: Path, device: str, quick: bool, timeout: float) -> dict:
               "--eval_sem_seg_pass", "True"]
     wall = run([*runner, *first], tmp / "chain_first.log", timeout)
     wall += run([*runner, *second], tmp / "chain_second.log", timeout)
-    log = (ws / "sample_train_eval.log").read_text()
+    log = Path(default_path(ws, "log_name")).read_text()
     passes = {m[1]: float(m[2]) for m in re.finditer(r"== (\w+) done in ([\d.]+) s", log)}
-    results = {name: json.loads((ws / "results" / f"{name}.json").read_text())["miou"]
+    results = {name: json.loads(results_path(ws, name).read_text())["miou"]
                for name in ("eval_cam", "eval_sem_seg")}
     return {"n_train": len((root / "ImageSets/Segmentation/train.txt").read_text().split()), "wall_s": wall,
             "pass_s": passes, "miou": results, "note": "random init, one epoch each: times matter, mIoU does not"}
@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import torch
+
+    # A sibling module: Python puts bench/ on the path of a script run as python bench/<script>.py.
     from project_voc import project
 
     if a.device == "cuda" and not torch.cuda.is_available():

@@ -2,7 +2,7 @@
 
 import sys
 
-from pipeline import main
+from wavecam.multi_stage.runner import main
 
 if __name__ == "__main__":
     sys.exit(main("coco"))

@@ -1,11 +1,4 @@
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-# The multi-stage front doors import their passes as `step.<pass>`, as the paper's repository does.
-sys.path.insert(0, str(ROOT / "multi_stage"))
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,10 @@ from PIL import Image
 from wavecam.data.datasets import ClassificationDataset
 from wavecam.data.voc import VOC12
 from wavecam.io import load_cam
-
-from pipeline import main
-from step.common import train_loader
-from step.make_cam import same_size_batches
-from step.training import seed_epoch
+from wavecam.multi_stage.cams import same_size_batches
+from wavecam.multi_stage.common import train_loader
+from wavecam.multi_stage.runner import main
+from wavecam.multi_stage.training import seed_epoch
 
 FLAGS = ("--pretrained none --num_workers 0 --cam_crop_size 48 --cam_resize_long 40 56 --cam_batch_size 4 "
          "--cam_num_epoches 1 --cam_scales 1.0 0.5 --sgd_momentum 0.9 --cam_learning_rate 0.01 --seed 3 "
@@ -122,12 +121,11 @@ def test_channels_last_training_matches_nchw(voc_root, trained):
 def test_cudnn_benchmark_only_for_the_fixed_crops_of_training(voc_root, tmp_path, monkeypatch):
     """Image-wise passes see a new shape per image size and scale: cuDNN's autotuning is off there."""
     from wavecam import dist
-
-    import step.eval_cam
-    from step.common import wrap_ddp
+    from wavecam.multi_stage.common import wrap_ddp
+    from wavecam.multi_stage.passes import eval_cam
 
     seen = []
-    monkeypatch.setattr(step.eval_cam, "run", lambda args: seen.append(torch.backends.cudnn.benchmark))
+    monkeypatch.setattr(eval_cam, "run", lambda args: seen.append(torch.backends.cudnn.benchmark))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     assert main("voc", f"--voc12_root {voc_root} --work_space {tmp_path} --eval_cam_pass True".split()) == 0
     assert seen == [False]

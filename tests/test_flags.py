@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from pipeline import PASSES, build_parser, finalize, str2bool
+from wavecam.multi_stage.flags import build_parser, finalize, str2bool
+from wavecam.multi_stage.runner import PASSES
 
 
 def parse(dataset, line):
@@ -43,7 +44,7 @@ def test_published_defaults():
 def test_recam_passes_and_their_order():
     a = parse("voc", "--work_space WS --train_recam_pass True --make_recam_pass True")
     assert a.train_recam_pass and a.make_recam_pass and not a.train_wavecam_pass
-    order = [module for _, module in PASSES]
+    order = [module.rpartition(".")[2] for module in PASSES.values()]
     assert order[:7] == ["train_cam", "train_recam", "train_wavecam", "make_cam", "make_recam", "make_wavecam",
                          "eval_cam"]
 
@@ -75,5 +76,18 @@ def test_absolute_paths_are_kept():
 def test_every_pass_has_a_module():
     import importlib
 
-    for _, module in PASSES:
-        assert callable(importlib.import_module(f"step.{module}").run)
+    for flag, module in PASSES.items():
+        assert module == f"wavecam.multi_stage.passes.{flag.removesuffix('_pass')}"
+        assert callable(importlib.import_module(module).run)
+
+
+def test_no_pass_imports_another():
+    """What passes share lives in the library, so that each pass can be read and re-run alone."""
+    import ast
+    import importlib
+
+    for module in PASSES.values():
+        tree = ast.parse(open(importlib.import_module(module).__file__).read())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+        assert not [name for name in imported if name and name.startswith("wavecam.multi_stage.passes")], module

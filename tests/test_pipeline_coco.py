@@ -18,8 +18,8 @@ from wavecam.data.datasets import InferenceDataset
 from wavecam.io import load_cam, load_checkpoint, load_png, save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor
 from wavecam.models.cam import load_cam_weights
-
-from pipeline import build_parser, finalize, main
+from wavecam.multi_stage.flags import build_parser, finalize
+from wavecam.multi_stage.runner import main
 
 RUNNER = Path(__file__).resolve().parents[1] / "multi_stage" / "run_wavecam_coco.py"
 # Sizes and speed only: every list, threshold, policy and kernel is the COCO default.
@@ -103,13 +103,13 @@ def test_both_command_lines_with_default_lists(coco_root, tmp_path):
 def test_make_pass_kernel(coco_root, tmp_path, monkeypatch, method, kernel):
     import importlib
 
-    from step.fine_tune import RECAM, WAVECAM, checkpoint_paths
+    from wavecam.multi_stage.workspace import fine_tune_checkpoints
 
-    make_pass = importlib.import_module(f"step.make_{method}")
+    make_pass = importlib.import_module(f"wavecam.multi_stage.passes.make_{method}")
     args = finalize(build_parser("coco").parse_args(
         f"--mscoco_root {coco_root} --work_space {tmp_path} --cam_network resnet18 --{method}_num_epoches 2 "
         f"--{method}_kernel {kernel}".split()))
-    net_path, predictor_path = checkpoint_paths(args, RECAM if method == "recam" else WAVECAM)
+    net_path, predictor_path = fine_tune_checkpoints(args, method)
     assert net_path == str(tmp_path / f"{method}_weight" / f"res50_{method}_2.pth")
     torch.manual_seed(0)
     fine_tuned = CAMNet(80, pretrained=None, arch="resnet18")

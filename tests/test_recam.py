@@ -12,8 +12,7 @@ from wavecam.io import load_cam, load_checkpoint, save_checkpoint
 from wavecam.models import CAMNet
 from wavecam.models.cam import to_reference_layout
 from wavecam.models.resnet import build_resnet, stage_channels
-
-from pipeline import main
+from wavecam.multi_stage.runner import main
 
 ATOL = 1e-4  # on maps divided by their maximum: see test_make_recam_on_recam_checkpoint_is_its_formula
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])

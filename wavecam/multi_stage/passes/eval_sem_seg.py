@@ -11,9 +11,9 @@ from wavecam import dist
 from wavecam.data.classes import IGNORE_INDEX
 from wavecam.io import WavecamError, load_png, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-
-from step.common import make_source, resolve_list
-from step.evaluation import prepare_gt, results_path, settings
+from wavecam.multi_stage.common import make_source, resolve_list
+from wavecam.multi_stage.evaluation import prepare_gt, settings
+from wavecam.multi_stage.workspace import SEM_SEG, results_path
 
 log = logging.getLogger("wavecam")
 
@@ -25,7 +25,7 @@ def run(args) -> None:
     prepare_gt(source, dist.shard(ids, ctx))
     cm = ConfusionMatrix(source.num_classes + 1)
     for image_id in tqdm(dist.shard(ids, ctx), desc="eval_sem_seg", disable=not ctx.is_main):
-        path = os.path.join(args.sem_seg_out_dir, f"{image_id}.png")
+        path = SEM_SEG.path(args, image_id)
         if not os.path.isfile(path):
             raise WavecamError(f"no pseudo label for id {image_id} ({path}); run --make_sem_seg_pass first "
                                "with --infer_list covering the evaluation set")
@@ -38,6 +38,6 @@ def run(args) -> None:
     result = {**cm.summary(), "sem_seg_bg_thres": args.sem_seg_bg_thres, "beta": args.beta,
               "exp_times": args.exp_times, "sem_seg_out_dir": os.path.abspath(args.sem_seg_out_dir),
               "cam_out_dir": os.path.abspath(args.cam_out_dir), **settings(args)}
-    save_json(results_path(args, "eval_sem_seg"), result)
+    save_json(results_path(args.work_space, "eval_sem_seg"), result)
     print(format_iou_table(result["iou"], source.class_names, title="IRN pseudo labels"))
     log.info("eval_sem_seg: mIoU %.4f on %d images", result["miou"], result["n_images"])

@@ -16,7 +16,6 @@ plus `wave.*` when the wave module is built).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +28,7 @@ from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
-from wavecam.optim import loss_scaler, poly_sgd
-
-from step.common import (
+from wavecam.multi_stage.common import (
     amp_dtype,
     autocast,
     make_source,
@@ -42,7 +39,9 @@ from step.common import (
     unwrap,
     wrap_ddp,
 )
-from step.training import ResumeState, fit
+from wavecam.multi_stage.training import ResumeState, fit
+from wavecam.multi_stage.workspace import fine_tune_checkpoints
+from wavecam.optim import loss_scaler, poly_sgd
 
 log = logging.getLogger("wavecam")
 
@@ -63,14 +62,6 @@ class Method:
 
 RECAM = Method("recam", has_wave=False)
 WAVECAM = Method("wavecam", has_wave=True)
-
-
-def checkpoint_paths(args, method: Method, epoch: int | None = None) -> tuple[str, str]:
-    """(net, predictor) files of `epoch`, by default the last one (what the make pass reads)."""
-    ep = epoch or method.flag(args, "num_epoches")
-    folder = method.flag(args, "weight_dir")
-    return (os.path.join(folder, f"res50_{method.name}_{ep}.pth"),
-            os.path.join(folder, f"{method.name}_predictor_{ep}.pth"))
 
 
 class _Trainee(nn.Module):
@@ -97,8 +88,9 @@ def split_state(net: WaveCAMNet, predictor: ClassPredictor) -> tuple[dict, dict]
 def train(args, method: Method) -> None:
     name = f"train_{method.name}"
     ctx = dist.init(args.device)
-    if all(is_complete(p) for p in checkpoint_paths(args, method)) and not args.force:
-        log.info("%s exists: skipping %s (--force True to retrain)", checkpoint_paths(args, method)[0], name)
+    last = fine_tune_checkpoints(args, method.name)
+    if all(is_complete(p) for p in last) and not args.force:
+        log.info("%s exists: skipping %s (--force True to retrain)", last[0], name)
         return
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
@@ -133,7 +125,7 @@ def train(args, method: Method) -> None:
         if ctx.is_main:
             trainee = unwrap(model)
             cam_sd, pred_sd = split_state(trainee.net, trainee.predictor)
-            net_path, pred_path = checkpoint_paths(args, method, ep)
+            net_path, pred_path = fine_tune_checkpoints(args, method.name, ep)
             save_checkpoint(pred_path, pred_sd)
             save_checkpoint(net_path, cam_sd)
 
@@ -161,9 +153,9 @@ def cam_kernel(args, method: Method, model: CAMNet, predictor_path: str) -> torc
 
 def fine_tuned_cam(args, method: Method) -> tuple[CAMNet, torch.Tensor]:
     """The network of the method's last epoch (ours, or ReCAM's own `res50_recam_*.pth` with its
-    aliases) and its CAM kernel, for make_cam's `write_cams`."""
+    aliases) and its CAM kernel, for cams.write_cams."""
     source = make_source(args)
-    net_path, predictor_path = checkpoint_paths(args, method)
+    net_path, predictor_path = fine_tune_checkpoints(args, method.name)
     model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, net_path, cam_only=True)
     return model, cam_kernel(args, method, model, predictor_path)

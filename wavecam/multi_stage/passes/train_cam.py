@@ -11,9 +11,7 @@ from wavecam import dist
 from wavecam.data.datasets import ClassificationDataset
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import CAMNet
-from wavecam.optim import loss_scaler, poly_sgd
-
-from step.common import (
+from wavecam.multi_stage.common import (
     amp_dtype,
     autocast,
     eval_loader,
@@ -25,7 +23,8 @@ from step.common import (
     unwrap,
     wrap_ddp,
 )
-from step.training import ResumeState, fit
+from wavecam.multi_stage.training import ResumeState, fit
+from wavecam.optim import loss_scaler, poly_sgd
 
 log = logging.getLogger("wavecam")
 

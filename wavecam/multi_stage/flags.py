@@ -1,4 +1,4 @@
-"""Flags of the multi-stage pipeline and the order of its passes.
+"""Flags of the multi-stage pipeline.
 
 Flag names and defaults are those of the paper's repository (the ReCAM/IRN `run_sample.py`
 family, `wavecam_*` for the WaveCAM passes); everything added here is an addition, never a
@@ -8,38 +8,13 @@ rename. The VOC and COCO front doors differ only in the dataset flag and a few d
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import os
-import sys
-import time
-
-import torch
 
 from wavecam.data.coco import CROWD, SPLIT_IMAGES
 from wavecam.io import WavecamError
 from wavecam.models.resnet import resolve_arch, stage_channels
-
-# (flag, module in step/) in the order a full run executes them.
-PASSES = (
-    ("train_cam_pass", "train_cam"),
-    ("train_recam_pass", "train_recam"),
-    ("train_wavecam_pass", "train_wavecam"),
-    ("make_cam_pass", "make_cam"),
-    ("make_recam_pass", "make_recam"),
-    ("make_wavecam_pass", "make_wavecam"),
-    ("eval_cam_pass", "eval_cam"),
-    ("cam_to_ir_label_pass", "cam_to_ir_label"),
-    ("train_irn_pass", "train_irn"),
-    ("make_sem_seg_pass", "make_sem_seg"),
-    ("eval_sem_seg_pass", "eval_sem_seg"),
-)
-
-# Paths joined to --work_space unless absolute (as the reference does).
-WORK_SPACE_PATHS = (
-    "log_name", "cam_weights_name", "irn_weights_name", "cam_out_dir", "ir_label_out_dir",
-    "sem_seg_out_dir", "recam_weight_dir", "wavecam_weight_dir",
-)
+from wavecam.multi_stage.passes import ORDER
+from wavecam.multi_stage.workspace import PATH_FLAGS, join_paths
 
 # The passes that write --cam_out_dir: one of them per work space (or per --cam_out_dir).
 CAM_WRITERS = ("make_cam_pass", "make_recam_pass", "make_wavecam_pass")
@@ -131,7 +106,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--recam_learning_rate", type=float, default=0.0005)
     a("--recam_loss_weight", type=float, default=1.0)
     a("--recam_batch_size", type=int, default=None, help="default: --cam_batch_size")
-    a("--recam_weight_dir", default="recam_weight")
+    a("--recam_weight_dir", default=PATH_FLAGS["recam_weight_dir"])
     a("--recam_kernel", choices=("product", "classifier"), default="product",
       help="make_recam's CAM kernel, as --wavecam_kernel")
     # WaveCAM
@@ -139,7 +114,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--wavecam_learning_rate", type=float, default=0.0005)
     a("--wavecam_loss_weight", type=float, default=1.0)
     a("--wavecam_batch_size", type=int, default=None, help="default: --cam_batch_size")
-    a("--wavecam_weight_dir", default="wavecam_weight")
+    a("--wavecam_weight_dir", default=PATH_FLAGS["wavecam_weight_dir"])
     a("--wavecam_kernel", choices=("product", "classifier"), default="product",
       help="make_wavecam's CAM kernel: the predictor's weight times the fine-tuned classifier's (ReCAM's "
            "VOC make_recam), or the fine-tuned classifier's alone (its COCO one)")
@@ -166,12 +141,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--sem_seg_bg_thres", type=float, default=0.28)
     # Output paths (joined to --work_space unless absolute)
     a("--work_space", default="result_default")
-    a("--log_name", default="sample_train_eval")
-    a("--cam_weights_name", default="res50_cam.pth")
-    a("--irn_weights_name", default="res50_irn.pth")
-    a("--cam_out_dir", default="cam_mask")
-    a("--ir_label_out_dir", default="ir_label")
-    a("--sem_seg_out_dir", default="sem_seg")
+    a("--log_name", default=PATH_FLAGS["log_name"])
+    a("--cam_weights_name", default=PATH_FLAGS["cam_weights_name"])
+    a("--irn_weights_name", default=PATH_FLAGS["irn_weights_name"])
+    a("--cam_out_dir", default=PATH_FLAGS["cam_out_dir"])
+    a("--ir_label_out_dir", default=PATH_FLAGS["ir_label_out_dir"])
+    a("--sem_seg_out_dir", default=PATH_FLAGS["sem_seg_out_dir"])
     a("--force", type=str2bool, default=False, help="redo outputs that already exist")
     a("--resume", type=str2bool, default=True,
       help="continue an interrupted training pass from <work_space>/resume/ (False: start it over)")
@@ -193,8 +168,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--cam_infer_batch", type=int, default=0,
       help="images of one size per forward in make_cam/make_recam/make_wavecam; 0: 8 on CUDA, 1 on CPU")
     # Passes
-    for flag, _ in PASSES:
-        a(f"--{flag}", type=str2bool, default=False)
+    for name in ORDER:
+        a(f"--{name}_pass", type=str2bool, default=False)
     p.set_defaults(dataset=dataset, **DATASET_DEFAULTS[dataset])
     return p
 
@@ -217,9 +192,7 @@ def check_conflicts(args: argparse.Namespace) -> None:
 
 
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
-    for name in WORK_SPACE_PATHS:
-        setattr(args, name, os.path.join(args.work_space, getattr(args, name)))
-    args.log_name += ".log"
+    join_paths(args)
     for flag in ("recam_batch_size", "wavecam_batch_size"):
         if getattr(args, flag) is None:
             setattr(args, flag, args.cam_batch_size)
@@ -229,42 +202,3 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     args.feature_dim = stage_channels(args.cam_network)[-1]
     check_conflicts(args)
     return args
-
-
-def main(dataset: str, argv: list[str] | None = None) -> int:
-    args = build_parser(dataset).parse_args(argv)
-    from wavecam import dist
-
-    try:
-        args = finalize(args)
-        os.makedirs(args.work_space, exist_ok=True)
-        ctx = dist.init(args.device)
-        dist.setup_logging(args.log_name, ctx)
-        if args.deterministic:
-            make_deterministic()
-        log = logging.getLogger("wavecam")
-        log.info("arguments: %s", vars(args))
-        for flag, module in PASSES:
-            if getattr(args, flag):
-                start = time.perf_counter()
-                log.info("== %s", module)
-                torch.backends.cudnn.benchmark = False  # the training passes turn it on (step.common.wrap_ddp)
-                importlib.import_module(f"step.{module}").run(args)
-                log.info("== %s done in %.1f s", module, time.perf_counter() - start)
-    except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full or read-only disk, a vanished folder: say which file, not where in the code
-        print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}; free some space or "
-              "choose a writable --work_space, then re-run: finished outputs are kept", file=sys.stderr)
-        return 2
-    return 0
-
-
-def make_deterministic() -> None:
-    import torch
-
-    # cuBLAS needs a fixed workspace for reproducible matrix products.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False

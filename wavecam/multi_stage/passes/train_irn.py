@@ -17,10 +17,7 @@ from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset
 from wavecam.io import WavecamError, is_complete, save_checkpoint
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
-from wavecam.optim import loss_scaler, poly_sgd
-from wavecam.randomwalk import PathIndex
-
-from step.common import (
+from wavecam.multi_stage.common import (
     amp_dtype,
     autocast,
     loader_options,
@@ -32,7 +29,9 @@ from step.common import (
     unwrap,
     wrap_ddp,
 )
-from step.training import ResumeState, fit
+from wavecam.multi_stage.training import ResumeState, fit
+from wavecam.optim import loss_scaler, poly_sgd
+from wavecam.randomwalk import PathIndex
 
 log = logging.getLogger("wavecam")
 
@@ -76,7 +75,7 @@ def run(args) -> None:
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
     ids = resolve_list(source, args.train_list)
-    side = args.irn_crop_size // 4  # pipeline.check_conflicts made sure the radius fits
+    side = args.irn_crop_size // 4  # flags.check_conflicts made sure the radius fits
     path_index = PathIndex(args.irn_path_radius, (side, side))
     dataset = AffinityDataset(source, ids, args.ir_label_out_dir, path_index, crop_size=args.irn_crop_size,
                               rescale=tuple(args.irn_rescale), hflip=True)

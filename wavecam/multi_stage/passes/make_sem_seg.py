@@ -21,9 +21,7 @@ from wavecam import dist
 from wavecam.data.datasets import InferenceDataset
 from wavecam.io import save_png
 from wavecam.models.irn import EdgeDisplacement
-from wavecam.randomwalk import propagate, rw_to_label
-
-from step.common import (
+from wavecam.multi_stage.common import (
     loader_options,
     make_source,
     map_images,
@@ -33,6 +31,8 @@ from step.common import (
     resolve_list,
     skip_bad_image,
 )
+from wavecam.multi_stage.workspace import SEM_SEG
+from wavecam.randomwalk import propagate, rw_to_label
 
 log = logging.getLogger("wavecam")
 
@@ -41,7 +41,7 @@ log = logging.getLogger("wavecam")
 def run(args) -> None:
     ctx = dist.init(args.device)
     source = make_source(args)
-    ids = pending(resolve_list(source, args.infer_list), args.sem_seg_out_dir, ".png", args, ctx)
+    ids = pending(resolve_list(source, args.infer_list), SEM_SEG.folder(args), SEM_SEG.suffix, args, ctx)
     log.info("make_sem_seg: %d images to do", len(ids))
     cores = max(1, _cores() // ctx.world_size)  # torchrun's CPU ranks share the machine
     workers = min(args.num_workers, cores)
@@ -72,7 +72,7 @@ def label_image(model: EdgeDisplacement, item: dict, args, device: torch.device)
     else:  # an image without classes (COCO has some): nothing to walk, all background as in ReCAM
         rw = strided
     label = rw_to_label(rw, cam["keys"], args.sem_seg_bg_thres, item["size"])
-    save_png(os.path.join(args.sem_seg_out_dir, f"{image_id}.png"), label.astype("uint8"))
+    save_png(SEM_SEG.path(args, image_id), label.astype("uint8"))
 
 
 @torch.no_grad()

@@ -13,7 +13,6 @@ import math
 import os
 import random
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,9 +21,9 @@ from tqdm import tqdm
 
 from wavecam import dist
 from wavecam.io import WavecamError, load_checkpoint, save_checkpoint
+from wavecam.multi_stage.common import unwrap
+from wavecam.multi_stage.workspace import resume_path
 from wavecam.optim import optimizer_step
-
-from step.common import unwrap
 
 log = logging.getLogger("wavecam")
 
@@ -47,7 +46,7 @@ class ResumeState:
     """The resume file of one training pass; `settings` must match to resume from it."""
 
     def __init__(self, args, name: str, settings: dict):
-        self.path = Path(args.work_space) / "resume" / f"{name}.pth"
+        self.path = resume_path(args.work_space, name)
         self.name = name
         self.settings = {k: str(v) for k, v in settings.items()}
         if (args.force or not args.resume) and self.path.exists():

@@ -1,4 +1,4 @@
-"""Shared by the evaluation passes: ground truth preparation and where results go."""
+"""Shared by the evaluation passes: ground truth preparation and the settings their results record."""
 
 from __future__ import annotations
 
@@ -19,7 +19,3 @@ def settings(args) -> dict:
     if args.dataset == "coco":  # they decide which images were scored and what a crowd pixel counted as
         recorded.update(coco_split_images=args.coco_split_images, coco_crowd=args.coco_crowd)
     return recorded
-
-
-def results_path(args, name: str) -> str:
-    return os.path.join(args.work_space, "results", f"{name}.json")

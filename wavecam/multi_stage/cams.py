@@ -1,4 +1,5 @@
-"""make_cam: multi-scale, flipped CAMs of the plain classifier into cam_mask/<id>.npz.
+"""Writing CAMs: what make_cam, make_recam and make_wavecam share once they have a network and its
+1x1 CAM kernel. Multi-scale, flipped CAMs of every pending image go to cam_mask/<id>.npz.
 
 Images of one size go through the network together (--cam_infer_batch): flips are always batched
 with their image, scales cannot be (their shapes differ), so same-size images are what fills a GPU.
@@ -7,7 +8,6 @@ with their image, scales cannot be (their shapes differ), so same-size images ar
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from PIL import Image
@@ -19,9 +19,16 @@ from wavecam.cam import multiscale_cam_batch
 from wavecam.data.datasets import InferenceDataset
 from wavecam.io import save_cam
 from wavecam.models import CAMNet
-from wavecam.models.cam import cam_weight, load_cam_weights
-
-from step.common import amp_dtype, loader_options, make_source, pending, place, resolve_list, skip_bad_image
+from wavecam.multi_stage.common import (
+    amp_dtype,
+    loader_options,
+    make_source,
+    pending,
+    place,
+    resolve_list,
+    skip_bad_image,
+)
+from wavecam.multi_stage.workspace import CAMS
 
 log = logging.getLogger("wavecam")
 
@@ -53,7 +60,7 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
     """CAMs of every pending id of --train_list with the 1x1 kernel `weight` (C, D, 1, 1)."""
     ctx = dist.init(args.device)
     source = make_source(args)
-    ids = pending(resolve_list(source, args.train_list), args.cam_out_dir, ".npz", args, ctx)
+    ids = pending(resolve_list(source, args.train_list), CAMS.folder(args), CAMS.suffix, args, ctx)
     log.info("%s: %d images to do", desc, len(ids))
     place(model, args, ctx).eval()
     weight = weight.detach().to(ctx.device)
@@ -79,13 +86,6 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
                                             memory_format=torch.channels_last if args.channels_last else None,
                                             amp_dtype=dtype, scaled=scaled)
                 for p, k, (strided, high_res) in zip(packs, keys, cams, strict=True):
-                    save_cam(os.path.join(args.cam_out_dir, f"{p['name']}.npz"), k.cpu().numpy(),
+                    save_cam(CAMS.path(args, p["name"]), k.cpu().numpy(),
                              strided.cpu().numpy(), high_res.cpu().numpy())
     dist.barrier(ctx)
-
-
-def run(args) -> None:
-    source = make_source(args)
-    model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
-    load_cam_weights(model, args.cam_weights_name)
-    write_cams(args, model, cam_weight(model.classifier.weight), "make_cam")

@@ -12,9 +12,9 @@ from wavecam import dist
 from wavecam.cam import seeds
 from wavecam.io import save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-
-from step.common import make_source, read_cam, resolve_list
-from step.evaluation import prepare_gt, results_path, settings
+from wavecam.multi_stage.common import make_source, read_cam, resolve_list
+from wavecam.multi_stage.evaluation import prepare_gt, settings
+from wavecam.multi_stage.workspace import results_path
 
 log = logging.getLogger("wavecam")
 
@@ -54,7 +54,7 @@ def run(args) -> None:
         "cam_out_dir": os.path.abspath(args.cam_out_dir),
         **settings(args),
     }
-    save_json(results_path(args, "eval_cam"), result)
+    save_json(results_path(args.work_space, "eval_cam"), result)
     print(format_iou_table(result["iou"], source.class_names, title=f"CAM seeds, threshold {args.cam_eval_thres}"))
     if len(ts) > 1:
         print("threshold sweep: " + ", ".join(f"{r['threshold']:.2f}: {100 * r['miou']:.1f}" for r in sweep))

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from wavecam import dist
 from wavecam.data.voc import VOC12
 from wavecam.io import WavecamError, is_complete
+from wavecam.multi_stage.workspace import CAMS, skipped_images_path
 from wavecam.optim import autocast_dtype
 
 log = logging.getLogger("wavecam")
@@ -193,7 +194,7 @@ def read_cam(args, image_id: str, produced_by: str = "--make_wavecam_pass (or --
     reference code's pickled <id>.npy."""
     from wavecam.io import load_cam, load_reference_cam
 
-    path = Path(args.cam_out_dir) / f"{image_id}.npz"
+    path = Path(CAMS.path(args, image_id))
     if path.is_file():
         return load_cam(path)
     legacy = path.with_suffix(".npy")
@@ -214,5 +215,5 @@ def _warn_pickle_once() -> None:
 def skip_bad_image(args, pass_name: str, image_id: str, reason: str) -> None:
     """--skip_bad_images: log the image and list it in <work_space>/skipped_images.txt."""
     log.warning("%s: skipping %s: %s", pass_name, image_id, reason)
-    with open(Path(args.work_space) / "skipped_images.txt", "a") as f:
+    with open(skipped_images_path(args.work_space), "a") as f:
         f.write(f"{pass_name}\t{image_id}\t{reason}\n")

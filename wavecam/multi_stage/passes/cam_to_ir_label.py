@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import numpy as np
 
@@ -13,8 +12,8 @@ from wavecam import dist
 from wavecam.crf import crf_inference_labels
 from wavecam.data.classes import IGNORE_INDEX
 from wavecam.io import BadFileError, save_png
-
-from step.common import make_source, map_images, pending, read_cam, resolve_list, skip_bad_image
+from wavecam.multi_stage.common import make_source, map_images, pending, read_cam, resolve_list, skip_bad_image
+from wavecam.multi_stage.workspace import IR_LABELS
 
 log = logging.getLogger("wavecam")
 
@@ -46,13 +45,13 @@ def _one(image_id: str, args, source) -> None:
         skip_bad_image(args, "cam_to_ir_label", image_id, str(e))
         return
     label = confident_label(img, read_cam(args, image_id), args.conf_fg_thres, args.conf_bg_thres)
-    save_png(os.path.join(args.ir_label_out_dir, f"{image_id}.png"), label)
+    save_png(IR_LABELS.path(args, image_id), label)
 
 
 def run(args) -> None:
     ctx = dist.init(args.device)
     source = make_source(args)
-    ids = pending(resolve_list(source, args.train_list), args.ir_label_out_dir, ".png", args, ctx)
+    ids = pending(resolve_list(source, args.train_list), IR_LABELS.folder(args), IR_LABELS.suffix, args, ctx)
     log.info("cam_to_ir_label: %d images to do", len(ids))
     map_images(functools.partial(_one, args=args, source=source), ids, args.num_workers, "cam_to_ir_label",
                show=ctx.is_main)

@@ -1,0 +1,97 @@
+"""Where every file of a multi-stage work space lives, in one module.
+
+The layout under --work_space, with the reference's names (a path flag given an absolute path
+keeps it, as the reference's do):
+
+    sample_train_eval.log          --log_name, ".log" added: the run's log
+    res50_cam.pth                  --cam_weights_name: train_cam
+    recam_weight/, wavecam_weight/ --recam_weight_dir, --wavecam_weight_dir: train_recam, train_wavecam
+                                   write res50_<method>_<epoch>.pth and <method>_predictor_<epoch>.pth
+    cam_mask/<id>.npz              --cam_out_dir: make_cam, make_recam or make_wavecam
+    ir_label/<id>.png              --ir_label_out_dir: cam_to_ir_label
+    res50_irn.pth                  --irn_weights_name: train_irn
+    sem_seg/<id>.png               --sem_seg_out_dir: make_sem_seg
+    results/<pass>.json            eval_cam, eval_sem_seg
+    resume/<pass>.pth              a training pass's state after each epoch, until the pass ends
+    skipped_images.txt             the images --skip_bad_images skipped, pass by pass
+
+Paths named by a flag are strings, as the flags are; the files of fixed names are Paths.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# The flags that name a path in the work space, with the reference's defaults.
+PATH_FLAGS = {
+    "log_name": "sample_train_eval",
+    "cam_weights_name": "res50_cam.pth",
+    "irn_weights_name": "res50_irn.pth",
+    "cam_out_dir": "cam_mask",
+    "ir_label_out_dir": "ir_label",
+    "sem_seg_out_dir": "sem_seg",
+    "recam_weight_dir": "recam_weight",
+    "wavecam_weight_dir": "wavecam_weight",
+}
+
+
+def in_work_space(work_space: str | os.PathLike, flag: str, value: str) -> str:
+    """The path that `value` of the path flag `flag` names: joined to the work space unless absolute
+    (os.path.join keeps an absolute one), and the log with the ".log" the reference adds."""
+    path = os.path.join(work_space, value)
+    return path + ".log" if flag == "log_name" else path
+
+
+def join_paths(args) -> None:
+    """Replace each path flag of the parsed `args` by the path it names."""
+    for flag in PATH_FLAGS:
+        setattr(args, flag, in_work_space(args.work_space, flag, getattr(args, flag)))
+
+
+def default_path(work_space: str | os.PathLike, flag: str) -> str:
+    """The path of `flag` in a work space run with its default: another run's res50_cam.pth, say."""
+    return in_work_space(work_space, flag, PATH_FLAGS[flag])
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """One file per image, <folder>/<id><suffix>, in the folder that a path flag names."""
+
+    flag: str
+    suffix: str
+
+    def folder(self, args) -> str:
+        return getattr(args, self.flag)
+
+    def path(self, args, image_id: str) -> str:
+        return os.path.join(self.folder(args), f"{image_id}{self.suffix}")
+
+
+CAMS = ImageFiles("cam_out_dir", ".npz")
+IR_LABELS = ImageFiles("ir_label_out_dir", ".png")
+SEM_SEG = ImageFiles("sem_seg_out_dir", ".png")
+
+
+def fine_tune_checkpoints(args, method: str, epoch: int | None = None) -> tuple[str, str]:
+    """(net, predictor) files that train_<method> ("recam" or "wavecam") writes after `epoch`, by
+    default after its last (what make_<method> reads)."""
+    ep = epoch or getattr(args, f"{method}_num_epoches")
+    folder = getattr(args, f"{method}_weight_dir")
+    return (os.path.join(folder, f"res50_{method}_{ep}.pth"),
+            os.path.join(folder, f"{method}_predictor_{ep}.pth"))
+
+
+def results_path(work_space: str | os.PathLike, name: str) -> Path:
+    """What the evaluation pass `name` found, with the settings that produced it."""
+    return Path(work_space) / "results" / f"{name}.json"
+
+
+def resume_path(work_space: str | os.PathLike, name: str) -> Path:
+    """The state of the training pass `name` after its last finished epoch."""
+    return Path(work_space) / "resume" / f"{name}.pth"
+
+
+def skipped_images_path(work_space: str | os.PathLike) -> Path:
+    return Path(work_space) / "skipped_images.txt"
