@@ -2,7 +2,6 @@
 channels_last and same-size inference batches give the CAMs of the plain layout and of one image
 at a time (to float tolerance), and the switches reach the passes."""
 
-import argparse
 
 import numpy as np
 import pytest
@@ -11,44 +10,30 @@ from PIL import Image
 
 from wavecam.data.datasets import ClassificationDataset
 from wavecam.data.voc import VOC12
+from wavecam.engine.sampling import batch_plan, train_loader
 from wavecam.io import load_cam
 from wavecam.multi_stage.cams import same_size_batches
-from wavecam.multi_stage.common import train_loader
 from wavecam.multi_stage.runner import main
-from wavecam.multi_stage.training import seed_epoch
 
 FLAGS = ("--pretrained none --num_workers 0 --cam_crop_size 48 --cam_resize_long 40 56 --cam_batch_size 4 "
          "--cam_num_epoches 1 --cam_scales 1.0 0.5 --sgd_momentum 0.9 --cam_learning_rate 0.01 --seed 3 "
          "--cam_network resnet18")
 
 
-def loader_args(workers: int, persistent: bool) -> argparse.Namespace:
-    return argparse.Namespace(seed=7, num_workers=workers, pin_memory=True, persistent_workers=persistent)
-
-
-def epoch_batches(loader, epochs: int) -> list[torch.Tensor]:
-    from wavecam import dist
-
-    out = []
-    for ep in range(epochs):
-        seed_epoch(7, ep, dist.init("cpu").rank, loader)
-        out.extend(batch["img"] for batch in loader)
-    return out
-
-
-def test_persistent_workers_draw_each_epochs_augmentation(voc_root):
-    from wavecam import dist
-
+def test_loader_workers_draw_the_augmentations_of_the_main_process(voc_root):
+    """Workers receive keys, not indices: sample i of epoch e is augmented as the main process would,
+    in every worker and in every epoch of one loader spanning the run."""
     source = VOC12(voc_root)
     ids = source.split("train_aug")[:8]
+    data = ClassificationDataset(source, ids, crop_size=32, resize_long=(28, 44), hflip=True)
 
-    def batches(workers, persistent):
-        data = ClassificationDataset(source, ids, crop_size=32, resize_long=(28, 44), hflip=True)
-        return epoch_batches(train_loader(data, 4, loader_args(workers, persistent), dist.init("cpu")), 2)
+    def batches(workers):
+        loader = train_loader(data, batch_plan(4, 1), 0, 7, 0, 4, "epoch", num_workers=workers)
+        return [batch["img"] for batch in loader]
 
-    plain, persistent = batches(0, False), batches(2, True)
-    assert len(plain) == len(persistent) == 4
-    for a, b in zip(plain, persistent):
+    plain, workers = batches(0), batches(2)
+    assert len(plain) == len(workers) == 4
+    for a, b in zip(plain, workers):
         assert torch.equal(a, b)
     # The second epoch's crops are new ones, not the first epoch's again.
     assert not torch.equal(plain[0], plain[2]) or not torch.equal(plain[1], plain[3])
@@ -120,8 +105,7 @@ def test_channels_last_training_matches_nchw(voc_root, trained):
 
 def test_cudnn_benchmark_only_for_the_fixed_crops_of_training(voc_root, tmp_path, monkeypatch):
     """Image-wise passes see a new shape per image size and scale: cuDNN's autotuning is off there."""
-    from wavecam import dist
-    from wavecam.multi_stage.common import wrap_ddp
+    from wavecam.multi_stage import training
     from wavecam.multi_stage.passes import eval_cam
 
     seen = []
@@ -130,9 +114,14 @@ def test_cudnn_benchmark_only_for_the_fixed_crops_of_training(voc_root, tmp_path
     assert main("voc", f"--voc12_root {voc_root} --work_space {tmp_path} --eval_cam_pass True".split()) == 0
     assert seen == [False]
 
-    args = argparse.Namespace(cudnn_benchmark=True, deterministic=False, channels_last=False)
-    wrap_ddp(torch.nn.Conv2d(3, 3, 1), args, dist.init("cpu"))
-    assert torch.backends.cudnn.benchmark
-    args.deterministic = True
-    wrap_ddp(torch.nn.Conv2d(3, 3, 1), args, dist.init("cpu"))
-    assert not torch.backends.cudnn.benchmark
+    # The training loop sees it on, unless --deterministic.
+    def record(*args, **kwargs):
+        seen.append(torch.backends.cudnn.benchmark)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "fit", record)
+    for deterministic in ("False", "True"):
+        argv = f"--voc12_root {voc_root} --work_space {tmp_path / deterministic} {FLAGS} --train_cam_pass True"
+        with pytest.raises(KeyboardInterrupt):
+            main("voc", [*argv.split(), "--deterministic", deterministic])
+    assert seen == [False, True, False]

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wavecam.data import transforms as T
+from wavecam.engine.sampling import SampleKey, sample_generator
 from wavecam.io import BadFileError, WavecamError, load_png
 from wavecam.randomwalk import affinity_labels, downsample_label
 
@@ -27,23 +28,7 @@ class Source(Protocol):
     def load_gt(self, image_id: str) -> np.ndarray: ...
 
 
-class Augmented(Dataset):
-    """A training dataset whose random augmentation of sample i in epoch e comes from a generator
-    seeded by (seed, e, i): independent of workers and ranks, repeatable after a resume."""
-
-    seed = 0
-    epoch = 0
-
-    def set_epoch(self, epoch: int, seed: int | None = None) -> None:
-        self.epoch = epoch
-        if seed is not None:
-            self.seed = seed
-
-    def rng(self, i: int) -> torch.Generator:
-        return T.sample_rng(self.seed, self.epoch, i)
-
-
-class ClassificationDataset(Augmented):
+class ClassificationDataset(Dataset):
     """CAM / WaveCAM training: (3, crop, crop) image and its multi-hot label."""
 
     def __init__(
@@ -61,11 +46,12 @@ class ClassificationDataset(Augmented):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        i, rng = sample_generator(key)
         img = self.source.load_image(self.ids[i])
         return {
             "name": self.ids[i],
-            "img": T.classification_transform(img, self.resize_long, self.hflip, self.crop_size, self.rng(i)),
+            "img": T.classification_transform(img, self.resize_long, self.hflip, self.crop_size, rng),
             "label": self.label[i],
         }
 
@@ -103,7 +89,7 @@ class InferenceDataset(Dataset):
         return item
 
 
-class AffinityDataset(Augmented):
+class AffinityDataset(Dataset):
     """IRN training: a crop of the image, and IRN's pair labels (bg_pos, fg_pos, neg; each
     (D, S)) from the same crop of its ir_label map reduced to the feature stride."""
 
@@ -122,11 +108,12 @@ class AffinityDataset(Augmented):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        i, rng = sample_generator(key)
         image_id = self.ids[i]
         img = self.source.load_image(image_id)
         label = load_png(Path(self.label_dir) / f"{image_id}.png")
-        img, label = T.segmentation_transform(img, label, self.rescale, self.hflip, self.crop_size, self.rng(i))
+        img, label = T.segmentation_transform(img, label, self.rescale, self.hflip, self.crop_size, rng)
         bg_pos, fg_pos, neg = affinity_labels(downsample_label(label, self.stride), self.path_index)
         return {"name": image_id, "img": img, "bg_pos": bg_pos, "fg_pos": fg_pos, "neg": neg}
 
@@ -179,23 +166,24 @@ class E2ETrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        i, rng = sample_generator(key)
         img = self.source.load_image(self.ids[i])
         if self.scale_range:
-            scale = T.uniform(*self.scale_range)
+            scale = T.uniform(*self.scale_range, rng)
             if self.resample == "pil_bilinear":
                 img = T.truncating_bilinear_rescale(img, scale)
             else:
                 img = T.rescale(img, scale, backend="cv2")
-        if self.hflip and T.randint(0, 1):
+        if self.hflip and T.randint(0, 1, rng):
             img = img[:, ::-1]
         # Cropping a map of ones along with the image shows where the image landed in the crop.
         inside = np.ones(img.shape[:2], np.uint8)
         if self.pad == "black":
-            img, inside = T.random_crop([img, inside], self.crop_size, [0, 0])
+            img, inside = T.random_crop([img, inside], self.crop_size, [0, 0], rng)
             img = T.normalize(img)
         else:
-            img, inside = T.random_crop([T.normalize(img), inside], self.crop_size, [0.0, 0])
+            img, inside = T.random_crop([T.normalize(img), inside], self.crop_size, [0.0, 0], rng)
         return {"name": self.ids[i], "img": T.hwc_to_chw(img), "label": self.label[i], "img_box": _box_of(inside)}
 
 

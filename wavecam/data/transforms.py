@@ -27,11 +27,6 @@ def uniform(low: float, high: float, rng: torch.Generator | None = None) -> floa
     return low + (high - low) * float(torch.rand((), generator=rng).item())
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> torch.Generator:
-    """The generator of one sample's augmentation in one epoch."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
-
-
 def rescale(img: np.ndarray, scale: float, nearest: bool = False, backend: str = "pil") -> np.ndarray:
     """Resize a uint8 image (bicubic) or label map (nearest) by `scale`, with IRN's rounding.
 

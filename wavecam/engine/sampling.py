@@ -91,6 +91,14 @@ def batch_plan(batch_size: int, world_size: int, micro_batch: int | None = None)
     return BatchPlan(batch_size, world_size, per_process, per_process // steps, steps)
 
 
+def epoch_steps(n: int, plan: BatchPlan) -> int:
+    """Optimiser steps in one epoch of `n` samples: whole global batches, the rest dropped."""
+    if n < plan.global_batch:
+        raise WavecamError(f"{n} training images are fewer than one global batch of {plan.global_batch}; "
+                           "lower the batch size or train on a larger list")
+    return n // plan.global_batch
+
+
 class ShuffledBatches(Sampler):
     """Batch sampler over steps `start`..`stop`-1 yielding this rank's batch of `SampleKey`s, under
     one of `KEYINGS` (see the module docstring). Global batches are consecutive runs of the epoch's
@@ -99,12 +107,9 @@ class ShuffledBatches(Sampler):
     def __init__(self, n: int, plan: BatchPlan, rank: int, seed: int, start: int, stop: int, keying: str):
         if keying not in KEYINGS:
             raise ValueError(f"keying must be one of {KEYINGS}, got {keying!r}")
-        if n < plan.global_batch:
-            raise WavecamError(f"{n} training images are fewer than one global batch of {plan.global_batch}; "
-                               "lower the batch size or train on a larger list")
+        self.per_epoch = epoch_steps(n, plan)
         self.n, self.plan, self.rank, self.seed, self.keying = n, plan, rank, seed, keying
         self.start, self.stop = start, stop
-        self.per_epoch = n // plan.global_batch
 
     def __len__(self) -> int:
         return max(self.stop - self.start, 0)

@@ -14,26 +14,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wavecam import dist
 from wavecam.cam import multiscale_cam_batch
 from wavecam.data.datasets import InferenceDataset
+from wavecam.engine import runtime
 from wavecam.io import save_cam
 from wavecam.models import CAMNet
-from wavecam.multi_stage.common import (
-    amp_dtype,
-    loader_options,
-    make_source,
-    pending,
-    place,
-    resolve_list,
-    skip_bad_image,
-)
+from wavecam.multi_stage.common import loader_options, make_source, pending, resolve_list, skip_bad_image
 from wavecam.multi_stage.workspace import CAMS
 
 log = logging.getLogger("wavecam")
 
 
-def infer_batch(args, ctx: dist.Context) -> int:
+def infer_batch(args, ctx: runtime.Context) -> int:
     """--cam_infer_batch, 0 meaning 8 on CUDA and 1 on CPU (where batching gains little)."""
     if args.cam_infer_batch > 0:
         return args.cam_infer_batch
@@ -58,18 +50,18 @@ def same_size_batches(source, ids: list[str], batch: int) -> list[list[int]]:
 
 def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
     """CAMs of every pending id of --train_list with the 1x1 kernel `weight` (C, D, 1, 1)."""
-    ctx = dist.init(args.device)
+    ctx = runtime.init(args.device)
     source = make_source(args)
     ids = pending(resolve_list(source, args.train_list), CAMS.folder(args), CAMS.suffix, args, ctx)
     log.info("%s: %d images to do", desc, len(ids))
-    place(model, args, ctx).eval()
+    runtime.place(model, ctx, args.channels_last).eval()
     weight = weight.detach().to(ctx.device)
     batches = same_size_batches(source, ids, infer_batch(args, ctx))
     scales = args.cam_scales if args.cam_resample == "pil" else None
     dataset = InferenceDataset(source, ids, skip_bad=args.skip_bad_images, scales=scales)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=list,
                         **loader_options(args, ctx, workers=min(args.num_workers, 4)))
-    dtype = amp_dtype(args, ctx.device)
+    dtype = runtime.amp_dtype(args.amp, ctx.device)
     with tqdm(total=len(ids), desc=desc, disable=not ctx.is_main) as bar:
         for packs in loader:
             bar.update(len(packs))
@@ -88,4 +80,4 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
                 for p, k, (strided, high_res) in zip(packs, keys, cams, strict=True):
                     save_cam(CAMS.path(args, p["name"]), k.cpu().numpy(),
                              strided.cpu().numpy(), high_res.cpu().numpy())
-    dist.barrier(ctx)
+    runtime.barrier(ctx)

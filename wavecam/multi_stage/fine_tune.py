@@ -22,26 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wavecam import dist
 from wavecam.data.datasets import ClassificationDataset
+from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, to_device, unwrap, wrap_ddp
+from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
-from wavecam.multi_stage.common import (
-    amp_dtype,
-    autocast,
-    make_source,
-    resolve_list,
-    seed_everything,
-    to_device,
-    train_loader,
-    unwrap,
-    wrap_ddp,
-)
-from wavecam.multi_stage.training import ResumeState, fit
+from wavecam.multi_stage.common import make_source, resolve_list
+from wavecam.multi_stage.training import train_epochs
 from wavecam.multi_stage.workspace import fine_tune_checkpoints
-from wavecam.optim import loss_scaler, poly_sgd
+from wavecam.optim import poly_sgd
 
 log = logging.getLogger("wavecam")
 
@@ -64,7 +55,7 @@ RECAM = Method("recam", has_wave=False)
 WAVECAM = Method("wavecam", has_wave=True)
 
 
-class _Trainee(nn.Module):
+class NetWithPredictor(nn.Module):
     """Net and predictor in one module so DDP synchronises both."""
 
     def __init__(self, net: WaveCAMNet, predictor: ClassPredictor):
@@ -87,7 +78,7 @@ def split_state(net: WaveCAMNet, predictor: ClassPredictor) -> tuple[dict, dict]
 
 def train(args, method: Method) -> None:
     name = f"train_{method.name}"
-    ctx = dist.init(args.device)
+    ctx = init(args.device)
     last = fine_tune_checkpoints(args, method.name)
     if all(is_complete(p) for p in last) and not args.force:
         log.info("%s exists: skipping %s (--force True to retrain)", last[0], name)
@@ -99,7 +90,7 @@ def train(args, method: Method) -> None:
                                     resize_long=tuple(args.cam_resize_long), hflip=True)
     batch, epochs = method.flag(args, "batch_size"), method.flag(args, "num_epoches")
     lr, loss_weight, wave = method.flag(args, "learning_rate"), method.flag(args, "loss_weight"), method.wave(args)
-    loader = train_loader(dataset, batch, args, ctx)
+    plan = batch_plan(batch, ctx.world_size)
 
     # As in train_cam: statistics learned from scratch keep being learned, ImageNet ones stay frozen.
     net = WaveCAMNet(source.num_classes, pretrained=None, arch=args.cam_network, freeze_bn=args.pretrained is not None,
@@ -109,14 +100,14 @@ def train(args, method: Method) -> None:
     base, wave_params = net.param_groups()
     opt, sched = poly_sgd(
         [{"params": base, "lr": 0.1 * lr}, {"params": [*wave_params, *predictor.parameters()], "lr": lr}],
-        lr, args.cam_weight_decay, len(loader) * epochs, momentum=args.sgd_momentum,
+        lr, args.cam_weight_decay, epoch_steps(len(dataset), plan) * epochs, momentum=args.sgd_momentum,
     )
-    model = wrap_ddp(_Trainee(net, predictor), args, ctx)
+    model = wrap_ddp(place(NetWithPredictor(net, predictor), ctx, args.channels_last), ctx)
 
     def step(pack: dict) -> dict:
         label = pack["label"].to(ctx.device, non_blocking=True)
-        with autocast(args, ctx.device):
-            logits, loss_ce, acc = model(to_device(pack["img"], args, ctx), label)
+        with autocast(args.amp, ctx.device):
+            logits, loss_ce, acc = model(to_device(pack["img"], ctx, args.channels_last), label)
         loss_cls = F.multilabel_soft_margin_loss(logits.float(), label)
         return {"loss": loss_cls + loss_weight * loss_ce, "loss_cls": loss_cls, "loss_ce": loss_ce, "acc": acc}
 
@@ -129,14 +120,12 @@ def train(args, method: Method) -> None:
             save_checkpoint(pred_path, pred_sd)
             save_checkpoint(net_path, cam_sd)
 
-    state = ResumeState(args, name, {
+    state = train_epochs(name, args, ctx, dataset, plan, epochs, model, opt, sched, step, {
         "train_ids": len(ids), "batch": batch, "epochs": epochs, "lr": lr, "loss_weight": loss_weight,
-        "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size, "wave": wave})
-    fit(name, model, opt, sched, loader, epochs, step, state, ctx, args.seed, end_of_epoch,
-        loss_scaler(ctx.device, amp_dtype(args, ctx.device)))
+        "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size, "wave": wave}, end_of_epoch)
     if ctx.is_main:
-        state.finish()
-    dist.barrier(ctx)
+        state.remove()
+    barrier(ctx)
 
 
 def cam_kernel(args, method: Method, model: CAMNet, predictor_path: str) -> torch.Tensor:

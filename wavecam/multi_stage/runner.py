@@ -12,9 +12,8 @@ import os
 import sys
 import time
 
-import torch
-
 from wavecam import dist
+from wavecam.engine import runtime
 from wavecam.io import WavecamError
 from wavecam.multi_stage import passes
 from wavecam.multi_stage.flags import build_parser, finalize
@@ -28,10 +27,10 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
     try:
         args = finalize(args)
         os.makedirs(args.work_space, exist_ok=True)
-        ctx = dist.init(args.device)
+        ctx = runtime.init(args.device)
         dist.setup_logging(args.log_name, ctx)
         if args.deterministic:
-            make_deterministic()
+            runtime.make_deterministic()
         log = logging.getLogger("wavecam")
         log.info("arguments: %s", vars(args))
         for flag, module in PASSES.items():
@@ -51,13 +50,8 @@ def run_pass(module: str, args, log: logging.Logger) -> None:
     name = module.rpartition(".")[2]
     start = time.perf_counter()
     log.info("== %s", name)
-    torch.backends.cudnn.benchmark = False  # the training passes turn it on (common.wrap_ddp)
+    # Image-wise passes see a new shape per image size and scale; training passes turn it on for their
+    # fixed crops (multi_stage.training.train_epochs).
+    runtime.set_cudnn(benchmark=False, deterministic=args.deterministic)
     importlib.import_module(module).run(args)
     log.info("== %s done in %.1f s", name, time.perf_counter() - start)
-
-
-def make_deterministic() -> None:
-    # cuBLAS needs a fixed workspace for reproducible matrix products.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False

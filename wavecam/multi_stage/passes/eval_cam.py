@@ -8,8 +8,8 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from wavecam import dist
 from wavecam.cam import seeds
+from wavecam.engine import runtime
 from wavecam.io import save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source, read_cam, resolve_list
@@ -28,18 +28,18 @@ def thresholds(args) -> list[float]:
 
 
 def run(args) -> None:
-    ctx = dist.init(args.device)
+    ctx = runtime.init(args.device)
     source = make_source(args)
     ids = resolve_list(source, args.chainer_eval_set)
-    prepare_gt(source, dist.shard(ids, ctx))
+    prepare_gt(source, runtime.shard(ids, ctx))
     ts = thresholds(args)
     cms = [ConfusionMatrix(source.num_classes + 1) for _ in ts]
-    for image_id in tqdm(dist.shard(ids, ctx), desc="eval_cam", disable=not ctx.is_main):
+    for image_id in tqdm(runtime.shard(ids, ctx), desc="eval_cam", disable=not ctx.is_main):
         cam = read_cam(args, image_id)
         gt = source.load_gt(image_id)
         for t, cm in zip(ts, cms):
             cm.update(seeds(cam, t), gt)
-    dist.sum_confusions(cms, ctx)
+    runtime.sum_confusions(cms, ctx)
     if not ctx.is_main:
         return
     sweep = [{"threshold": t, "miou": cm.miou()} for t, cm in zip(ts, cms)]

@@ -7,8 +7,8 @@ import os
 
 from tqdm import tqdm
 
-from wavecam import dist
 from wavecam.data.classes import IGNORE_INDEX
+from wavecam.engine import runtime
 from wavecam.io import WavecamError, load_png, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source, resolve_list
@@ -19,12 +19,12 @@ log = logging.getLogger("wavecam")
 
 
 def run(args) -> None:
-    ctx = dist.init(args.device)
+    ctx = runtime.init(args.device)
     source = make_source(args)
     ids = resolve_list(source, args.chainer_eval_set)
-    prepare_gt(source, dist.shard(ids, ctx))
+    prepare_gt(source, runtime.shard(ids, ctx))
     cm = ConfusionMatrix(source.num_classes + 1)
-    for image_id in tqdm(dist.shard(ids, ctx), desc="eval_sem_seg", disable=not ctx.is_main):
+    for image_id in tqdm(runtime.shard(ids, ctx), desc="eval_sem_seg", disable=not ctx.is_main):
         path = SEM_SEG.path(args, image_id)
         if not os.path.isfile(path):
             raise WavecamError(f"no pseudo label for id {image_id} ({path}); run --make_sem_seg_pass first "
@@ -32,7 +32,7 @@ def run(args) -> None:
         pred = load_png(path).copy()
         pred[pred == IGNORE_INDEX] = 0
         cm.update(pred, source.load_gt(image_id))
-    dist.sum_confusions([cm], ctx)
+    runtime.sum_confusions([cm], ctx)
     if not ctx.is_main:
         return
     result = {**cm.summary(), "sem_seg_bg_thres": args.sem_seg_bg_thres, "beta": args.beta,

@@ -17,15 +17,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wavecam import dist
 from wavecam.data.datasets import InferenceDataset
+from wavecam.engine import runtime
+from wavecam.engine.parallel import map_images
 from wavecam.io import save_png
 from wavecam.models.irn import EdgeDisplacement
 from wavecam.multi_stage.common import (
     loader_options,
     make_source,
-    map_images,
-    memory_format,
     pending,
     read_cam,
     resolve_list,
@@ -39,7 +38,7 @@ log = logging.getLogger("wavecam")
 
 @torch.no_grad()
 def run(args) -> None:
-    ctx = dist.init(args.device)
+    ctx = runtime.init(args.device)
     source = make_source(args)
     ids = pending(resolve_list(source, args.infer_list), SEM_SEG.folder(args), SEM_SEG.suffix, args, ctx)
     log.info("make_sem_seg: %d images to do", len(ids))
@@ -50,12 +49,12 @@ def run(args) -> None:
                    show=ctx.is_main, threads=max(1, cores // workers))
     else:
         model = _network(args.irn_weights_name, args.irn_crop_size, args.irn_network, args.irn_pad_to_crop,
-                         memory_format(args), ctx.device)
+                         runtime.memory_format(args.channels_last), ctx.device)
         loader = DataLoader(InferenceDataset(source, ids, with_labels=False, skip_bad=args.skip_bad_images),
                             batch_size=None, **loader_options(args, ctx, workers=min(args.num_workers, 4)))
         for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):
             label_image(model, pack, args, ctx.device)
-    dist.barrier(ctx)
+    runtime.barrier(ctx)
 
 
 def label_image(model: EdgeDisplacement, item: dict, args, device: torch.device) -> None:
@@ -79,7 +78,7 @@ def label_image(model: EdgeDisplacement, item: dict, args, device: torch.device)
 def _label_in_worker(image_id: str, args, source) -> None:
     cpu = torch.device("cpu")
     model = _worker_network(args.irn_weights_name, args.irn_crop_size, args.irn_network, args.irn_pad_to_crop,
-                            memory_format(args), cpu)
+                            runtime.memory_format(args.channels_last), cpu)
     item = InferenceDataset(source, [image_id], with_labels=False, skip_bad=args.skip_bad_images)[0]
     label_image(model, item, args, cpu)
 

@@ -6,25 +6,16 @@ import logging
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from wavecam import dist
 from wavecam.data.datasets import ClassificationDataset
+from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, shard, to_device, unwrap, wrap_ddp
+from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import CAMNet
-from wavecam.multi_stage.common import (
-    amp_dtype,
-    autocast,
-    eval_loader,
-    make_source,
-    resolve_list,
-    seed_everything,
-    to_device,
-    train_loader,
-    unwrap,
-    wrap_ddp,
-)
-from wavecam.multi_stage.training import ResumeState, fit
-from wavecam.optim import loss_scaler, poly_sgd
+from wavecam.multi_stage.common import loader_options, make_source, resolve_list
+from wavecam.multi_stage.training import train_epochs
+from wavecam.optim import poly_sgd
 
 log = logging.getLogger("wavecam")
 
@@ -35,14 +26,14 @@ def validate(model, loader, args, ctx) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for pack in loader:
-            logits = model(to_device(pack["img"], args, ctx))
+            logits = model(to_device(pack["img"], ctx, args.channels_last))
             total += F.multilabel_soft_margin_loss(logits, pack["label"].to(ctx.device), reduction="sum").item()
             n += logits.shape[0]
     return total / max(n, 1)
 
 
 def run(args) -> None:
-    ctx = dist.init(args.device)
+    ctx = init(args.device)
     if is_complete(args.cam_weights_name) and not args.force:
         log.info("%s exists: skipping train_cam (--force True to retrain)", args.cam_weights_name)
         return
@@ -51,36 +42,37 @@ def run(args) -> None:
     train_ids = resolve_list(source, args.train_list)
     train_set = ClassificationDataset(source, train_ids, crop_size=args.cam_crop_size,
                                       resize_long=tuple(args.cam_resize_long), hflip=True)
-    val_set = ClassificationDataset(source, dist.shard(resolve_list(source, args.val_list), ctx),
+    val_set = ClassificationDataset(source, shard(resolve_list(source, args.val_list), ctx),
                                     crop_size=args.cam_crop_size, resize_long=None, hflip=False)
-    loader = train_loader(train_set, args.cam_batch_size, args, ctx)
-    val_loader = eval_loader(val_set, max(1, args.cam_batch_size // ctx.world_size), args, ctx)
+    plan = batch_plan(args.cam_batch_size, ctx.world_size)
+    val_loader = DataLoader(val_set, batch_size=plan.per_process, shuffle=False,
+                            **loader_options(args, ctx, reused=True))
 
     net = CAMNet(source.num_classes, pretrained=args.pretrained, freeze_bn=args.pretrained is not None,
                  arch=args.cam_network)
     backbone, new = net.param_groups()
     opt, sched = poly_sgd(
         [{"params": backbone, "lr": args.cam_learning_rate}, {"params": new, "lr": 10 * args.cam_learning_rate}],
-        args.cam_learning_rate, args.cam_weight_decay, len(loader) * args.cam_num_epoches, momentum=args.sgd_momentum,
+        args.cam_learning_rate, args.cam_weight_decay, epoch_steps(len(train_set), plan) * args.cam_num_epoches,
+        momentum=args.sgd_momentum,
     )
-    model = wrap_ddp(net, args, ctx)
+    model = wrap_ddp(place(net, ctx, args.channels_last), ctx)
 
     def step(pack: dict) -> dict:
-        with autocast(args, ctx.device):
-            logits = model(to_device(pack["img"], args, ctx))
+        with autocast(args.amp, ctx.device):
+            logits = model(to_device(pack["img"], ctx, args.channels_last))
         return {"loss": F.multilabel_soft_margin_loss(logits.float(), pack["label"].to(ctx.device))}
 
     def end_of_epoch(ep: int) -> None:
         log.info("train_cam epoch %d: validation loss %.4f", ep, validate(model, val_loader, args, ctx))
 
-    state = ResumeState(args, "train_cam", {
+    state = train_epochs("train_cam", args, ctx, train_set, plan, args.cam_num_epoches, model, opt, sched, step, {
         "train_ids": len(train_ids), "batch": args.cam_batch_size, "epochs": args.cam_num_epoches,
-        "lr": args.cam_learning_rate, "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size})
-    fit("train_cam", model, opt, sched, loader, args.cam_num_epoches, step, state, ctx, args.seed, end_of_epoch,
-        loss_scaler(ctx.device, amp_dtype(args, ctx.device)))
+        "lr": args.cam_learning_rate, "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size},
+        end_of_epoch)
 
     if ctx.is_main:
         save_checkpoint(args.cam_weights_name, unwrap(model).state_dict())
-        state.finish()
+        state.remove()
         log.info("wrote %s", args.cam_weights_name)
-    dist.barrier(ctx)
+    barrier(ctx)

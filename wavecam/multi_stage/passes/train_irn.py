@@ -12,31 +12,21 @@ import logging
 import torch
 from torch.utils.data import DataLoader
 
-from wavecam import dist
 from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset
+from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, to_device, unwrap, wrap_ddp
+from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import WavecamError, is_complete, save_checkpoint
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
-from wavecam.multi_stage.common import (
-    amp_dtype,
-    autocast,
-    loader_options,
-    make_source,
-    resolve_list,
-    seed_everything,
-    to_device,
-    train_loader,
-    unwrap,
-    wrap_ddp,
-)
-from wavecam.multi_stage.training import ResumeState, fit
-from wavecam.optim import loss_scaler, poly_sgd
+from wavecam.multi_stage.common import loader_options, make_source, resolve_list
+from wavecam.multi_stage.training import train_epochs
+from wavecam.optim import poly_sgd
 from wavecam.randomwalk import PathIndex
 
 log = logging.getLogger("wavecam")
 
 
-class _Trainee(torch.nn.Module):
+class IRNWithLoss(torch.nn.Module):
     def __init__(self, net: IRNet, loss: AffinityDisplacementLoss):
         super().__init__()
         self.net, self.loss = net, loss
@@ -51,7 +41,7 @@ def displacement_mean(net: IRNet, source, ids, args, ctx) -> torch.Tensor:
     loader = DataLoader(TopLeftCropDataset(source, ids, args.irn_crop_size), batch_size=args.irn_batch_size,
                         **loader_options(args, ctx))
     net.eval()
-    means = [net(to_device(pack["img"], args, ctx))[1].mean(dim=(0, 2, 3)).cpu() for pack in loader]
+    means = [net(to_device(pack["img"], ctx, args.channels_last))[1].mean(dim=(0, 2, 3)).cpu() for pack in loader]
     return torch.stack(means).mean(dim=0)
 
 
@@ -68,7 +58,7 @@ def backbone_weights(args):
 
 
 def run(args) -> None:
-    ctx = dist.init(args.device)
+    ctx = init(args.device)
     if is_complete(args.irn_weights_name) and not args.force:
         log.info("%s exists: skipping train_irn (--force True to retrain)", args.irn_weights_name)
         return
@@ -79,32 +69,32 @@ def run(args) -> None:
     path_index = PathIndex(args.irn_path_radius, (side, side))
     dataset = AffinityDataset(source, ids, args.ir_label_out_dir, path_index, crop_size=args.irn_crop_size,
                               rescale=tuple(args.irn_rescale), hflip=True)
-    loader = train_loader(dataset, args.irn_batch_size, args, ctx)
+    plan = batch_plan(args.irn_batch_size, ctx.world_size)
 
     net = IRNet(pretrained=backbone_weights(args), arch=args.irn_network)
     edge_params, dp_params = net.trainable_parameters()
     lr = args.irn_learning_rate
     opt, sched = poly_sgd([{"params": edge_params, "lr": lr}, {"params": dp_params, "lr": 10 * lr}],
-                          lr, args.irn_weight_decay, len(loader) * args.irn_num_epoches, momentum=args.sgd_momentum)
-    model = wrap_ddp(_Trainee(net, AffinityDisplacementLoss(path_index)), args, ctx)
+                          lr, args.irn_weight_decay, epoch_steps(len(dataset), plan) * args.irn_num_epoches,
+                          momentum=args.sgd_momentum)
+    trainee = IRNWithLoss(net, AffinityDisplacementLoss(path_index))
+    model = wrap_ddp(place(trainee, ctx, args.channels_last), ctx)
 
     def step(pack: dict) -> dict:
-        batch = [to_device(pack["img"], args, ctx),
+        batch = [to_device(pack["img"], ctx, args.channels_last),
                  *(pack[k].to(ctx.device, non_blocking=True) for k in ("bg_pos", "fg_pos", "neg"))]
-        with autocast(args, ctx.device):
+        with autocast(args.amp, ctx.device):
             losses = model(*batch)
         return {"loss": losses["total"], **{k: losses[k] for k in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")}}
 
-    state = ResumeState(args, "train_irn", {
+    state = train_epochs("train_irn", args, ctx, dataset, plan, args.irn_num_epoches, model, opt, sched, step, {
         "train_ids": len(ids), "batch": args.irn_batch_size, "epochs": args.irn_num_epoches, "lr": lr,
         "crop": args.irn_crop_size, "radius": args.irn_path_radius, "seed": args.seed, "world": ctx.world_size})
-    fit("train_irn", model, opt, sched, loader, args.irn_num_epoches, step, state, ctx, args.seed,
-        scaler=loss_scaler(ctx.device, amp_dtype(args, ctx.device)))
 
     if ctx.is_main:
         net = unwrap(model).net
         net.mean_shift.running_mean.copy_(displacement_mean(net, source, ids, args, ctx))
         save_checkpoint(args.irn_weights_name, net.state_dict())
-        state.finish()
+        state.remove()
         log.info("wrote %s", args.irn_weights_name)
-    dist.barrier(ctx)
+    barrier(ctx)
