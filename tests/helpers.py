@@ -1,5 +1,10 @@
 """Small helpers shared by several test files (pytest puts this folder on the import path)."""
 
+import os
+import signal
+import subprocess
+import time
+
 import torch
 from torch import nn
 
@@ -15,3 +20,15 @@ def randomise_batchnorm(module: nn.Module) -> nn.Module:
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return module
+
+
+def run_killed_when(cmd, ready, env) -> None:
+    """Start cmd, SIGKILL it as soon as ready() holds (the test fails if it finished first)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert proc.poll() is None, "the pass ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -1,14 +1,13 @@
 """A pass killed part-way and run again ends with exactly what an uninterrupted run writes."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from helpers import run_killed_when
 
 from wavecam.io import load_cam, load_checkpoint
 
@@ -23,18 +22,6 @@ def command(root, ws, *passes):
 
 def finished(folder: Path) -> list[Path]:
     return [p for p in folder.glob("*.npz") if not p.name.startswith(".")]
-
-
-def run_killed_when(cmd, ready, env) -> None:
-    """Start cmd, SIGKILL it as soon as ready() holds (the test fails if it finished first)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not ready():
-        assert proc.poll() is None, "the pass ended before it could be interrupted"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def test_train_cam_killed_after_an_epoch_resumes_to_identical_weights(voc_root, tmp_path):

@@ -30,7 +30,7 @@ VOC_LAYOUT_HELP = (
     "ROOT/ImageSets/Segmentation/{train,val}.txt, ROOT/Annotations/<id>.xml, and SBD's masks in "
     "ROOT/SegmentationClassAug/<id>.png for train_aug (see the README, 'Datasets')."
 )
-SPLITS = ("train", "val", "trainval", "train_aug")
+SPLITS = ("train", "val", "trainval", "train_aug", "test")
 LABEL_SOURCES = ("xml", "mask")
 
 
@@ -113,9 +113,10 @@ class VOC12:
 
     # --- id lists ----------------------------------------------------------------------------
     def split(self, name_or_path: str | os.PathLike) -> list[str]:
-        """Ids of a named split (train, val, trainval, train_aug) or of a list file."""
+        """Ids of a named split (train, val, trainval, train_aug; test in VOC's test release) or of a
+        list file."""
         name = str(name_or_path)
-        if name in ("train", "val", "trainval"):
+        if name in ("train", "val", "trainval", "test"):
             p = self.root / "ImageSets" / "Segmentation" / f"{name}.txt"
             if not p.is_file():
                 raise WavecamError(f"{p} not found: the {name} split needs it. {VOC_LAYOUT_HELP}")
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         ds = VOC12(args.voc12_root, args.cache_dir, args.voc12_label_source)
-        for s in SPLITS:
+        for s in SPLITS[:-1]:  # test has no labels
             ids = ds.split(s)
             labels = ds.labels(ids)
             print(f"{s:<10} {len(ids):6d} images  {labels.sum(0).astype(int).tolist()}")

@@ -290,15 +290,18 @@ class TorchvisionDeepLabV3(SegNetwork):
 
 def build_seg_network(name: str = "deeplabv2_resnet101_msc", num_classes: int = 21,
                       pretrained: str | os.PathLike | Mapping[str, torch.Tensor] | None = IMAGENET,
-                      scales: Sequence[float] = MSC_SCALES) -> SegNetwork:
+                      scales: Sequence[float] = MSC_SCALES,
+                      n_blocks: Sequence[int] = RESNET101_BLOCKS) -> SegNetwork:
     """A segmenter by name (`SEG_NETWORKS`), started from `pretrained`:
     "imagenet"        torchvision's ResNet-101 IMAGENET1K_V1 backbone (downloaded once), head at init;
     None / "none"     random weights (with a warning);
     a path or dict    see `load_seg_weights`: ours, deeplab-pytorch's, or a torchvision ResNet-101.
-    The input convention follows the weights (`model.input_norm`). `scales` are DeepLab-v2's MSC scales.
+    The input convention follows the weights (`model.input_norm`). `scales` are DeepLab-v2's MSC scales,
+    `n_blocks` its bottleneck blocks per stage (ResNet-101's; fewer make a small network for tests
+    and demos, which only a checkpoint of its own shape fits).
     """
     if name == "deeplabv2_resnet101_msc":
-        model: SegNetwork = DeepLabV2MSC(DeepLabV2(num_classes), scales)
+        model: SegNetwork = DeepLabV2MSC(DeepLabV2(num_classes, n_blocks=tuple(n_blocks)), scales)
     elif name == "deeplabv3_resnet101":
         model = TorchvisionDeepLabV3(num_classes)
     else:

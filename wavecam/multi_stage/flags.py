@@ -12,6 +12,7 @@ import os
 
 from wavecam.data.coco import CROWD, SPLIT_IMAGES
 from wavecam.io import WavecamError
+from wavecam.models.deeplab import SEG_NETWORKS
 from wavecam.models.resnet import resolve_arch, stage_channels
 from wavecam.multi_stage.passes import ORDER
 from wavecam.multi_stage.workspace import PATH_FLAGS, join_paths
@@ -33,6 +34,8 @@ DATASET_DEFAULTS = {
         "wavecam_batch_size": 6,
         "sem_seg_bg_thres": 0.25,
         "train_list": "train",
+        "seg_train_list": "train",
+        "seg_num_iters": 100000,
         "infer_list": "train",
         "chainer_eval_set": "train",
         "recam_kernel": "classifier",
@@ -139,6 +142,45 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--beta", type=float, default=10)
     a("--exp_times", type=int, default=8, help="the random walk takes 2^exp_times steps")
     a("--sem_seg_bg_thres", type=float, default=0.28)
+    # Stage 3: a fully supervised segmenter trained on the pseudo labels, with deeplab-pytorch's settings
+    # (configs/voc12.yaml; COCO: configs/coco.yaml's schedule)
+    a("--seg_network", choices=SEG_NETWORKS, default="deeplabv2_resnet101_msc",
+      help="DeepLab-v2 ResNet-101 with multi-scale inputs (the paper's), or torchvision's DeepLab-v3")
+    a("--seg_n_blocks", type=int, nargs=4, default=(3, 4, 23, 3), metavar=("L1", "L2", "L3", "L4"),
+      help="DeepLab-v2's bottleneck blocks per stage (deeplab-pytorch's N_BLOCKS; ResNet-101's by default)")
+    a("--seg_pretrained", default="imagenet",
+      help="initial weights: 'imagenet' (torchvision's ResNet-101), 'none', or a file: a deeplab-pytorch "
+           "checkpoint (caffe, BGR), a torchvision-layout ResNet-101 or one of ours")
+    a("--seg_label_dir", default=None,
+      help="the training labels: default the work space's --sem_seg_out_dir (the pseudo labels); 'gt' "
+           "for the ground truth (the fully supervised upper bound), or a folder of <id>.png")
+    a("--seg_train_list", default="train_aug")
+    a("--seg_eval_set", default="val")
+    a("--seg_batch_size", type=int, default=5, help="images per forward (deeplab-pytorch's BATCH_SIZE.TRAIN)")
+    a("--seg_iter_size", type=int, default=2,
+      help="forwards accumulated per optimiser step (ITER_SIZE): the global batch is batch size x iter size, "
+           "split over torchrun processes")
+    a("--seg_crop_size", type=int, default=321)
+    a("--seg_scales", type=float, nargs="+", default=(0.5, 0.75, 1.0, 1.25, 1.5), help="random rescaling")
+    a("--seg_msc_scales", type=float, nargs="*", default=(0.5, 0.75),
+      help="DeepLab-v2's extra input scales (max-fused with the full one, a loss on each)")
+    a("--seg_num_iters", type=int, default=20000, help="optimiser steps (ITER_MAX)")
+    a("--seg_learning_rate", type=float, default=2.5e-4, help="x10 for the head's weights, x20 its biases")
+    a("--seg_momentum", type=float, default=0.9)
+    a("--seg_weight_decay", type=float, default=5e-4)
+    a("--seg_poly_power", type=float, default=0.9)
+    a("--seg_lr_decay", type=int, default=10, help="the poly rate is updated every N steps (LR_DECAY)")
+    a("--seg_save_iters", type=int, default=1000, help="the train state is saved every N steps (for resume)")
+    a("--seg_log_iters", type=int, default=100, help="log line and TensorBoard scalars every N steps")
+    a("--seg_crf", type=str2bool, default=True,
+      help="make_seg also writes the dense-CRF predictions; eval_seg reports both, the CRF ones first")
+    a("--seg_crf_image", choices=("reference", "raw"), default="reference",
+      help="the image the CRF compares colours in: deeplab-pytorch's (its mean-subtracted BGR cast to uint8, "
+           "values below the mean wrapping around) or the image itself")
+    if dataset == "voc":
+        a("--voc12_test_root", default=None,
+          help="VOC 2012 test images (JPEGImages/, ImageSets/Segmentation/test.txt): make_seg writes their "
+               "predictions in the evaluation server's layout, results/VOC2012/Segmentation/comp6_test_cls/")
     # Output paths (joined to --work_space unless absolute)
     a("--work_space", default="result_default")
     a("--log_name", default=PATH_FLAGS["log_name"])
@@ -147,6 +189,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--cam_out_dir", default=PATH_FLAGS["cam_out_dir"])
     a("--ir_label_out_dir", default=PATH_FLAGS["ir_label_out_dir"])
     a("--sem_seg_out_dir", default=PATH_FLAGS["sem_seg_out_dir"])
+    a("--seg_weights_name", default=PATH_FLAGS["seg_weights_name"])
+    a("--seg_out_dir", default=PATH_FLAGS["seg_out_dir"], help="make_seg's predictions: <dir>/<set>[_crf]/<id>.png")
     a("--force", type=str2bool, default=False, help="redo outputs that already exist")
     a("--resume", type=str2bool, default=True,
       help="continue an interrupted training pass from <work_space>/resume/ (False: start it over)")
@@ -186,7 +230,8 @@ def check_conflicts(args: argparse.Namespace) -> None:
         raise WavecamError(f"--irn_crop_size {args.irn_crop_size} is too small for --irn_path_radius "
                            f"{args.irn_path_radius}: the crop must be at least {8 * args.irn_path_radius} pixels")
     for flag in ("cam_batch_size", "recam_batch_size", "wavecam_batch_size", "irn_batch_size", "num_workers",
-                 "cam_infer_batch"):
+                 "cam_infer_batch", "seg_batch_size", "seg_iter_size", "seg_num_iters", "seg_save_iters",
+                 "seg_log_iters", "seg_lr_decay"):
         if getattr(args, flag) < (0 if flag in ("num_workers", "cam_infer_batch") else 1):
             raise WavecamError(f"--{flag} {getattr(args, flag)} is out of range")
 

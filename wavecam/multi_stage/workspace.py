@@ -11,7 +11,11 @@ keeps it, as the reference's do):
     ir_label/<id>.png              --ir_label_out_dir: cam_to_ir_label
     res50_irn.pth                  --irn_weights_name: train_irn
     sem_seg/<id>.png               --sem_seg_out_dir: make_sem_seg
-    results/<pass>.json            eval_cam, eval_sem_seg
+    res101_seg.pth                 --seg_weights_name: train_seg (stage 3)
+    seg_pred/<set>[_crf]/<id>.png  --seg_out_dir: make_seg's predictions, without and with the CRF
+    results/VOC2012/Segmentation/comp6_test_cls/<id>.png
+                                   make_seg on --voc12_test_root: the VOC server's layout
+    results/<pass>.json            eval_cam, eval_sem_seg, eval_seg
     resume/<pass>.pth              a training pass's state after each epoch, until the pass ends
     skipped_images.txt             the images --skip_bad_images skipped, pass by pass
 
@@ -34,6 +38,8 @@ PATH_FLAGS = {
     "sem_seg_out_dir": "sem_seg",
     "recam_weight_dir": "recam_weight",
     "wavecam_weight_dir": "wavecam_weight",
+    "seg_weights_name": "res101_seg.pth",
+    "seg_out_dir": "seg_pred",
 }
 
 
@@ -95,3 +101,21 @@ def resume_path(work_space: str | os.PathLike, name: str) -> Path:
 
 def skipped_images_path(work_space: str | os.PathLike) -> Path:
     return Path(work_space) / "skipped_images.txt"
+
+
+def seg_labels(args) -> str | None:
+    """The folder of stage 3's training labels: --seg_label_dir, by default the pseudo labels of
+    --sem_seg_out_dir; None for 'gt', the dataset's ground truth."""
+    if args.seg_label_dir is None:
+        return args.sem_seg_out_dir
+    return None if args.seg_label_dir == "gt" else args.seg_label_dir
+
+
+def seg_predictions(args, eval_set: str, crf: bool) -> str:
+    """make_seg's predictions for `eval_set`, with or without the dense CRF."""
+    return os.path.join(args.seg_out_dir, eval_set + ("_crf" if crf else ""))
+
+
+def voc_server_dir(work_space: str | os.PathLike) -> Path:
+    """VOC 2012 test predictions in the layout the evaluation server accepts (zip `results/`)."""
+    return Path(work_space) / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"

@@ -18,4 +18,7 @@ ORDER = (
     "train_irn",
     "make_sem_seg",
     "eval_sem_seg",
+    "train_seg",
+    "make_seg",
+    "eval_seg",
 )

@@ -1,0 +1,137 @@
+"""Stage 3 (train_seg, make_seg, eval_seg): the chain from image labels to the final score, the
+ground-truth upper bound learning, resume after a kill, VOC's test layout and bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_killed_when
+from PIL import Image
+
+from wavecam.io import load_checkpoint, load_png
+from wavecam.multi_stage.runner import main
+from wavecam.report import report
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "multi_stage" / "run_wavecam_voc.py"
+# A small DeepLab-v2 (one bottleneck per stage), random initialisation, toy crops.
+SEG = ("--num_workers 0 --seg_n_blocks 1 1 1 1 --seg_pretrained none --seg_crop_size 48 --seg_batch_size 2 "
+       "--seg_iter_size 2 --seg_learning_rate 0.002 --seg_log_iters 2 --seg_save_iters 2 --seed 1").split()
+STAGE3 = "--train_seg_pass True --make_seg_pass True --eval_seg_pass True".split()
+SEEDS = ("--pretrained none --num_workers 0 --cam_crop_size 64 --cam_resize_long 56 72 --cam_batch_size 4 "
+         "--cam_num_epoches 1 --irn_crop_size 64 --irn_batch_size 4 --irn_num_epoches 1 --irn_path_radius 5 "
+         "--chainer_eval_set train --infer_list train --cam_scales 1.0 0.5 --sgd_momentum 0.9 "
+         "--cam_learning_rate 0.01").split()
+
+
+def run(root, ws, *flags):
+    assert main("voc", ["--voc12_root", str(root), "--work_space", str(ws), *flags]) == 0
+
+
+def test_image_labels_to_the_final_score(voc_root, tmp_path):
+    """The two seed command lines and one stage-3 line: pseudo labels in, a scored segmenter out."""
+    ws = tmp_path / "ws"
+    run(voc_root, ws, *SEEDS, *"--train_cam_pass True --make_cam_pass True --eval_cam_pass True".split())
+    run(voc_root, ws, *SEEDS, *("--cam_to_ir_label_pass True --train_irn_pass True --make_sem_seg_pass True "
+                                "--eval_sem_seg_pass True").split())
+    run(voc_root, ws, *SEEDS, *SEG, "--seg_num_iters", "4", "--seg_train_list", "train", *STAGE3)
+
+    state = load_checkpoint(ws / "res101_seg.pth")
+    assert state["base.aspp.0.weight"].shape[0] == 21 and "caffe_convention" in state
+    val = sorted(p.stem for p in (voc_root / "JPEGImages").glob("*.jpg")
+                 if p.stem in (voc_root / "ImageSets/Segmentation/val.txt").read_text().split())
+    for folder in ("val", "val_crf"):
+        files = sorted((ws / "seg_pred" / folder).glob("*.png"))
+        assert [p.stem for p in files] == val
+        with Image.open(files[0]) as img:
+            assert img.mode == "L"
+    result = json.loads((ws / "results" / "eval_seg.json").read_text())
+    assert result["crf"] is True and set(result["variants"]) == {"crf", "no_crf"}
+    assert result["miou"] == result["variants"]["crf"]["miou"] and result["n_images"] == len(val)
+    assert result["eval_set"] == "val" and len(result["iou"]) == 21
+    assert "stage 3" in (ws / "sample_train_eval.log").read_text()  # the per-class table is in the log
+    assert not (ws / "resume" / "train_seg.pth").exists()
+    report([ws], tmp_path / "report", gallery=0, names=["CAM"])
+    assert "seg mIoU" in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_trained_on_ground_truth_it_learns(voc_root, tmp_path):
+    """The upper bound of stage 3 on the synthetic shapes: 60 steps on the ground truth beat the
+    background-only prediction (mIoU = its background IoU / 21) several times over."""
+    ws = tmp_path / "ws"
+    run(voc_root, ws, *SEG, "--seg_label_dir", "gt", "--seg_train_list", "train_aug", "--seg_num_iters", "60",
+        "--seg_batch_size", "8", "--seg_iter_size", "1", "--seg_learning_rate", "0.005", "--seg_crf", "False",
+        "--seg_log_iters", "20", "--seg_save_iters", "1000", *STAGE3)
+    result = json.loads((ws / "results" / "eval_seg.json").read_text())
+    from wavecam.data.voc import VOC12
+
+    source = VOC12(voc_root)
+    gt = np.concatenate([source.load_gt(i).ravel() for i in source.split("val")])
+    gt = gt[gt != 255]
+    background_only = float(np.mean(gt == 0)) / 21
+    assert result["miou"] > 2 * background_only, (result["miou"], background_only)
+
+
+def test_train_seg_killed_resumes_to_identical_weights(voc_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def command(ws):
+        return [sys.executable, str(RUNNER), "--voc12_root", str(voc_root), "--work_space", str(ws), *SEG,
+                "--seg_label_dir", "gt", "--seg_num_iters", "16", "--seg_save_iters", "4", "--train_seg_pass", "True"]
+
+    subprocess.run(command(tmp_path / "whole"), env=env, check=True, capture_output=True)
+    ws = tmp_path / "killed"
+    state = ws / "resume" / "train_seg.pth"
+    run_killed_when(command(ws), state.exists, env)
+    assert not (ws / "res101_seg.pth").exists()
+    subprocess.run(command(ws), env=env, check=True, capture_output=True)
+    whole, resumed = load_checkpoint(tmp_path / "whole" / "res101_seg.pth"), load_checkpoint(ws / "res101_seg.pth")
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
+    assert not state.exists()
+
+
+def test_voc_test_images_in_the_servers_layout(voc_root, tmp_path):
+    test_root = tmp_path / "VOC2012_test"
+    (test_root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    shutil.copytree(voc_root / "JPEGImages", test_root / "JPEGImages")
+    ids = sorted(p.stem for p in (test_root / "JPEGImages").glob("*.jpg"))[:3]
+    (test_root / "ImageSets" / "Segmentation" / "test.txt").write_text("\n".join(ids) + "\n")
+    ws = tmp_path / "ws"
+    run(voc_root, ws, *SEG, "--seg_label_dir", "gt", "--seg_num_iters", "2", "--voc12_test_root", str(test_root),
+        "--train_seg_pass", "True", "--make_seg_pass", "True")
+    server = ws / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+    assert sorted(p.stem for p in server.glob("*.png")) == ids
+    for i in ids:
+        with Image.open(server / f"{i}.png") as img:
+            assert img.mode == "P"  # indexed with VOC's colours, as the server expects
+        crf = load_png(ws / "seg_pred" / "test_crf" / f"{i}.png")
+        np.testing.assert_array_equal(load_png(server / f"{i}.png"), crf)
+
+
+def test_missing_pseudo_labels_and_a_foreign_checkpoint_are_one_line(voc_root, tmp_path, capsys):
+    ws = tmp_path / "ws"
+    assert main("voc", ["--voc12_root", str(voc_root), "--work_space", str(ws), *SEG, "--seg_num_iters", "2",
+                        "--train_seg_pass", "True"]) == 2
+    err = capsys.readouterr().err
+    assert "no label map in" in err and "--make_sem_seg_pass" in err
+    ws.mkdir(exist_ok=True)
+    torch.save({"conv.weight": torch.zeros(3, 3, 1, 1)}, ws / "res101_seg.pth")
+    assert main("voc", ["--voc12_root", str(voc_root), "--work_space", str(ws), *SEG, "--make_seg_pass", "True"]) == 2
+    err = capsys.readouterr().err
+    assert "res101_seg.pth" in err and "conv.weight" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("t", [0, 9, 10, 19, 20])
+def test_poly_rate_changes_every_lr_decay_steps_as_deeplab_pytorch(t):
+    from wavecam.multi_stage.passes.train_seg import poly_every
+
+    expected = (1 - 10 * (t // 10) / 100) ** 0.9
+    assert poly_every(100, 0.9, 10)(t) == pytest.approx(expected)
+    assert poly_every(100, 0.9, 10)(t) == poly_every(100, 0.9, 10)(t - t % 10)

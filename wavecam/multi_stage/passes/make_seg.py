@@ -1,0 +1,83 @@
+"""make_seg (stage 3): the trained segmenter's predictions for --seg_eval_set, and on VOC for the
+test images of --voc12_test_root in the evaluation server's layout.
+
+As deeplab-pytorch's test: the whole image at its size, the network's (multi-scale, max-fused)
+logits resized bilinearly to it, softmax; with --seg_crf its dense CRF (10 iterations; its Gaussian
+and bilateral settings) on those probabilities. Writes <seg_out_dir>/<set>/<id>.png and
+<seg_out_dir>/<set>_crf/<id>.png (8-bit label maps), for test also
+results/VOC2012/Segmentation/comp6_test_cls/<id>.png (VOC palette, the CRF ones with --seg_crf).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from wavecam.crf import crf_inference_deeplab
+from wavecam.data.voc import VOC12
+from wavecam.engine.runtime import autocast, barrier, init, place
+from wavecam.io import BadFileError, save_png
+from wavecam.models.deeplab import SegNetwork, build_seg_network
+from wavecam.multi_stage.common import make_source, pending, resolve_list, skip_bad_image
+from wavecam.multi_stage.workspace import seg_predictions, voc_server_dir
+
+log = logging.getLogger("wavecam")
+
+
+@torch.no_grad()
+def probabilities(net: SegNetwork, image: np.ndarray, amp: bool) -> torch.Tensor:
+    """Class probabilities (C, H, W) of one (H, W, 3) uint8 image."""
+    device = next(net.parameters()).device
+    x = net.preprocess(image)[None].to(device)
+    with autocast(amp, device):
+        logits = net(x)
+    logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)
+    return logits[0].softmax(0).cpu()
+
+
+def predict(net: SegNetwork, source, ids: list[str], folders: list[str], args) -> None:
+    """Write each image's prediction into `folders` (no CRF, with CRF, the server's layout: as many
+    as are given, in that order)."""
+    for image_id in tqdm(ids, desc="make_seg", disable=not ids):
+        try:
+            image = source.load_image(image_id)
+        except BadFileError as e:
+            if not args.skip_bad_images:
+                raise
+            skip_bad_image(args, "make_seg", image_id, str(e))
+            continue
+        probs = probabilities(net, image, args.amp)
+        pred = probs.argmax(0).numpy().astype(np.uint8)
+        save_png(os.path.join(folders[0], f"{image_id}.png"), pred)
+        if args.seg_crf:
+            refined = crf_inference_deeplab(image, probs.numpy(), reference_image=args.seg_crf_image == "reference")
+            pred = refined.argmax(0).astype(np.uint8)
+            save_png(os.path.join(folders[1], f"{image_id}.png"), pred)
+        if len(folders) > 1 + args.seg_crf:
+            save_png(os.path.join(folders[-1], f"{image_id}.png"), pred, palette=True)
+
+
+def run(args) -> None:
+    ctx = init(args.device)
+    source = make_source(args)
+    net = build_seg_network(args.seg_network, source.num_classes + 1, pretrained=args.seg_weights_name,
+                            scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks)
+    place(net, ctx, args.channels_last).eval()
+    sets = [(args.seg_eval_set, source, [])]
+    if getattr(args, "voc12_test_root", None):
+        sets.append(("test", VOC12(args.voc12_test_root, args.cache_dir), [str(voc_server_dir(args.work_space))]))
+    for name, images, extra in sets:
+        folders = [seg_predictions(args, name, crf=False)]
+        if args.seg_crf:
+            folders.append(seg_predictions(args, name, crf=True))
+        folders += extra
+        # The last folder is written last: an image is done once its file there is complete.
+        ids = pending(resolve_list(images, name), folders[-1], ".png", args, ctx)
+        log.info("make_seg: %d %s images to predict into %s", len(ids), name, ", ".join(folders))
+        predict(net, images, ids, folders, args)
+    barrier(ctx)

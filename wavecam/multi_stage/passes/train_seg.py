@@ -1,0 +1,109 @@
+"""train_seg (stage 3): a fully supervised segmenter trained on the pseudo labels, as the paper's
+step 3 does with deeplab-pytorch ("replacing the ground-truth mask with the generated pseudo mask").
+
+deeplab-pytorch's configs/voc12.yaml by default: DeepLab-v2 ResNet-101 with multi-scale inputs
+(a loss on each output), frozen BatchNorm, SGD (momentum 0.9, weight decay 5e-4; the head's weights
+x10 and biases x20 without decay), lr 2.5e-4 decayed by poly 0.9 updated every 10 steps, 5 crops of
+321 per forward and 2 forwards per step, random scales 0.5-1.5 and flips, 20k steps. The train state
+is saved every --seg_save_iters steps: re-running the command resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import DataLoader
+
+from wavecam.data.seg_train import SegTrainDataset
+from wavecam.engine.loop import Hook, fit
+from wavecam.engine.runtime import (
+    amp_dtype,
+    autocast,
+    barrier,
+    init,
+    loss_scaler,
+    place,
+    seed_everything,
+    set_cudnn,
+    to_device,
+    unwrap,
+    wrap_ddp,
+)
+from wavecam.engine.sampling import batch_plan, train_loader
+from wavecam.engine.state import TrainState
+from wavecam.io import is_complete, save_checkpoint
+from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
+from wavecam.multi_stage.common import loader_options, make_source, resolve_list
+from wavecam.multi_stage.evaluation import prepare_gt
+from wavecam.multi_stage.workspace import resume_path, seg_labels
+
+log = logging.getLogger("wavecam")
+
+
+def poly_every(max_iters: int, power: float, every: int):
+    """deeplab-pytorch's PolynomialLR as a factor of step t (0-based): (1 - t' / max_iters) ** power,
+    t' being t rounded down to a multiple of `every` (its rate changes every LR_DECAY steps)."""
+    return lambda t: (1 - every * (t // every) / max_iters) ** power
+
+
+def run(args) -> None:
+    ctx = init(args.device)
+    if is_complete(args.seg_weights_name) and not args.force:
+        log.info("%s exists: skipping train_seg (--force True to retrain)", args.seg_weights_name)
+        return
+    seed_everything(args.seed, ctx.rank)
+    source = make_source(args)
+    ids = resolve_list(source, args.seg_train_list)
+    labels = seg_labels(args)
+    if labels is None:
+        prepare_gt(source, ids)
+    net = build_seg_network(args.seg_network, source.num_classes + 1, pretrained=args.seg_pretrained,
+                            scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks)
+    dataset = SegTrainDataset(source, ids, labels, crop_size=args.seg_crop_size, scales=args.seg_scales,
+                              hflip=True, preprocess=net.input_norm)
+    plan = batch_plan(args.seg_batch_size * args.seg_iter_size, ctx.world_size, micro_batch=args.seg_batch_size)
+    opt = torch.optim.SGD(param_groups(net, args.seg_learning_rate, args.seg_weight_decay),
+                          lr=args.seg_learning_rate, momentum=args.seg_momentum)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_every(args.seg_num_iters, args.seg_poly_power,
+                                                              args.seg_lr_decay))
+    model = wrap_ddp(place(net, ctx, args.channels_last), ctx)
+    set_cudnn(args.cudnn_benchmark, args.deterministic)  # fixed crops: cuDNN may time its algorithms once
+    scaler = loss_scaler(ctx.device, amp_dtype(args.amp, ctx.device))
+
+    state = TrainState(resume_path(args.work_space, "train_seg"), {k: str(v) for k, v in {
+        "network": args.seg_network, "blocks": args.seg_n_blocks, "train_ids": len(ids), "labels": labels,
+        "batch": plan.global_batch, "iters": args.seg_num_iters, "lr": args.seg_learning_rate,
+        "crop": args.seg_crop_size, "seed": args.seed, "world": ctx.world_size}.items()},
+        name="train_seg", restart_hint="pass --force True to start over")
+    if (args.force or not args.resume) and ctx.is_main:
+        state.remove()
+    barrier(ctx)  # no rank looks for the state while it is being removed
+    start = state.restore(model, opt, sched, scaler) if state.path.is_file() else 0
+    loader: DataLoader = train_loader(dataset, plan, ctx.rank, args.seed, start, args.seg_num_iters, "step",
+                                      **loader_options(args, ctx))
+    log.info("train_seg: %s on %d %s images, %s; %d steps from %d", args.seg_network, len(ids),
+             "ground-truth" if labels is None else f"pseudo-labelled ({labels})", plan.describe(),
+             args.seg_num_iters, start)
+
+    def loss_of(batch: dict, t: int, k: int) -> dict[str, torch.Tensor]:
+        with autocast(args.amp, ctx.device):
+            logits = model(to_device(batch["img"], ctx, args.channels_last))
+        return {"loss": msc_loss([x.float() for x in logits], batch["label"].to(ctx.device, non_blocking=True))}
+
+    def report(t: int, values: dict[str, float]) -> None:
+        log.info("train_seg step %d/%d: loss %.4f, lr %.3g", t, args.seg_num_iters, values["loss"], values["lr"])
+
+    def save(t: int, values: dict[str, float]) -> None:
+        state.save(ctx, t, model, opt, sched, scaler)
+
+    def kept() -> str:
+        return f"the last good state {state.path} is kept" if state.path.exists() else "nothing was saved"
+
+    fit("train_seg", model, opt, sched, scaler, loader, start, args.seg_num_iters, loss_of, plan, ctx, args.seed,
+        hooks=[Hook(args.seg_log_iters, report), Hook(args.seg_save_iters, save, at_end=False)], kept=kept)
+    if ctx.is_main:
+        save_checkpoint(args.seg_weights_name, unwrap(model).state_dict())
+        state.remove()
+        log.info("wrote %s", args.seg_weights_name)
+    barrier(ctx)
