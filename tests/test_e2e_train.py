@@ -17,7 +17,7 @@ import torch
 from wavecam import dist
 from wavecam import e2e_labels as lab
 from wavecam.end_to_end.batching import IterationBatches, accumulated_step, batch_plan
-from wavecam.end_to_end.config import load_config
+from wavecam.end_to_end.config import Config, as_dict, load_config
 from wavecam.end_to_end.data import make_source, train_dataset, train_loader
 from wavecam.end_to_end.evaluation import settings
 from wavecam.end_to_end.model import build_model, grid_size, poly_warmup_adamw
@@ -137,6 +137,10 @@ def test_one_process_from_end_to_end_logs_plots_and_resumes_exactly(one_process,
     assert "resumed from" in (tmp_path / "stopped" / "train.log").read_text()
 
     full = load_checkpoint(one_process / "checkpoints" / "iter_0000004.pth")
+    # The resolved config, saved with the run and in its checkpoints as a plain dict, reads back as it ran.
+    ran = load_config(CONFIG, ["work_dir=" + str(one_process), f"dataset.root={voc96}", *TINY, "test.crf=true"])
+    assert load_config(one_process / "config.yaml") == ran
+    assert full["config"] == as_dict(ran)
     resumed = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "iter_0000004.pth")
     assert full["model"].keys() == resumed["model"].keys()
     for k, v in full["model"].items():
@@ -203,13 +207,6 @@ def test_missing_weights_are_reported_before_the_coco_masks_are_rendered(tmp_pat
     assert "https://github.com/NVlabs/SegFormer" in message and "ImageNet-1k" in message
     assert str(tmp_path / "pretrained" / "mit_b1.pth") in message and "--set model.pretrained=PATH" in message
     assert not cache.exists() and not (tmp_path / "w").exists()
-
-
-def test_an_old_config_is_told_what_replaced_samples_per_gpu(tmp_path):
-    old = tmp_path / "old.yaml"
-    old.write_text(CONFIG.read_text().replace("  batch_size: 4", "  samples_per_gpu: 2"))
-    with pytest.raises(WavecamError, match="samples_per_gpu is gone: set train.batch_size"):
-        load_config(old)
 
 
 # --- the global batch ----------------------------------------------------------------------------
@@ -286,8 +283,8 @@ def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96):
     dataset = train_dataset(cfg, source)
     torch.manual_seed(0)
     net = build_model(cfg, source.num_classes)
-    par = PAR(cfg["par"]["dilations"], cfg["par"]["num_iter"])
-    aff_mask = lab.radius_mask(*grid_size((64, 64)), cfg["cam"]["radius"])
+    par = PAR(cfg.par.dilations, cfg.par.num_iter)
+    aff_mask = lab.radius_mask(*grid_size((64, 64)), cfg.cam.radius)
 
     def run(world: int, rank: int):
         ctx = dist.Context(rank, world, rank, torch.device("cpu"))
@@ -327,13 +324,13 @@ def test_schedule_switches_where_afa_does():
     assert schedule(coco, 5000).weights["seg"] == 0 and schedule(coco, 5001).weights == {
         "cls": 1.0, "wave": 0.1, "seg": 0.1, "aff": 0.1}
     assert (schedule(coco, 15000).propagated_target, schedule(coco, 15001).propagated_target) == (False, True)
-    assert coco["train"]["aff_from_seg_target"] and not voc["train"]["aff_from_seg_target"]
+    assert coco.train.aff_from_seg_target and not voc.train.aff_from_seg_target
 
-    def afa_lr(g: int, cfg: dict) -> float:
-        s, lr, max_iter = cfg["scheduler"], cfg["optimizer"]["learning_rate"], cfg["train"]["max_iters"]
-        if g < s["warmup_iter"]:
-            return lr * (1 - (1 - g / s["warmup_iter"]) * (1 - s["warmup_ratio"]))
-        return lr * (1 - g / max_iter) ** s["power"]
+    def afa_lr(g: int, cfg: Config) -> float:
+        s, lr, max_iter = cfg.scheduler, cfg.optimizer.learning_rate, cfg.train.max_iters
+        if g < s.warmup_iter:
+            return lr * (1 - (1 - g / s.warmup_iter) * (1 - s.warmup_ratio))
+        return lr * (1 - g / max_iter) ** s.power
 
     class OneParameter:
         def param_groups(self, lr, weight_decay):
@@ -346,9 +343,9 @@ def test_schedule_switches_where_afa_does():
             opt.step()
             sched.step()
         factor = sched.lr_lambdas[0]
-        warmup = cfg["scheduler"]["warmup_iter"]
-        for g in (0, 1, warmup - 1, warmup, warmup + 1, cfg["train"]["max_iters"] - 1):
-            assert cfg["optimizer"]["learning_rate"] * factor(g) == pytest.approx(afa_lr(g, cfg), rel=1e-12), g
+        warmup = cfg.scheduler.warmup_iter
+        for g in (0, 1, warmup - 1, warmup, warmup + 1, cfg.train.max_iters - 1):
+            assert cfg.optimizer.learning_rate * factor(g) == pytest.approx(afa_lr(g, cfg), rel=1e-12), g
 
 
 def test_configs_default_to_afas_published_runs():
@@ -356,8 +353,8 @@ def test_configs_default_to_afas_published_runs():
     run_sbatch_attn_reg_coco.sh: 4 processes x 2, --crop_size 512."""
     for name, batch in (("voc", 4), ("coco", 8)):
         cfg = load_config(E2E / "configs" / f"{name}.yaml")
-        assert (cfg["dataset"]["crop_size"], cfg["train"]["batch_size"], cfg["train"]["micro_batch"]) == (512, batch, 2)
-        assert (cfg["dataset"]["resample"], cfg["dataset"]["pad"]) == ("pil_bilinear", "black")
+        assert (cfg.dataset.crop_size, cfg.train.batch_size, cfg.train.micro_batch) == (512, batch, 2)
+        assert (cfg.dataset.resample, cfg.dataset.pad) == ("pil_bilinear", "black")
 
 
 # --- the rest ------------------------------------------------------------------------------------
@@ -411,7 +408,10 @@ def test_coco_config_keeps_afas_lists(tmp_path):
     assert (source.split_images, source.crowd) == ("annotated", "ignore")
     recorded = settings(cfg, tmp_path, "val")
     assert (recorded["coco_split_images"], recorded["coco_crowd"]) == ("annotated", "ignore")
-    del cfg["dataset"]["coco_split_images"], cfg["dataset"]["coco_crowd"]  # a config written before the keys
+    # A config written before the keys gets the defaults.
+    older = tmp_path / "older.yaml"
+    older.write_text(re.sub(r"  coco_(split_images|crowd):.*\n", "", (E2E / "configs" / "coco.yaml").read_text()))
+    cfg = load_config(older, [f"dataset.root={tmp_path}"])
     assert (make_source(cfg).split_images, make_source(cfg).crowd) == ("annotated", "ignore")
-    cfg["dataset"]["coco_split_images"] = "all"
+    cfg = load_config(older, [f"dataset.root={tmp_path}", "dataset.coco_split_images=all"])
     assert make_source(cfg).split_images == "all"

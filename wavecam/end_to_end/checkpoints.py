@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from wavecam import dist
-from wavecam.end_to_end.config import config_changes
+from wavecam.end_to_end.config import Config, as_dict, config_changes
 from wavecam.io import WavecamError, load_checkpoint, save_checkpoint
 from wavecam.models.e2e import WaveAFA, load_wave_afa_weights
 
@@ -16,12 +16,12 @@ log = logging.getLogger("wavecam")
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "iteration", "config")
 
 
-def save_state(path: Path, net: WaveAFA, opt, sched, scaler, t: int, cfg: dict, ctx: dist.Context) -> None:
+def save_state(path: Path, net: WaveAFA, opt, sched, scaler, t: int, cfg: Config, ctx: dist.Context) -> None:
     """Rank 0 writes the checkpoint (collective: all ranks call it). No generator state: every
     micro-batch seeds its own (batching.micro_batch_seed)."""
     if ctx.is_main:
         state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "iteration": t, "config": cfg}
+                 "iteration": t, "config": as_dict(cfg)}
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         save_checkpoint(path, state)
@@ -29,7 +29,7 @@ def save_state(path: Path, net: WaveAFA, opt, sched, scaler, t: int, cfg: dict, 
     dist.barrier(ctx)  # no rank goes on (or ends the run) before the checkpoint is complete
 
 
-def restore(path: Path, net: WaveAFA, opt, sched, scaler, cfg: dict) -> int:
+def restore(path: Path, net: WaveAFA, opt, sched, scaler, cfg: Config) -> int:
     """Load a checkpoint of save_state into model, optimiser and scheduler; returns the iteration to
     continue from."""
     ckpt = load_checkpoint(path)

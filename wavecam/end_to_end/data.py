@@ -9,30 +9,23 @@ from torch.utils.data import DataLoader, Dataset
 from wavecam import dist
 from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset
 from wavecam.end_to_end.batching import BatchPlan, IterationBatches, SeededSamples
+from wavecam.end_to_end.config import Config
 from wavecam.end_to_end.preflight import check_dataset_root
 from wavecam.io import WavecamError
 
 
-def make_source(cfg: dict):
-    data = cfg["dataset"]
+def make_source(cfg: Config):
+    data = cfg.dataset
     check_dataset_root(cfg)
-    if data["name"] == "voc":
+    if data.name == "voc":
         from wavecam.data.voc import VOC12
 
-        return VOC12(data["root"], data.get("cache_dir"))
-    if data["name"] == "coco":
+        return VOC12(data.root, data.cache_dir)
+    if data.name == "coco":
         from wavecam.data.coco import COCO2014
 
-        split_images, crowd = coco_policies(data)
-        return COCO2014(data["root"], data.get("cache_dir"), split_images=split_images, crowd=crowd)
-    raise WavecamError(f"dataset.name must be voc or coco, got {data['name']!r}")
-
-
-def coco_policies(data: dict) -> tuple[str, str]:
-    """The COCO source's split images and crowd policy. AFA's lists (datasets/coco/{train,val}.txt,
-    82,081 and 40,137 images) leave out the images without annotations, so a config that does not
-    name them gets `annotated`, and the crowd handling this trainer has always had (`ignore`)."""
-    return data.get("coco_split_images", "annotated"), data.get("coco_crowd", "ignore")
+        return COCO2014(data.root, data.cache_dir, split_images=data.coco_split_images, crowd=data.coco_crowd)
+    raise WavecamError(f"dataset.name must be voc or coco, got {data.name!r}")
 
 
 def split_ids(source, name: str) -> list[str]:
@@ -48,28 +41,28 @@ def prepare_gt(source, ids: list[str]) -> None:
         source.prepare_masks(ids)
 
 
-def train_dataset(cfg: dict, source) -> E2ETrainDataset:
-    data = cfg["dataset"]
-    return E2ETrainDataset(source, split_ids(source, data["train_split"]), data["crop_size"],
-                           tuple(data["scale_range"]) if data["scale_range"] else None,
-                           resample=data["resample"], pad=data["pad"])
+def train_dataset(cfg: Config, source) -> E2ETrainDataset:
+    data = cfg.dataset
+    return E2ETrainDataset(source, split_ids(source, data.train_split), data.crop_size,
+                           tuple(data.scale_range) if data.scale_range else None,
+                           resample=data.resample, pad=data.pad)
 
 
-def train_loader(dataset: Dataset, plan: BatchPlan, cfg: dict, ctx: dist.Context, start: int) -> DataLoader:
+def train_loader(dataset: Dataset, plan: BatchPlan, cfg: Config, ctx: dist.Context, start: int) -> DataLoader:
     """This process's images of every iteration from `start` on, as one batch of `plan.per_process`."""
-    t = cfg["train"]
-    batches = IterationBatches(len(dataset), plan, ctx.rank, t["seed"], start, t["max_iters"])
+    t = cfg.train
+    batches = IterationBatches(len(dataset), plan, ctx.rank, t.seed, start, t.max_iters)
     # Its own generator: creating the loader must not draw from the global one that dropout uses.
-    return DataLoader(SeededSamples(dataset), batch_sampler=batches, num_workers=t["num_workers"],
-                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(t["seed"]))
+    return DataLoader(SeededSamples(dataset), batch_sampler=batches, num_workers=t.num_workers,
+                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(t.seed))
 
 
-def eval_loader(dataset: Dataset, cfg: dict, ctx: dist.Context) -> DataLoader:
-    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg["train"]["num_workers"],
+def eval_loader(dataset: Dataset, cfg: Config, ctx: dist.Context) -> DataLoader:
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg.train.num_workers,
                       pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
 
-def validation_loader(source, split: str, cfg: dict, ctx: dist.Context) -> DataLoader:
+def validation_loader(source, split: str, cfg: Config, ctx: dist.Context) -> DataLoader:
     """This rank's share of `split` with ground truth (rendered first where the dataset renders it)."""
     ids = dist.shard(split_ids(source, split), ctx)
     prepare_gt(source, ids)

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from wavecam import dist
-from wavecam.end_to_end.config import config_from_args, front_door_parser
+from wavecam.end_to_end.config import Config, config_from_args, front_door_parser
 from wavecam.end_to_end.data import make_source, validation_loader
 from wavecam.end_to_end.evaluation import settings, validate
 from wavecam.end_to_end.model import build_model
@@ -43,20 +43,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def wavecam_cams(choice: str, cfg: dict, iteration: int | None, parts: tuple[str, ...]) -> bool:
+def wavecam_cams(choice: str, cfg: Config, iteration: int | None, parts: tuple[str, ...]) -> bool:
     """Whether the CAMs come from the WaveCAM kernel. A checkpoint written after iteration T was last
     trained at step T - 1, whose pseudo labels used the WaveCAM kernel when T - 1 > wavecam.cams_iter
     (train.schedule); only a checkpoint with the WaveCAM parts can."""
     if choice != "auto":
         return choice == "wavecam"
     has_wavecam = all(p in parts for p in WAVECAM_PARTS)
-    return has_wavecam and iteration is not None and iteration - 1 > cfg["wavecam"]["cams_iter"]
+    return has_wavecam and iteration is not None and iteration - 1 > cfg.wavecam.cams_iter
 
 
-def evaluate(cfg: dict, checkpoint: str, split: str, cams: str, ctx: dist.Context) -> dict[str, dict] | None:
+def evaluate(cfg: Config, checkpoint: str, split: str, cams: str, ctx: dist.Context) -> dict[str, dict] | None:
     """Score `checkpoint` on `split`; rank 0 returns {kind: result} for cam, aff and seg."""
-    work_dir = Path(cfg["work_dir"])
-    cfg["model"]["pretrained"] = None  # every weight comes from the checkpoint
+    work_dir = Path(cfg.work_dir)
+    cfg.model.pretrained = None  # every weight comes from the checkpoint
     preflight(cfg, [checkpoint])
     setup_logging(work_dir / "evaluate.log", ctx)
     source = make_source(cfg)
@@ -89,6 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         cfg = config_from_args(args)
-        evaluate(cfg, args.checkpoint, args.split or cfg["val"]["split"], args.cams, dist.init(args.device))
+        evaluate(cfg, args.checkpoint, args.split or cfg.val.split, args.cams, dist.init(args.device))
 
     return run_cli(job)

@@ -19,7 +19,8 @@ from wavecam import dist
 from wavecam import e2e_labels as lab
 from wavecam.crf import crf_inference_prob
 from wavecam.data.datasets import SegmentationDataset
-from wavecam.end_to_end.data import coco_policies, eval_loader, make_source, prepare_gt, split_ids
+from wavecam.end_to_end.config import Config
+from wavecam.end_to_end.data import eval_loader, make_source, prepare_gt, split_ids
 from wavecam.end_to_end.model import grid_size
 from wavecam.end_to_end.precision import autocast
 from wavecam.io import save_json, save_png
@@ -30,12 +31,12 @@ log = logging.getLogger("wavecam")
 
 
 @torch.no_grad()
-def validate(net: WaveAFA, loader: DataLoader, cfg: dict, ctx: dist.Context, num_classes: int
+def validate(net: WaveAFA, loader: DataLoader, cfg: Config, ctx: dist.Context, num_classes: int
              ) -> dict[str, ConfusionMatrix]:
     """Confusions over the images of `loader` (all ranks summed) of AFA's three predictions: `cam`,
     the multi-scale CAMs with a background score of `cam.bkg_score`; `aff`, those CAMs propagated by
     the affinity of the last stage (background score `cam.low_thre`); `seg`, the segmentation head."""
-    cam, device = cfg["cam"], ctx.device
+    cam, device = cfg.cam, ctx.device
     cms = {k: ConfusionMatrix(num_classes + 1) for k in ("cam", "aff", "seg")}
     was_training = net.training
     net.eval()
@@ -43,12 +44,12 @@ def validate(net: WaveAFA, loader: DataLoader, cfg: dict, ctx: dist.Context, num
         images, labels, gt = item["img"].to(device), item["label"].to(device), item["gt"][0].numpy()
         with autocast(cfg, device):
             out = net(images)
-            cams = lab.multi_scale_cams(net.cams_and_affinity, images, cam["scales"]).cams  # (1, C, H, W)
+            cams = lab.multi_scale_cams(net.cams_and_affinity, images, cam.scales).cams  # (1, C, H, W)
         grid = grid_size(images.shape[2:])
         aff = lab.propagate_cams(F.interpolate(cams, size=grid, mode="bilinear", align_corners=False),
-                                 out.attn_pred.float(), labels, cam["low_thre"],
-                                 lab.radius_mask(*grid, cam["radius"], device))
-        preds = {"cam": lab.cam_to_label(cams, labels, cam["bkg_score"]),
+                                 out.attn_pred.float(), labels, cam.low_thre,
+                                 lab.radius_mask(*grid, cam.radius, device))
+        preds = {"cam": lab.cam_to_label(cams, labels, cam.bkg_score),
                  "aff": F.interpolate(aff, size=gt.shape, mode="bilinear", align_corners=False).argmax(1),
                  "seg": F.interpolate(out.seg.float(), size=gt.shape, mode="bilinear", align_corners=False).argmax(1)}
         for k, pred in preds.items():
@@ -58,13 +59,13 @@ def validate(net: WaveAFA, loader: DataLoader, cfg: dict, ctx: dist.Context, num
     return cms
 
 
-def settings(cfg: dict, work_dir: str | os.PathLike, eval_set: str) -> dict:
+def settings(cfg: Config, work_dir: str | os.PathLike, eval_set: str) -> dict:
     """What every results/*.json records about the run that produced it (as the multi-stage passes)."""
-    data = cfg["dataset"]
-    recorded = {"dataset": data["name"], "data_root": os.path.abspath(data["root"]), "eval_set": eval_set,
-                "work_space": os.path.abspath(work_dir), "cache_dir": data.get("cache_dir")}
-    if data["name"] == "coco":
-        recorded["coco_split_images"], recorded["coco_crowd"] = coco_policies(data)
+    data = cfg.dataset
+    recorded = {"dataset": data.name, "data_root": os.path.abspath(data.root), "eval_set": eval_set,
+                "work_space": os.path.abspath(work_dir), "cache_dir": data.cache_dir}
+    if data.name == "coco":
+        recorded["coco_split_images"], recorded["coco_crowd"] = data.coco_split_images, data.coco_crowd
     return recorded
 
 
@@ -90,27 +91,27 @@ def segment(net: WaveAFA, image: torch.Tensor, scales: Sequence[float], flip: bo
     return F.interpolate(best, size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
-def run_test(net: WaveAFA, cfg: dict, ctx: dist.Context, work_dir: str | os.PathLike,
+def run_test(net: WaveAFA, cfg: Config, ctx: dist.Context, work_dir: str | os.PathLike,
              checkpoint: str | os.PathLike, iteration: int | None = None) -> dict | None:
     """Segment `test.eval_set` with the `test` settings, write `<work_dir>/test/<set>[_crf]/<id>.png`
     and, where the set has ground truth, `<work_dir>/results/test_<set>[_crf].json` (rank 0 returns it)."""
-    test = cfg["test"]
+    test = cfg.test
     source = make_source(cfg)
-    name = test["eval_set"] + ("_crf" if test["crf"] else "")
+    name = test.eval_set + ("_crf" if test.crf else "")
     out_dir = Path(work_dir) / "test" / name
-    ids = dist.shard(split_ids(source, test["eval_set"]), ctx)
-    if test["evaluate"]:
+    ids = dist.shard(split_ids(source, test.eval_set), ctx)
+    if test.evaluate:
         prepare_gt(source, ids)
-    dataset = SegmentationDataset(source, ids, test["evaluate"])
+    dataset = SegmentationDataset(source, ids, test.evaluate)
     cm = ConfusionMatrix(source.num_classes + 1)
     net.eval()
-    with CRFWorkers(test["crf_workers"] if test["crf"] else 0) as post:
+    with CRFWorkers(test.crf_workers if test.crf else 0) as post:
         for item in tqdm(eval_loader(dataset, cfg, ctx), desc=f"test {name}", disable=not ctx.is_main):
             with autocast(cfg, ctx.device):
-                logits = segment(net, item["img"].to(ctx.device), test["scales"], test["flip"], test["resize_long"])
-            gt = item["gt"][0].numpy() if test["evaluate"] else None
+                logits = segment(net, item["img"].to(ctx.device), test.scales, test.flip, test.resize_long)
+            gt = item["gt"][0].numpy() if test.evaluate else None
             path = out_dir / f"{item['name'][0]}.png"
-            if test["crf"]:
+            if test.crf:
                 image = source.load_image(item["name"][0])
                 done = post.submit(image, logits.softmax(0).cpu().numpy(), path, gt)
             else:
@@ -121,15 +122,15 @@ def run_test(net: WaveAFA, cfg: dict, ctx: dist.Context, work_dir: str | os.Path
         for pred, gt_done in post.drain():
             if gt_done is not None:
                 cm.update(pred, gt_done)
-    if not test["evaluate"]:
+    if not test.evaluate:
         log.info("test: wrote %s (no evaluation: test.evaluate is false)", out_dir)
         return None
     dist.sum_confusions([cm], ctx)
     if not ctx.is_main:
         return None
     result = {**cm.summary(), "checkpoint": os.path.abspath(checkpoint), "iteration": iteration,
-              **{k: test[k] for k in ("scales", "flip", "resize_long", "crf")},
-              "prediction_dir": os.path.abspath(out_dir), **settings(cfg, work_dir, test["eval_set"])}
+              **{k: getattr(test, k) for k in ("scales", "flip", "resize_long", "crf")},
+              "prediction_dir": os.path.abspath(out_dir), **settings(cfg, work_dir, test.eval_set)}
     save_json(Path(work_dir) / "results" / f"test_{name}.json", result)
     log.info("test %s: mIoU %.4f on %d images", name, result["miou"], result["n_images"])
     return result

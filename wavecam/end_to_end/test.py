@@ -18,7 +18,7 @@ from pathlib import Path
 
 from wavecam import dist
 from wavecam.end_to_end.checkpoints import latest_checkpoint
-from wavecam.end_to_end.config import config_from_args, front_door_parser
+from wavecam.end_to_end.config import Config, config_from_args, front_door_parser
 from wavecam.end_to_end.data import make_source
 from wavecam.end_to_end.evaluation import run_test
 from wavecam.end_to_end.model import build_model
@@ -40,12 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def test(cfg: dict, checkpoint: str | None, ctx: dist.Context) -> None:
-    work_dir = Path(cfg["work_dir"])
+def test(cfg: Config, checkpoint: str | None, ctx: dist.Context) -> None:
+    work_dir = Path(cfg.work_dir)
     path = Path(checkpoint) if checkpoint else latest_checkpoint(work_dir)
     if path is None:
         raise WavecamError(f"no checkpoint in {work_dir / 'checkpoints'}; train first or give --checkpoint")
-    cfg["model"]["pretrained"] = None  # every weight comes from the checkpoint
+    cfg.model.pretrained = None  # every weight comes from the checkpoint
     preflight(cfg, [path])
     setup_logging(work_dir / "test.log", ctx)
     source = make_source(cfg)
@@ -55,7 +55,7 @@ def test(cfg: dict, checkpoint: str | None, ctx: dist.Context) -> None:
     iteration = ckpt.get("iteration") if isinstance(ckpt, dict) else None
     result = run_test(net, cfg, ctx, work_dir, path, iteration)
     if result is not None:
-        print(format_iou_table(result["iou"], source.class_names, title=f"segmentation, {cfg['test']['eval_set']}"))
+        print(format_iou_table(result["iou"], source.class_names, title=f"segmentation, {cfg.test.eval_set}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         cfg = config_from_args(args)
-        cfg["test"]["crf"] = cfg["test"]["crf"] or args.crf
+        cfg.test.crf = cfg.test.crf or args.crf
         test(cfg, args.checkpoint, dist.init(args.device))
 
     return run_cli(job)

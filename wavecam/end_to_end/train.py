@@ -29,13 +29,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 from wavecam import dist
 from wavecam import e2e_labels as lab
 from wavecam.end_to_end.batching import BatchPlan, accumulated_step, batch_plan, micro_batch_seed
 from wavecam.end_to_end.checkpoints import checkpoint_path, latest_checkpoint, restore, resume_path, save_state
-from wavecam.end_to_end.config import config_from_args, front_door_parser
+from wavecam.end_to_end.config import Config, config_from_args, config_yaml, front_door_parser
 from wavecam.end_to_end.data import make_source, train_dataset, train_loader, validation_loader
 from wavecam.end_to_end.evaluation import run_test, settings, validate
 from wavecam.end_to_end.model import build_model, grid_size, poly_warmup_adamw, unwrap
@@ -73,7 +72,7 @@ class Schedule(NamedTuple):
     wavecam_cams: bool  # pseudo labels come from the WaveCAM kernel
 
 
-def schedule(cfg: dict, t: int) -> Schedule:
+def schedule(cfg: Config, t: int) -> Schedule:
     """What iteration t (0-based) trains with, from t alone, so a resumed run gets it right by construction.
 
     Every switch at a key N acts from iteration N + 1, as AFA's `n_iter > N` (scripts/dist_train_voc.py:
@@ -85,16 +84,16 @@ def schedule(cfg: dict, t: int) -> Schedule:
       the WaveCAM predictor's loss counts from t > wavecam.start_iter and the pseudo labels come from the
         WaveCAM kernel from t > wavecam.cams_iter (our keys, AFA's convention, so a WaveCAM key equal to
         an AFA one switches at the same iteration)."""
-    train, wave = cfg["train"], cfg["wavecam"]
-    joint = t > train["cam_iters"]
+    train, wave = cfg.train, cfg.wavecam
+    joint = t > train.cam_iters
     weights = {"cls": 1.0,
-               "wave": float(wave["loss_weight"]) if t > wave["start_iter"] else 0.0,
-               "seg": float(cfg["loss"]["seg_weight"]) if joint else 0.0,
-               "aff": float(cfg["loss"]["aff_weight"]) if joint else 0.0}
-    return Schedule(weights, t > train["prop_label_iters"], t > wave["cams_iter"])
+               "wave": wave.loss_weight if t > wave.start_iter else 0.0,
+               "seg": cfg.loss.seg_weight if joint else 0.0,
+               "aff": cfg.loss.aff_weight if joint else 0.0}
+    return Schedule(weights, t > train.prop_label_iters, t > wave.cams_iter)
 
 
-def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, cfg: dict, ctx: dist.Context,
+def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, cfg: Config, ctx: dist.Context,
                aff_mask: torch.Tensor, panels: bool = False
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, TrainPanels | None]:
     """Every loss of one micro-batch (unweighted), the predictor's accuracy and, with `panels`, what
@@ -103,22 +102,22 @@ def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, c
     backward."""
     net: WaveAFA = unwrap(model)
     net.use_wavecam_cams = stage.wavecam_cams
-    cam, device = cfg["cam"], ctx.device
+    cam, device = cfg.cam, ctx.device
     images = batch["img"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
     boxes = batch["img_box"]
     with autocast(cfg, device):
         out = model(images, labels)
-        cam_fn = functools.partial(net.cams_and_affinity, run_decoder=cam["decoder_statistics"])
-        ms = lab.multi_scale_cams(cam_fn, images, cam["scales"])
+        cam_fn = functools.partial(net.cams_and_affinity, run_decoder=cam.decoder_statistics)
+        ms = lab.multi_scale_cams(cam_fn, images, cam.scales)
 
-    pseudo = lab.refine_cams_with_bkg(par, images, ms.cams, labels, cam["high_thre"], cam["low_thre"], boxes)
+    pseudo = lab.refine_cams_with_bkg(par, images, ms.cams, labels, cam.high_thre, cam.low_thre, boxes)
     if stage.propagated_target:
-        seg_target = lab.propagated_label(par, images, ms, labels, lab.radius_mask(*ms.aff_size, cam["radius"], device),
-                                          cam["high_thre"], cam["low_thre"], boxes)
+        seg_target = lab.propagated_label(par, images, ms, labels, lab.radius_mask(*ms.aff_size, cam.radius, device),
+                                          cam.high_thre, cam.low_thre, boxes)
     else:
         seg_target = pseudo
-    aff_source = seg_target if cfg["train"]["aff_from_seg_target"] else pseudo
+    aff_source = seg_target if cfg.train.aff_from_seg_target else pseudo
     grid = grid_size(images.shape[2:])
     aff_target = lab.affinity_label(aff_source, grid, aff_mask)
     seg = F.interpolate(out.seg.float(), size=images.shape[2:], mode="bilinear", align_corners=False)
@@ -133,7 +132,7 @@ def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, c
     return losses, out.wave_acc, shown
 
 
-def train_iteration(model: torch.nn.Module, opt, scaler, par: PAR, batch: dict, t: int, plan: BatchPlan, cfg: dict,
+def train_iteration(model: torch.nn.Module, opt, scaler, par: PAR, batch: dict, t: int, plan: BatchPlan, cfg: Config,
                     ctx: dist.Context, aff_mask: torch.Tensor, panels: bool = False
                     ) -> tuple[dict[str, float], TrainPanels | None]:
     """The optimiser step of iteration t over this process's batch, in `plan.steps` micro-batches.
@@ -145,11 +144,11 @@ def train_iteration(model: torch.nn.Module, opt, scaler, par: PAR, batch: dict, 
     shown: list[TrainPanels] = []
 
     def loss_of(chunk: dict, k: int) -> torch.Tensor:
-        torch.manual_seed(micro_batch_seed(cfg["train"]["seed"], t, ctx.rank * plan.steps + k))
+        torch.manual_seed(micro_batch_seed(cfg.train.seed, t, ctx.rank * plan.steps + k))
         losses, acc, chunk_panels = train_step(model, par, chunk, stage, cfg, ctx, aff_mask, panels and k == 0)
         total = sum(stage.weights[name] * value for name, value in losses.items())
         if not math.isfinite(total.item()):
-            raise diverged(losses, total, t, Path(cfg["work_dir"]))
+            raise diverged(losses, total, t, Path(cfg.work_dir))
         records.append((total, losses, acc))
         if chunk_panels is not None:
             shown.append(chunk_panels)
@@ -184,15 +183,15 @@ def diverged(losses: dict[str, torch.Tensor], total: torch.Tensor, t: int, work_
 
 # --- validation ----------------------------------------------------------------------------------
 
-def report_validation(cms: dict[str, ConfusionMatrix], t: int, cfg: dict, writer) -> None:
+def report_validation(cms: dict[str, ConfusionMatrix], t: int, cfg: Config, writer) -> None:
     """Write results/val_<kind>.json (the latest numbers and the mIoU history), log and plot them."""
-    results = Path(cfg["work_dir"]) / "results"
+    results = Path(cfg.work_dir) / "results"
     for kind, cm in cms.items():
         path = results / f"val_{kind}.json"
         history = load_json(path).get("history", []) if path.is_file() else []
         history = [h for h in history if h["iteration"] < t] + [{"iteration": t, "miou": cm.miou()}]
         save_json(path, {**cm.summary(), "iteration": t, "history": history,
-                         **settings(cfg, cfg["work_dir"], cfg["val"]["split"])})
+                         **settings(cfg, cfg.work_dir, cfg.val.split)})
     add_scalars(writer, "val_miou", {k: cm.miou() for k, cm in cms.items()}, t)
     log.info("validation at iteration %d on %d images: mIoU cam %.4f  aff %.4f  seg %.4f", t,
              cms["seg"].n_images, cms["cam"].miou(), cms["aff"].miou(), cms["seg"].miou())
@@ -200,7 +199,7 @@ def report_validation(cms: dict[str, ConfusionMatrix], t: int, cfg: dict, writer
 
 # --- the run -------------------------------------------------------------------------------------
 
-def setup_model(cfg: dict, num_classes: int, ctx: dist.Context) -> WaveAFA:
+def setup_model(cfg: Config, num_classes: int, ctx: dist.Context) -> WaveAFA:
     net = build_model(cfg, num_classes)
     if ctx.distributed and ctx.device.type == "cuda":
         # PyTorch synchronises BatchNorm statistics only on GPUs; CPU processes keep their own.
@@ -208,33 +207,33 @@ def setup_model(cfg: dict, num_classes: int, ctx: dist.Context) -> WaveAFA:
     return net.to(ctx.device)
 
 
-def log_start(cfg: dict, plan: BatchPlan, ctx: dist.Context) -> None:
-    data = cfg["dataset"]
+def log_start(cfg: Config, plan: BatchPlan, ctx: dist.Context) -> None:
+    data = cfg.dataset
     log.info("device %s (%s), world size %d; %s; AMP %s", ctx.device,
              torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "CPU", ctx.world_size,
              plan.describe(), amp_mode(cfg, ctx.device))
-    log.info("crops of %d after a rescale in %s (%s), padded %s", data["crop_size"], data["scale_range"],
-             data["resample"], data["pad"])
+    log.info("crops of %d after a rescale in %s (%s), padded %s", data.crop_size, data.scale_range,
+             data.resample, data.pad)
 
 
-def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
-    work_dir = Path(cfg["work_dir"])
-    data, t_cfg = cfg["dataset"], cfg["train"]
+def train(cfg: Config, resume: str | None, ctx: dist.Context) -> None:
+    work_dir = Path(cfg.work_dir)
+    data, t_cfg = cfg.dataset, cfg.train
     found = resume_path(resume, work_dir)
     preflight(cfg, [found] if found else [])
-    plan = batch_plan(t_cfg["batch_size"], t_cfg["micro_batch"], ctx.world_size)
+    plan = batch_plan(t_cfg.batch_size, t_cfg.micro_batch, ctx.world_size)
     setup_logging(work_dir / "train.log", ctx)
     log_start(cfg, plan, ctx)
     if resume == "auto" and found is None:
         log.info("--resume auto: no checkpoint in %s, starting from scratch", work_dir / "checkpoints")
     # Every rank builds the same initial model, as AFA's runs seed every rank alike.
-    torch.manual_seed(t_cfg["seed"])
-    torch.backends.cudnn.deterministic = bool(t_cfg["deterministic"])
-    torch.backends.cudnn.benchmark = not t_cfg["deterministic"]
+    torch.manual_seed(t_cfg.seed)
+    torch.backends.cudnn.deterministic = t_cfg.deterministic
+    torch.backends.cudnn.benchmark = not t_cfg.deterministic
 
     source = make_source(cfg)
     train_set = train_dataset(cfg, source)
-    val_loader = validation_loader(source, cfg["val"]["split"], cfg, ctx)
+    val_loader = validation_loader(source, cfg.val.split, cfg, ctx)
 
     net = setup_model(cfg, source.num_classes, ctx)
     opt, sched = poly_warmup_adamw(net, cfg)
@@ -245,15 +244,16 @@ def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if ctx.is_main:
+        text = config_yaml(cfg)
         with atomic_path(work_dir / "config.yaml") as tmp:
-            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        log.info("config:\n%s", yaml.safe_dump(cfg, sort_keys=False))
+            tmp.write_text(text)
+        log.info("config:\n%s", text)
     writer = tensorboard(work_dir / "tb", ctx)
 
-    par = PAR(cfg["par"]["dilations"], cfg["par"]["num_iter"]).to(ctx.device)
-    aff_mask = lab.radius_mask(*grid_size((data["crop_size"],) * 2), cfg["cam"]["radius"], ctx.device)
-    max_iters, log_iters = t_cfg["max_iters"], t_cfg["log_iters"]
-    image_iters = log_iters * t_cfg["tb_image_every"]
+    par = PAR(cfg.par.dilations, cfg.par.num_iter).to(ctx.device)
+    aff_mask = lab.radius_mask(*grid_size((data.crop_size,) * 2), cfg.cam.radius, ctx.device)
+    max_iters, log_iters = t_cfg.max_iters, t_cfg.log_iters
+    image_iters = log_iters * t_cfg.tb_image_every
     logger = MetricLogger(start, max_iters, plan.global_batch, log_iters)
     model.train()
     for t, batch in logger.iterations(train_loader(train_set, plan, cfg, ctx, start)):
@@ -267,14 +267,14 @@ def train(cfg: dict, resume: str | None, ctx: dist.Context) -> None:
             add_scalars(writer, "train", values, t + 1)
         if shown is not None:
             write_panels(writer, shown, t + 1)
-        if (t + 1) % t_cfg["eval_iters"] == 0 or t + 1 == max_iters:
+        if (t + 1) % t_cfg.eval_iters == 0 or t + 1 == max_iters:
             with logger.untimed():
                 cms = validate(net, val_loader, cfg, ctx, source.num_classes)
                 if ctx.is_main:
                     report_validation(cms, t + 1, cfg, writer)
                 save_state(checkpoint_path(work_dir, t + 1), net, opt, sched, scaler, t + 1, cfg, ctx)
 
-    if cfg["test"]["after_training"]:
+    if cfg.test.after_training:
         run_test(net, cfg, ctx, work_dir, checkpoint_path(work_dir, max_iters), max_iters)
     if writer is not None:
         writer.close()
