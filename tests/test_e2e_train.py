@@ -192,6 +192,19 @@ def test_missing_dataset_root_is_one_readable_error_and_no_log(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_an_unwritable_work_dir_is_one_readable_error(tmp_path):
+    """A work dir that cannot be created (below a file here: unlike a read-only folder, root cannot write
+    there either) is one `error:` line naming it, not a traceback."""
+    (tmp_path / "a_file").write_text("")
+    work_dir = tmp_path / "a_file" / "w"
+    proc = subprocess.run([sys.executable, str(E2E / "train.py"), "--config", str(CONFIG), "--work_dir", str(work_dir),
+                           "--set", f"dataset.root={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
+                          env=seed_env())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: cannot write or read {work_dir}: Not a directory; free some space or "
+                                  "choose a writable --work_dir"), proc.stderr
+
+
 def test_missing_weights_are_reported_before_the_coco_masks_are_rendered(tmp_path):
     """The COCO config with a missing mit_b1.pth: the error says where NVlabs' weights come from and
     where they go, and nothing was indexed, rendered or logged before it."""

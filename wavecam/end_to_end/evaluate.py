@@ -91,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         evaluate(cfg, args.checkpoint, args.split or cfg.val.split, args.cams, dist.init(args.device))
 
-    return run_cli(job)
+    return run_cli(job, "--work_dir")

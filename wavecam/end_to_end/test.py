@@ -66,4 +66,4 @@ def main(argv: list[str] | None = None) -> int:
         cfg.test.crf = cfg.test.crf or args.crf
         test(cfg, args.checkpoint, dist.init(args.device))
 
-    return run_cli(job)
+    return run_cli(job, "--work_dir")

@@ -287,4 +287,4 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         train(cfg, args.resume, dist.init(args.device))
 
-    return run_cli(job)
+    return run_cli(job, "--work_dir")
