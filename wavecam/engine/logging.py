@@ -22,6 +22,7 @@ log = logging.getLogger("wavecam")
 
 
 def setup_logging(path: Path, ctx: dist.Context) -> None:
+    """Rank 0 logs INFO to stderr and to `path`, the other ranks warnings only (wavecam.dist.setup_logging)."""
     # Dated timestamps: a VOC run takes most of a day, a COCO run several.
     dist.setup_logging(path, ctx, datefmt="%Y-%m-%d %H:%M:%S")
 
