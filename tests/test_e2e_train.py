@@ -424,6 +424,7 @@ def test_coco_config_keeps_afas_lists(tmp_path):
     # A config written before the keys gets the defaults.
     older = tmp_path / "older.yaml"
     older.write_text(re.sub(r"  coco_(split_images|crowd):.*\n", "", (E2E / "configs" / "coco.yaml").read_text()))
+    assert "coco_crowd" not in older.read_text() and "coco_split_images" not in older.read_text()
     cfg = load_config(older, [f"dataset.root={tmp_path}"])
     assert (make_source(cfg).split_images, make_source(cfg).crowd) == ("annotated", "ignore")
     cfg = load_config(older, [f"dataset.root={tmp_path}", "dataset.coco_split_images=all"])
