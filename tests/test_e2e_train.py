@@ -3,7 +3,6 @@ exact resume, 1 and 2 CPU processes, the global batch and its accumulation, AFA'
 order of the checks, evaluate.py."""
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -11,13 +10,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from wavecam import dist
 from wavecam import e2e_labels as lab
+from wavecam.end_to_end.batching import IterationBatches, accumulated_step, batch_plan
+from wavecam.end_to_end.config import Config, as_dict, load_config
+from wavecam.end_to_end.data import make_source, train_dataset, train_loader
+from wavecam.end_to_end.evaluation import settings
+from wavecam.end_to_end.model import build_model, grid_size, poly_warmup_adamw
+from wavecam.end_to_end.train import schedule, train_iteration
 from wavecam.io import WavecamError, load_checkpoint
 from wavecam.optim import loss_scaler
 from wavecam.par import PAR
@@ -133,6 +137,10 @@ def test_one_process_from_end_to_end_logs_plots_and_resumes_exactly(one_process,
     assert "resumed from" in (tmp_path / "stopped" / "train.log").read_text()
 
     full = load_checkpoint(one_process / "checkpoints" / "iter_0000004.pth")
+    # The resolved config, saved with the run and in its checkpoints as a plain dict, reads back as it ran.
+    ran = load_config(CONFIG, ["work_dir=" + str(one_process), f"dataset.root={voc96}", *TINY, "test.crf=true"])
+    assert load_config(one_process / "config.yaml") == ran
+    assert full["config"] == as_dict(ran)
     resumed = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "iter_0000004.pth")
     assert full["model"].keys() == resumed["model"].keys()
     for k, v in full["model"].items():
@@ -184,6 +192,19 @@ def test_missing_dataset_root_is_one_readable_error_and_no_log(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_an_unwritable_work_dir_is_one_readable_error(tmp_path):
+    """A work dir that cannot be created (below a file here: unlike a read-only folder, root cannot write
+    there either) is one `error:` line naming it, not a traceback."""
+    (tmp_path / "a_file").write_text("")
+    work_dir = tmp_path / "a_file" / "w"
+    proc = subprocess.run([sys.executable, str(E2E / "train.py"), "--config", str(CONFIG), "--work_dir", str(work_dir),
+                           "--set", f"dataset.root={tmp_path}"], cwd=tmp_path, capture_output=True, text=True,
+                          env=seed_env())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: cannot write or read {work_dir}: Not a directory; free some space or "
+                                  "choose a writable --work_dir"), proc.stderr
+
+
 def test_missing_weights_are_reported_before_the_coco_masks_are_rendered(tmp_path):
     """The COCO config with a missing mit_b1.pth: the error says where NVlabs' weights come from and
     where they go, and nothing was indexed, rendered or logged before it."""
@@ -201,39 +222,10 @@ def test_missing_weights_are_reported_before_the_coco_masks_are_rendered(tmp_pat
     assert not cache.exists() and not (tmp_path / "w").exists()
 
 
-def test_an_old_config_is_told_what_replaced_samples_per_gpu(tmp_path):
-    old = tmp_path / "old.yaml"
-    old.write_text(CONFIG.read_text().replace("  batch_size: 4", "  samples_per_gpu: 2"))
-    with pytest.raises(WavecamError, match="samples_per_gpu is gone: set train.batch_size"):
-        e2e_utils().load_config(old)
-
-
 # --- the global batch ----------------------------------------------------------------------------
 
-def e2e_utils():
-    """end_to_end/utils.py, under a name that cannot clash with another `utils`."""
-    spec = importlib.util.spec_from_file_location("e2e_utils", E2E / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["e2e_utils"] = module  # dataclasses look their module up while it runs
-    spec.loader.exec_module(module)
-    return module
-
-
-def e2e_modules(monkeypatch) -> SimpleNamespace:
-    """end_to_end's utils, panels and train as its scripts import them (`utils` and `panels` by name),
-    in sys.modules entries that monkeypatch takes out again after the test."""
-    modules = {}
-    for name in ("utils", "panels", "train"):
-        spec = importlib.util.spec_from_file_location(name, E2E / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-        modules[name] = module
-    return SimpleNamespace(**modules)
-
-
 def test_batch_plan_splits_the_global_batch_over_processes_and_micro_batches():
-    plan = e2e_utils().batch_plan
+    plan = batch_plan
     assert [(p.per_process, p.micro, p.steps) for p in (plan(4, 2, 1), plan(4, 2, 2), plan(4, 2, 4))] == [
         (4, 2, 2), (2, 2, 1), (1, 1, 1)]
     assert (plan(8, 2, 1).micro, plan(8, 2, 1).steps) == (2, 4)  # AFA's COCO batch on one GPU
@@ -245,9 +237,8 @@ def test_batch_plan_splits_the_global_batch_over_processes_and_micro_batches():
 
 def _batches(n: int, global_batch: int, world: int, start: int, stop: int) -> list[list[list[tuple[int, int]]]]:
     """Each rank's batches, per iteration."""
-    utils = e2e_utils()
-    plan = utils.batch_plan(global_batch, global_batch, world)
-    return [list(utils.IterationBatches(n, plan, r, 7, start, stop)) for r in range(world)]
+    plan = batch_plan(global_batch, global_batch, world)
+    return [list(IterationBatches(n, plan, r, 7, start, stop)) for r in range(world)]
 
 
 def test_batches_resume_where_they_stopped_and_split_epochs_across_ranks():
@@ -269,7 +260,6 @@ def test_accumulated_step_equals_the_step_on_the_whole_batch():
     2 micro-batches of 2 accumulated give the same gradient and step. Only the order of the sums
     differs, which float64 rounds at ~1e-16; 1e-12 leaves room for any CPU's reduction order while a
     wrong loss scale or a lost micro-batch would be off by tens of percent."""
-    utils = e2e_utils()
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 2, (4, 5)).double()
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
@@ -278,7 +268,7 @@ def test_accumulated_step_equals_the_step_on_the_whole_batch():
     def step(chunks):
         model = copy.deepcopy(net)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        utils.accumulated_step(model, opt, loss_scaler(torch.device("cpu"), None), chunks,
+        accumulated_step(model, opt, loss_scaler(torch.device("cpu"), None), chunks,
                                lambda c, _: torch.nn.functional.multilabel_soft_margin_loss(model(c[0]), c[1]))
         return model
 
@@ -291,7 +281,7 @@ def test_accumulated_step_equals_the_step_on_the_whole_batch():
     assert not torch.allclose(halved[0].weight.grad, whole[0].weight.grad, rtol=1e-3)
 
 
-def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96, monkeypatch):
+def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96):
     """The trainer's own iteration (WaveAFA, multi-scale CAMs, PAR, propagated labels, every loss on):
     one process accumulating the global batch of 4 as 2 micro-batches of 2 gets the gradient DDP gives
     2 processes of 2 images, the mean of theirs; the same images and the same dropout draws. The two
@@ -299,24 +289,23 @@ def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96, m
     thread they agree to the last bit; the tolerance (1e-5 relative, 1e-6 of a tensor's largest
     gradient absolute) admits a multi-threaded CPU reordering a reduction, where a wrong loss scale or
     another dropout draw would be off by far more."""
-    m = e2e_modules(monkeypatch)
-    cfg = m.utils.load_config(CONFIG, [f"dataset.root={voc96}", "train.cam_iters=0", "train.prop_label_iters=0",
+    cfg = load_config(CONFIG, [f"dataset.root={voc96}", "train.cam_iters=0", "train.prop_label_iters=0",
                                        "wavecam.start_iter=0", "wavecam.cams_iter=0", "par.num_iter=3"])
     t = 1  # every switch on
-    source = m.utils.make_source(cfg)
-    dataset = m.utils.train_dataset(cfg, source)
+    source = make_source(cfg)
+    dataset = train_dataset(cfg, source)
     torch.manual_seed(0)
-    net = m.utils.build_model(cfg, source.num_classes)
-    par = PAR(cfg["par"]["dilations"], cfg["par"]["num_iter"])
-    aff_mask = lab.radius_mask(*m.utils.grid_size((64, 64)), cfg["cam"]["radius"])
+    net = build_model(cfg, source.num_classes)
+    par = PAR(cfg.par.dilations, cfg.par.num_iter)
+    aff_mask = lab.radius_mask(*grid_size((64, 64)), cfg.cam.radius)
 
     def run(world: int, rank: int):
         ctx = dist.Context(rank, world, rank, torch.device("cpu"))
-        plan = m.utils.batch_plan(4, 2, world)
+        plan = batch_plan(4, 2, world)
         model = copy.deepcopy(net)
-        opt, _ = m.utils.poly_warmup_adamw(model, cfg)
-        batch = next(iter(m.utils.train_loader(dataset, plan, cfg, ctx, t)))
-        values, _ = m.train.train_iteration(model, opt, loss_scaler(ctx.device, None), par, batch, t, plan, cfg, ctx,
+        opt, _ = poly_warmup_adamw(model, cfg)
+        batch = next(iter(train_loader(dataset, plan, cfg, ctx, t)))
+        values, _ = train_iteration(model, opt, loss_scaler(ctx.device, None), par, batch, t, plan, cfg, ctx,
                                             aff_mask)
         return batch, values, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
@@ -333,16 +322,14 @@ def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96, m
 
 # --- AFA's schedule ------------------------------------------------------------------------------
 
-def test_schedule_switches_where_afa_does(monkeypatch):
+def test_schedule_switches_where_afa_does():
     """AFA's dist_train_voc.py trains the classifier alone while `n_iter <= cfg.train.cam_iters` and
     keeps the refined CAM label as the seg target while `n_iter <= 6000`; dist_train_coco.py uses
     5000 and `<= 15000`, for the affinity target too. Its PolyWarmupAdamW sets the learning rate of
     step g (0-based) to lr * (1 - (1 - g / warmup) * (1 - ratio)) for g < warmup, then
     lr * (1 - g / max_iter) ** power."""
-    m = e2e_modules(monkeypatch)
-    voc = m.utils.load_config(E2E / "configs" / "voc.yaml")
-    coco = m.utils.load_config(E2E / "configs" / "coco.yaml")
-    schedule = m.train.schedule
+    voc = load_config(E2E / "configs" / "voc.yaml")
+    coco = load_config(E2E / "configs" / "coco.yaml")
     assert schedule(voc, 2000).weights == {"cls": 1.0, "wave": 0.0, "seg": 0.0, "aff": 0.0}
     assert schedule(voc, 2001).weights == {"cls": 1.0, "wave": 1.0, "seg": 0.1, "aff": 0.1}
     assert (schedule(voc, 6000).propagated_target, schedule(voc, 6001).propagated_target) == (False, True)
@@ -350,38 +337,37 @@ def test_schedule_switches_where_afa_does(monkeypatch):
     assert schedule(coco, 5000).weights["seg"] == 0 and schedule(coco, 5001).weights == {
         "cls": 1.0, "wave": 0.1, "seg": 0.1, "aff": 0.1}
     assert (schedule(coco, 15000).propagated_target, schedule(coco, 15001).propagated_target) == (False, True)
-    assert coco["train"]["aff_from_seg_target"] and not voc["train"]["aff_from_seg_target"]
+    assert coco.train.aff_from_seg_target and not voc.train.aff_from_seg_target
 
-    def afa_lr(g: int, cfg: dict) -> float:
-        s, lr, max_iter = cfg["scheduler"], cfg["optimizer"]["learning_rate"], cfg["train"]["max_iters"]
-        if g < s["warmup_iter"]:
-            return lr * (1 - (1 - g / s["warmup_iter"]) * (1 - s["warmup_ratio"]))
-        return lr * (1 - g / max_iter) ** s["power"]
+    def afa_lr(g: int, cfg: Config) -> float:
+        s, lr, max_iter = cfg.scheduler, cfg.optimizer.learning_rate, cfg.train.max_iters
+        if g < s.warmup_iter:
+            return lr * (1 - (1 - g / s.warmup_iter) * (1 - s.warmup_ratio))
+        return lr * (1 - g / max_iter) ** s.power
 
     class OneParameter:
         def param_groups(self, lr, weight_decay):
             return [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr, "weight_decay": weight_decay}]
 
     for cfg in (voc, coco):
-        opt, sched = m.utils.poly_warmup_adamw(OneParameter(), cfg)
+        opt, sched = poly_warmup_adamw(OneParameter(), cfg)
         for g in range(3):  # the rate an iteration steps with, as the trainer reads it before sched.step()
             assert opt.param_groups[0]["lr"] == pytest.approx(afa_lr(g, cfg), rel=1e-12)
             opt.step()
             sched.step()
         factor = sched.lr_lambdas[0]
-        warmup = cfg["scheduler"]["warmup_iter"]
-        for g in (0, 1, warmup - 1, warmup, warmup + 1, cfg["train"]["max_iters"] - 1):
-            assert cfg["optimizer"]["learning_rate"] * factor(g) == pytest.approx(afa_lr(g, cfg), rel=1e-12), g
+        warmup = cfg.scheduler.warmup_iter
+        for g in (0, 1, warmup - 1, warmup, warmup + 1, cfg.train.max_iters - 1):
+            assert cfg.optimizer.learning_rate * factor(g) == pytest.approx(afa_lr(g, cfg), rel=1e-12), g
 
 
 def test_configs_default_to_afas_published_runs():
     """AFA's launch/run_sbatch_attn_reg.sh: 2 processes x samples_per_gpu 2, --crop_size 512;
     run_sbatch_attn_reg_coco.sh: 4 processes x 2, --crop_size 512."""
-    utils = e2e_utils()
     for name, batch in (("voc", 4), ("coco", 8)):
-        cfg = utils.load_config(E2E / "configs" / f"{name}.yaml")
-        assert (cfg["dataset"]["crop_size"], cfg["train"]["batch_size"], cfg["train"]["micro_batch"]) == (512, batch, 2)
-        assert (cfg["dataset"]["resample"], cfg["dataset"]["pad"]) == ("pil_bilinear", "black")
+        cfg = load_config(E2E / "configs" / f"{name}.yaml")
+        assert (cfg.dataset.crop_size, cfg.train.batch_size, cfg.train.micro_batch) == (512, batch, 2)
+        assert (cfg.dataset.resample, cfg.dataset.pad) == ("pil_bilinear", "black")
 
 
 # --- the rest ------------------------------------------------------------------------------------
@@ -397,11 +383,9 @@ def test_diverging_loss_stops_with_the_iteration(voc96, tmp_path):
 def test_crf_workers_give_the_predictions_of_the_main_process(tmp_path):
     """The test's CRF in worker processes beside the network: same labels and files as inline, in order."""
     code = f"""
-import sys
 from pathlib import Path
 import numpy as np
-sys.path.insert(0, {str(E2E)!r})
-from utils import CRFWorkers
+from wavecam.end_to_end.evaluation import CRFWorkers
 
 rng = np.random.default_rng(0)
 jobs = []
@@ -431,14 +415,17 @@ print("ok")
 
 def test_coco_config_keeps_afas_lists(tmp_path):
     """AFA's COCO lists leave out the images without annotations, unlike the multi-stage default."""
-    utils = e2e_utils()
     (tmp_path / "annotations").mkdir()
-    cfg = utils.load_config(E2E / "configs" / "coco.yaml", [f"dataset.root={tmp_path}"])
-    source = utils.make_source(cfg)
+    cfg = load_config(E2E / "configs" / "coco.yaml", [f"dataset.root={tmp_path}"])
+    source = make_source(cfg)
     assert (source.split_images, source.crowd) == ("annotated", "ignore")
-    recorded = utils.settings(cfg, tmp_path, "val")
+    recorded = settings(cfg, tmp_path, "val")
     assert (recorded["coco_split_images"], recorded["coco_crowd"]) == ("annotated", "ignore")
-    del cfg["dataset"]["coco_split_images"], cfg["dataset"]["coco_crowd"]  # a config written before the keys
-    assert (utils.make_source(cfg).split_images, utils.make_source(cfg).crowd) == ("annotated", "ignore")
-    cfg["dataset"]["coco_split_images"] = "all"
-    assert utils.make_source(cfg).split_images == "all"
+    # A config written before the keys gets the defaults.
+    older = tmp_path / "older.yaml"
+    older.write_text(re.sub(r"  coco_(split_images|crowd):.*\n", "", (E2E / "configs" / "coco.yaml").read_text()))
+    assert "coco_crowd" not in older.read_text() and "coco_split_images" not in older.read_text()
+    cfg = load_config(older, [f"dataset.root={tmp_path}"])
+    assert (make_source(cfg).split_images, make_source(cfg).crowd) == ("annotated", "ignore")
+    cfg = load_config(older, [f"dataset.root={tmp_path}", "dataset.coco_split_images=all"])
+    assert make_source(cfg).split_images == "all"

@@ -1,0 +1,69 @@
+"""The data of a run: the dataset source the config names, its id lists, the training crops and
+the loaders (training: this process's images of every iteration; evaluation: one image at a time)."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from wavecam import dist
+from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset
+from wavecam.end_to_end.batching import BatchPlan, IterationBatches, SeededSamples
+from wavecam.end_to_end.config import Config
+from wavecam.end_to_end.preflight import check_dataset_root
+from wavecam.io import WavecamError
+
+
+def make_source(cfg: Config):
+    data = cfg.dataset
+    check_dataset_root(cfg)
+    if data.name == "voc":
+        from wavecam.data.voc import VOC12
+
+        return VOC12(data.root, data.cache_dir)
+    if data.name == "coco":
+        from wavecam.data.coco import COCO2014
+
+        return COCO2014(data.root, data.cache_dir, split_images=data.coco_split_images, crowd=data.coco_crowd)
+    raise WavecamError(f"dataset.name must be voc or coco, got {data.name!r}")
+
+
+def split_ids(source, name: str) -> list[str]:
+    ids = source.split(name)
+    if not ids:
+        raise WavecamError(f"the id list {name} is empty")
+    return ids
+
+
+def prepare_gt(source, ids: list[str]) -> None:
+    """Render ground-truth masks up front, in parallel, where the dataset renders them (COCO)."""
+    if hasattr(source, "prepare_masks"):
+        source.prepare_masks(ids)
+
+
+def train_dataset(cfg: Config, source) -> E2ETrainDataset:
+    data = cfg.dataset
+    return E2ETrainDataset(source, split_ids(source, data.train_split), data.crop_size,
+                           tuple(data.scale_range) if data.scale_range else None,
+                           resample=data.resample, pad=data.pad)
+
+
+def train_loader(dataset: Dataset, plan: BatchPlan, cfg: Config, ctx: dist.Context, start: int) -> DataLoader:
+    """This process's images of every iteration from `start` on, as one batch of `plan.per_process`."""
+    t = cfg.train
+    batches = IterationBatches(len(dataset), plan, ctx.rank, t.seed, start, t.max_iters)
+    # Its own generator: creating the loader must not draw from the global one that dropout uses.
+    return DataLoader(SeededSamples(dataset), batch_sampler=batches, num_workers=t.num_workers,
+                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(t.seed))
+
+
+def eval_loader(dataset: Dataset, cfg: Config, ctx: dist.Context) -> DataLoader:
+    return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg.train.num_workers,
+                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(0))
+
+
+def validation_loader(source, split: str, cfg: Config, ctx: dist.Context) -> DataLoader:
+    """This rank's share of `split` with ground truth (rendered first where the dataset renders it)."""
+    ids = dist.shard(split_ids(source, split), ctx)
+    prepare_gt(source, ids)
+    return eval_loader(SegmentationDataset(source, ids), cfg, ctx)

@@ -1,0 +1,290 @@
+"""Train WaveCAM end to end: AFA (Ru et al., CVPR 2022) on SegFormer's MiT with the WaveCAM branch.
+
+    torchrun --nproc_per_node N end_to_end/train.py --config end_to_end/configs/voc.yaml \
+        [--work_dir DIR] [--resume auto|PATH] [--set section.key=value ...]
+
+Every `train.eval_iters` iterations (and at the last) the CAM pseudo labels, their affinity-propagated
+version and the segmentation head are evaluated on `val.split`, then a checkpoint is written; after
+the last iteration the test of `test.*` runs (test.py does the same on its own, evaluate.py scores a
+checkpoint's CAMs, propagated CAMs and segmentation). Under the work dir: train.log, config.yaml, tb/
+(TensorBoard scalars and image panels), checkpoints/iter_<t>.pth (model, optimiser, scheduler,
+iteration, config), results/val_{cam,aff,seg}.json, test/<set>/<id>.png and results/test_<set>.json.
+
+The global batch `train.batch_size` is split over the processes, each accumulating micro-batches of
+at most `train.micro_batch` (batching.batch_plan). All randomness of a step is a function of the step:
+each crop draws from its sample's seed (batching.SeededSamples), dropout and stochastic depth from the
+micro-batch's (batching.micro_batch_seed). So restoring the model, optimiser and scheduler continues a
+run exactly where it stopped, and the processes may be fewer than the global batch's micro-batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from wavecam import dist
+from wavecam import e2e_labels as lab
+from wavecam.end_to_end.batching import BatchPlan, accumulated_step, batch_plan, micro_batch_seed
+from wavecam.end_to_end.checkpoints import checkpoint_path, latest_checkpoint, restore, resume_path, save_state
+from wavecam.end_to_end.config import Config, config_from_args, config_yaml, front_door_parser
+from wavecam.end_to_end.data import make_source, train_dataset, train_loader, validation_loader
+from wavecam.end_to_end.evaluation import run_test, settings, validate
+from wavecam.end_to_end.model import build_model, grid_size, poly_warmup_adamw, unwrap
+from wavecam.end_to_end.panels import TrainPanels, write_panels
+from wavecam.end_to_end.precision import amp_dtype, amp_mode, autocast
+from wavecam.end_to_end.preflight import preflight
+from wavecam.engine.cli import run_cli
+from wavecam.engine.logging import MetricLogger, add_scalars, setup_logging, tensorboard
+from wavecam.io import WavecamError, atomic_path, load_json, save_json
+from wavecam.metrics import ConfusionMatrix
+from wavecam.models.e2e import WaveAFA
+from wavecam.optim import loss_scaler
+from wavecam.par import PAR
+
+log = logging.getLogger("wavecam")
+# MiT's depthwise kernels (C, 1, 3, 3) get gradients whose stride along the size-1 axis differs from
+# DDP's bucket view: the same memory layout, which DDP reports as a mismatch anyway.
+warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = front_door_parser("Train WaveCAM end to end (AFA + WaveCAM on MiT).",
+                          "where everything is written (default: the config's work_dir)",
+                          "train.max_iters=100 dataset.root=/data/VOC2012")
+    p.add_argument("--resume", default=None,
+                   help="a checkpoint to continue from, or 'auto': the latest in <work_dir>/checkpoints if any")
+    return p.parse_args(argv)
+
+
+# --- one step ------------------------------------------------------------------------------------
+
+class Schedule(NamedTuple):
+    weights: dict[str, float]  # of the losses cls, wave, seg, aff
+    propagated_target: bool  # the seg target is the affinity-propagated label, not the refined CAM label
+    wavecam_cams: bool  # pseudo labels come from the WaveCAM kernel
+
+
+def schedule(cfg: Config, t: int) -> Schedule:
+    """What iteration t (0-based) trains with, from t alone, so a resumed run gets it right by construction.
+
+    Every switch at a key N acts from iteration N + 1, as AFA's `n_iter > N` (scripts/dist_train_voc.py:
+    `if n_iter <= cfg.train.cam_iters` trains the classifier alone, `if n_iter <= 6000` keeps the refined
+    CAM label as the seg target; dist_train_coco.py: `<= 15000` for the seg and affinity targets):
+      the seg and affinity losses count from t > train.cam_iters;
+      the seg target (with `aff_from_seg_target`, the affinity one too) is the propagated label from
+        t > train.prop_label_iters;
+      the WaveCAM predictor's loss counts from t > wavecam.start_iter and the pseudo labels come from the
+        WaveCAM kernel from t > wavecam.cams_iter (our keys, AFA's convention, so a WaveCAM key equal to
+        an AFA one switches at the same iteration)."""
+    train, wave = cfg.train, cfg.wavecam
+    joint = t > train.cam_iters
+    weights = {"cls": 1.0,
+               "wave": wave.loss_weight if t > wave.start_iter else 0.0,
+               "seg": cfg.loss.seg_weight if joint else 0.0,
+               "aff": cfg.loss.aff_weight if joint else 0.0}
+    return Schedule(weights, t > train.prop_label_iters, t > wave.cams_iter)
+
+
+def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, cfg: Config, ctx: dist.Context,
+               aff_mask: torch.Tensor, panels: bool = False
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, TrainPanels | None]:
+    """Every loss of one micro-batch (unweighted), the predictor's accuracy and, with `panels`, what
+    TensorBoard shows of it; the order of wavecam.e2e_labels' docstring. Losses whose weight is still 0
+    are computed all the same: under DistributedDataParallel every parameter must take part in each
+    backward."""
+    net: WaveAFA = unwrap(model)
+    net.use_wavecam_cams = stage.wavecam_cams
+    cam, device = cfg.cam, ctx.device
+    images = batch["img"].to(device, non_blocking=True)
+    labels = batch["label"].to(device, non_blocking=True)
+    boxes = batch["img_box"]
+    with autocast(cfg, device):
+        out = model(images, labels)
+        cam_fn = functools.partial(net.cams_and_affinity, run_decoder=cam.decoder_statistics)
+        ms = lab.multi_scale_cams(cam_fn, images, cam.scales)
+
+    pseudo = lab.refine_cams_with_bkg(par, images, ms.cams, labels, cam.high_thre, cam.low_thre, boxes)
+    if stage.propagated_target:
+        seg_target = lab.propagated_label(par, images, ms, labels, lab.radius_mask(*ms.aff_size, cam.radius, device),
+                                          cam.high_thre, cam.low_thre, boxes)
+    else:
+        seg_target = pseudo
+    aff_source = seg_target if cfg.train.aff_from_seg_target else pseudo
+    grid = grid_size(images.shape[2:])
+    aff_target = lab.affinity_label(aff_source, grid, aff_mask)
+    seg = F.interpolate(out.seg.float(), size=images.shape[2:], mode="bilinear", align_corners=False)
+    losses = {"cls": F.multilabel_soft_margin_loss(out.logits.float(), labels),
+              "wave": out.wave_loss.float(),
+              "seg": lab.seg_loss(seg, seg_target),
+              "aff": lab.affinity_loss(out.attn_pred.float(), aff_target)}
+    shown = None
+    if panels:
+        shown = TrainPanels(images.detach(), labels, ms.cams, pseudo, seg_target, seg.detach(),
+                            out.attn_pred.detach(), grid)
+    return losses, out.wave_acc, shown
+
+
+def train_iteration(model: torch.nn.Module, opt, scaler, par: PAR, batch: dict, t: int, plan: BatchPlan, cfg: Config,
+                    ctx: dist.Context, aff_mask: torch.Tensor, panels: bool = False
+                    ) -> tuple[dict[str, float], TrainPanels | None]:
+    """The optimiser step of iteration t over this process's batch, in `plan.steps` micro-batches.
+    Returns this process's means over its micro-batches of the weighted total (`loss`) and of the
+    losses that count at t (with the WaveCAM loss, the predictor's accuracy `wave_acc`); with
+    `panels`, the TensorBoard panels of the first micro-batch."""
+    stage = schedule(cfg, t)
+    records: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]] = []
+    shown: list[TrainPanels] = []
+
+    def loss_of(chunk: dict, k: int) -> torch.Tensor:
+        torch.manual_seed(micro_batch_seed(cfg.train.seed, t, ctx.rank * plan.steps + k))
+        losses, acc, chunk_panels = train_step(model, par, chunk, stage, cfg, ctx, aff_mask, panels and k == 0)
+        total = sum(stage.weights[name] * value for name, value in losses.items())
+        if not math.isfinite(total.item()):
+            raise diverged(losses, total, t, Path(cfg.work_dir))
+        records.append((total, losses, acc))
+        if chunk_panels is not None:
+            shown.append(chunk_panels)
+        return total
+
+    accumulated_step(model, opt, scaler, micro_batches(batch, plan.micro), loss_of)
+
+    def mean(values: list[torch.Tensor]) -> float:
+        return sum(v.item() for v in values) / len(values)
+
+    values = {"loss": mean([total for total, _, _ in records])}
+    values.update({name: mean([losses[name] for _, losses, _ in records])
+                   for name, weight in stage.weights.items() if weight > 0})
+    if stage.weights["wave"] > 0:
+        values["wave_acc"] = mean([acc for _, _, acc in records])
+    return values, shown[0] if shown else None
+
+
+def micro_batches(batch: dict, size: int) -> list[dict]:
+    """A collated batch cut into consecutive batches of `size` samples."""
+    n = len(batch["name"])
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def diverged(losses: dict[str, torch.Tensor], total: torch.Tensor, t: int, work_dir: Path) -> WavecamError:
+    found = latest_checkpoint(work_dir)
+    kept = f"the last good checkpoint {found} is kept" if found else "no checkpoint was written yet"
+    return WavecamError(f"the loss became {total.item()} at iteration {t} "
+                        f"({', '.join(f'{k} {v.item():.4g}' for k, v in losses.items())}); {kept}. "
+                        "Lower the learning rate and resume.")
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+def report_validation(cms: dict[str, ConfusionMatrix], t: int, cfg: Config, writer) -> None:
+    """Write results/val_<kind>.json (the latest numbers and the mIoU history), log and plot them."""
+    results = Path(cfg.work_dir) / "results"
+    for kind, cm in cms.items():
+        path = results / f"val_{kind}.json"
+        history = load_json(path).get("history", []) if path.is_file() else []
+        history = [h for h in history if h["iteration"] < t] + [{"iteration": t, "miou": cm.miou()}]
+        save_json(path, {**cm.summary(), "iteration": t, "history": history,
+                         **settings(cfg, cfg.work_dir, cfg.val.split)})
+    add_scalars(writer, "val_miou", {k: cm.miou() for k, cm in cms.items()}, t)
+    log.info("validation at iteration %d on %d images: mIoU cam %.4f  aff %.4f  seg %.4f", t,
+             cms["seg"].n_images, cms["cam"].miou(), cms["aff"].miou(), cms["seg"].miou())
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def setup_model(cfg: Config, num_classes: int, ctx: dist.Context) -> WaveAFA:
+    net = build_model(cfg, num_classes)
+    if ctx.distributed and ctx.device.type == "cuda":
+        # PyTorch synchronises BatchNorm statistics only on GPUs; CPU processes keep their own.
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return net.to(ctx.device)
+
+
+def log_start(cfg: Config, plan: BatchPlan, ctx: dist.Context) -> None:
+    data = cfg.dataset
+    log.info("device %s (%s), world size %d; %s; AMP %s", ctx.device,
+             torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "CPU", ctx.world_size,
+             plan.describe(), amp_mode(cfg, ctx.device))
+    log.info("crops of %d after a rescale in %s (%s), padded %s", data.crop_size, data.scale_range,
+             data.resample, data.pad)
+
+
+def train(cfg: Config, resume: str | None, ctx: dist.Context) -> None:
+    work_dir = Path(cfg.work_dir)
+    data, t_cfg = cfg.dataset, cfg.train
+    found = resume_path(resume, work_dir)
+    preflight(cfg, [found] if found else [])
+    plan = batch_plan(t_cfg.batch_size, t_cfg.micro_batch, ctx.world_size)
+    setup_logging(work_dir / "train.log", ctx)
+    log_start(cfg, plan, ctx)
+    if resume == "auto" and found is None:
+        log.info("--resume auto: no checkpoint in %s, starting from scratch", work_dir / "checkpoints")
+    # Every rank builds the same initial model, as AFA's runs seed every rank alike.
+    torch.manual_seed(t_cfg.seed)
+    torch.backends.cudnn.deterministic = t_cfg.deterministic
+    torch.backends.cudnn.benchmark = not t_cfg.deterministic
+
+    source = make_source(cfg)
+    train_set = train_dataset(cfg, source)
+    val_loader = validation_loader(source, cfg.val.split, cfg, ctx)
+
+    net = setup_model(cfg, source.num_classes, ctx)
+    opt, sched = poly_warmup_adamw(net, cfg)
+    scaler = loss_scaler(ctx.device, amp_dtype(cfg, ctx.device))
+    start = restore(found, net, opt, sched, scaler, cfg) if found else 0
+    model = net
+    if ctx.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if ctx.is_main:
+        text = config_yaml(cfg)
+        with atomic_path(work_dir / "config.yaml") as tmp:
+            tmp.write_text(text)
+        log.info("config:\n%s", text)
+    writer = tensorboard(work_dir / "tb", ctx)
+
+    par = PAR(cfg.par.dilations, cfg.par.num_iter).to(ctx.device)
+    aff_mask = lab.radius_mask(*grid_size((data.crop_size,) * 2), cfg.cam.radius, ctx.device)
+    max_iters, log_iters = t_cfg.max_iters, t_cfg.log_iters
+    image_iters = log_iters * t_cfg.tb_image_every
+    logger = MetricLogger(start, max_iters, plan.global_batch, log_iters)
+    model.train()
+    for t, batch in logger.iterations(train_loader(train_set, plan, cfg, ctx, start)):
+        show = writer is not None and image_iters > 0 and (t + 1) % image_iters == 0
+        lr = opt.param_groups[0]["lr"]  # this iteration's, before the scheduler moves on
+        values, shown = train_iteration(model, opt, scaler, par, batch, t, plan, cfg, ctx, aff_mask, show)
+        sched.step()
+        values = {"lr": lr, **values}
+        logger.step_done(t, **values)
+        if (t + 1) % log_iters == 0:
+            add_scalars(writer, "train", values, t + 1)
+        if shown is not None:
+            write_panels(writer, shown, t + 1)
+        if (t + 1) % t_cfg.eval_iters == 0 or t + 1 == max_iters:
+            with logger.untimed():
+                cms = validate(net, val_loader, cfg, ctx, source.num_classes)
+                if ctx.is_main:
+                    report_validation(cms, t + 1, cfg, writer)
+                save_state(checkpoint_path(work_dir, t + 1), net, opt, sched, scaler, t + 1, cfg, ctx)
+
+    if cfg.test.after_training:
+        run_test(net, cfg, ctx, work_dir, checkpoint_path(work_dir, max_iters), max_iters)
+    if writer is not None:
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def job() -> None:
+        cfg = config_from_args(args)
+        train(cfg, args.resume, dist.init(args.device))
+
+    return run_cli(job, "--work_dir")
