@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavecam import dist
 from wavecam import e2e_labels as lab
-from wavecam.end_to_end.batching import IterationBatches, accumulated_step, batch_plan
 from wavecam.end_to_end.config import Config, as_dict, load_config
 from wavecam.end_to_end.data import make_source, train_dataset, train_loader
 from wavecam.end_to_end.evaluation import settings
 from wavecam.end_to_end.model import build_model, grid_size, poly_warmup_adamw
-from wavecam.end_to_end.train import schedule, train_iteration
+from wavecam.end_to_end.train import micro_batch_losses, schedule
+from wavecam.engine import runtime
+from wavecam.engine.loop import accumulated_step, optimizer_step
+from wavecam.engine.runtime import loss_scaler
+from wavecam.engine.sampling import ShuffledBatches, batch_plan
 from wavecam.io import WavecamError, load_checkpoint
-from wavecam.optim import loss_scaler
 from wavecam.par import PAR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +141,7 @@ def test_one_process_from_end_to_end_logs_plots_and_resumes_exactly(one_process,
     # The resolved config, saved with the run and in its checkpoints as a plain dict, reads back as it ran.
     ran = load_config(CONFIG, ["work_dir=" + str(one_process), f"dataset.root={voc96}", *TINY, "test.crf=true"])
     assert load_config(one_process / "config.yaml") == ran
-    assert full["config"] == as_dict(ran)
+    assert full["settings"] == as_dict(ran)
     resumed = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "iter_0000004.pth")
     assert full["model"].keys() == resumed["model"].keys()
     for k, v in full["model"].items():
@@ -225,7 +226,9 @@ def test_missing_weights_are_reported_before_the_coco_masks_are_rendered(tmp_pat
 # --- the global batch ----------------------------------------------------------------------------
 
 def test_batch_plan_splits_the_global_batch_over_processes_and_micro_batches():
-    plan = batch_plan
+    def plan(batch_size, micro_batch, world):
+        return batch_plan(batch_size, world, micro_batch)
+
     assert [(p.per_process, p.micro, p.steps) for p in (plan(4, 2, 1), plan(4, 2, 2), plan(4, 2, 4))] == [
         (4, 2, 2), (2, 2, 1), (1, 1, 1)]
     assert (plan(8, 2, 1).micro, plan(8, 2, 1).steps) == (2, 4)  # AFA's COCO batch on one GPU
@@ -237,8 +240,8 @@ def test_batch_plan_splits_the_global_batch_over_processes_and_micro_batches():
 
 def _batches(n: int, global_batch: int, world: int, start: int, stop: int) -> list[list[list[tuple[int, int]]]]:
     """Each rank's batches, per iteration."""
-    plan = batch_plan(global_batch, global_batch, world)
-    return [list(IterationBatches(n, plan, r, 7, start, stop)) for r in range(world)]
+    plan = batch_plan(global_batch, world)
+    return [list(ShuffledBatches(n, plan, r, 7, start, stop, "step")) for r in range(world)]
 
 
 def test_batches_resume_where_they_stopped_and_split_epochs_across_ranks():
@@ -268,8 +271,8 @@ def test_accumulated_step_equals_the_step_on_the_whole_batch():
     def step(chunks):
         model = copy.deepcopy(net)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        accumulated_step(model, opt, loss_scaler(torch.device("cpu"), None), chunks,
-                               lambda c, _: torch.nn.functional.multilabel_soft_margin_loss(model(c[0]), c[1]))
+        optimizer_step(model, opt, loss_scaler(torch.device("cpu"), None), chunks,
+                       lambda c, _: {"loss": torch.nn.functional.multilabel_soft_margin_loss(model(c[0]), c[1])})
         return model
 
     whole = step([(x, y)])
@@ -300,19 +303,20 @@ def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96):
     aff_mask = lab.radius_mask(*grid_size((64, 64)), cfg.cam.radius)
 
     def run(world: int, rank: int):
-        ctx = dist.Context(rank, world, rank, torch.device("cpu"))
-        plan = batch_plan(4, 2, world)
+        ctx = runtime.Context(rank, world, rank, torch.device("cpu"))
+        plan = batch_plan(4, world, 2)
         model = copy.deepcopy(net)
         opt, _ = poly_warmup_adamw(model, cfg)
         batch = next(iter(train_loader(dataset, plan, cfg, ctx, t)))
-        values, _ = train_iteration(model, opt, loss_scaler(ctx.device, None), par, batch, t, plan, cfg, ctx,
-                                            aff_mask)
+        values = accumulated_step(model, opt, loss_scaler(ctx.device, None), batch, t,
+                                  lambda c, step, k: micro_batch_losses(model, par, c, step, cfg, ctx, aff_mask),
+                                  plan, ctx, cfg.train.seed)
         return batch, values, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     one_batch, one_values, one_grads = run(1, 0)
     ranks = [run(2, r) for r in range(2)]
     assert torch.equal(one_batch["img"], torch.cat([batch["img"] for batch, _, _ in ranks]))
-    assert set(one_values) == {"loss", "cls", "wave", "seg", "aff", "wave_acc"}
+    assert set(one_values) == {"lr", "loss", "cls", "wave", "seg", "aff", "wave_acc"}
     for k, v in one_values.items():
         assert v == pytest.approx(sum(values[k] for _, values, _ in ranks) / 2, rel=1e-5), k
     for name, grad in one_grads.items():

@@ -8,6 +8,7 @@ from torch.utils.data import DistributedSampler
 
 from wavecam.engine import runtime
 from wavecam.engine.loop import Hook, fit, optimizer_step
+from wavecam.engine.runtime import loss_scaler
 from wavecam.engine.sampling import (
     SampleKey,
     ShuffledBatches,
@@ -66,20 +67,6 @@ def test_batch_plan_and_a_too_small_dataset():
         ShuffledBatches(3, batch_plan(4, 1), 0, 0, 0, 1, "step")
 
 
-def test_accumulated_micro_batches_step_as_the_whole_batch():
-    torch.manual_seed(0)
-    x, y = torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
-    steps = []
-    for chunks in ([(x, y)], [(x[:4], y[:4]), (x[4:], y[4:])]):
-        torch.manual_seed(1)
-        model = torch.nn.Linear(5, 1).double()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        optimizer_step(model, opt, torch.amp.GradScaler("cpu", enabled=False), chunks,
-                       lambda c, k, m=model: {"loss": ((m(c[0]) - c[1]) ** 2).mean()})
-        steps.append(model.weight.detach().clone())
-    torch.testing.assert_close(steps[0], steps[1], rtol=1e-12, atol=1e-12)
-
-
 def test_a_diverging_loss_stops_the_loop_before_its_update_and_says_where():
     ctx = runtime.init("cpu")
     model = torch.nn.Linear(2, 1)
@@ -131,3 +118,39 @@ def test_train_state_round_trip_and_refusal(tmp_path):
 
 def test_init_is_done_once_per_process():
     assert runtime.init("cpu") is runtime.init("cpu")
+
+
+def make():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2)
+    return net, torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+
+def step(model, opt, scaler, loss):
+    optimizer_step(model, opt, scaler, [None], lambda chunk, k: {"loss": loss(model)})
+
+
+def test_only_fp16_gets_an_enabled_scaler():
+    cpu = torch.device("cpu")
+    assert loss_scaler(cpu, torch.float16).is_enabled()
+    assert not loss_scaler(cpu, torch.bfloat16).is_enabled()
+    assert not loss_scaler(cpu, None).is_enabled()
+
+
+def test_scaled_step_equals_the_plain_step_and_skips_overflow():
+    x = torch.randn(8, 4)
+    plain, opt = make()
+    for _ in range(3):
+        step(plain, opt, loss_scaler(torch.device("cpu"), None), lambda m: m(x).pow(2).mean())
+    scaled, opt2 = make()
+    scaler = loss_scaler(torch.device("cpu"), torch.float16)
+    for _ in range(3):
+        step(scaled, opt2, scaler, lambda m: m(x).pow(2).mean())
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b)  # the scale is a power of two: unscaling is exact
+    before = [p.detach().clone() for p in scaled.parameters()]
+    # A finite loss whose scaled gradients overflow float32: no update, a smaller scale.
+    step(scaled, opt2, scaler, lambda m: m(x).pow(2).mean() * 1e35)
+    for a, b in zip(before, scaled.parameters()):
+        assert torch.equal(a, b)
+    assert scaler.get_scale() < 2.0**16

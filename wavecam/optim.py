@@ -29,25 +29,3 @@ def poly_sgd(
         opt, lambda t: (1 - min(t, last) / max(max_step, 1)) ** power
     )
     return opt, sched
-
-
-def autocast_dtype(enabled: bool, device: torch.device) -> torch.dtype | None:
-    """The type of mixed precision (an --amp switch): bf16 on GPUs that have it, else fp16; None
-    (float32) when off or on a CPU."""
-    if not (enabled and device.type == "cuda"):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def loss_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
-    """fp16 autocast (GPUs without bf16) needs its loss scaled, or small gradients underflow to 0;
-    bf16 and float32 do not, and get a disabled scaler, which passes everything through."""
-    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-
-def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
-    """Backward and update; with an enabled scaler, steps whose gradients overflowed are skipped."""
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wavecam import dist
 from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset
-from wavecam.end_to_end.batching import BatchPlan, IterationBatches, SeededSamples
 from wavecam.end_to_end.config import Config
 from wavecam.end_to_end.preflight import check_dataset_root
+from wavecam.engine import runtime, sampling
+from wavecam.engine.sampling import BatchPlan
 from wavecam.io import WavecamError
 
 
@@ -48,22 +48,20 @@ def train_dataset(cfg: Config, source) -> E2ETrainDataset:
                            resample=data.resample, pad=data.pad)
 
 
-def train_loader(dataset: Dataset, plan: BatchPlan, cfg: Config, ctx: dist.Context, start: int) -> DataLoader:
+def train_loader(dataset: Dataset, plan: BatchPlan, cfg: Config, ctx: runtime.Context, start: int) -> DataLoader:
     """This process's images of every iteration from `start` on, as one batch of `plan.per_process`."""
     t = cfg.train
-    batches = IterationBatches(len(dataset), plan, ctx.rank, t.seed, start, t.max_iters)
-    # Its own generator: creating the loader must not draw from the global one that dropout uses.
-    return DataLoader(SeededSamples(dataset), batch_sampler=batches, num_workers=t.num_workers,
-                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(t.seed))
+    return sampling.train_loader(dataset, plan, ctx.rank, t.seed, start, t.max_iters, "step",
+                                 num_workers=t.num_workers, pin_memory=ctx.device.type == "cuda")
 
 
-def eval_loader(dataset: Dataset, cfg: Config, ctx: dist.Context) -> DataLoader:
+def eval_loader(dataset: Dataset, cfg: Config, ctx: runtime.Context) -> DataLoader:
     return DataLoader(dataset, batch_size=1, shuffle=False, num_workers=cfg.train.num_workers,
                       pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
 
-def validation_loader(source, split: str, cfg: Config, ctx: dist.Context) -> DataLoader:
+def validation_loader(source, split: str, cfg: Config, ctx: runtime.Context) -> DataLoader:
     """This rank's share of `split` with ground truth (rendered first where the dataset renders it)."""
-    ids = dist.shard(split_ids(source, split), ctx)
+    ids = runtime.shard(split_ids(source, split), ctx)
     prepare_gt(source, ids)
     return eval_loader(SegmentationDataset(source, ids), cfg, ctx)

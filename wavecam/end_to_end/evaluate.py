@@ -17,14 +17,14 @@ import logging
 import os
 from pathlib import Path
 
-from wavecam import dist
 from wavecam.end_to_end.config import Config, config_from_args, front_door_parser
 from wavecam.end_to_end.data import make_source, validation_loader
 from wavecam.end_to_end.evaluation import settings, validate
 from wavecam.end_to_end.model import build_model
 from wavecam.end_to_end.preflight import preflight
+from wavecam.engine import runtime
 from wavecam.engine.cli import run_cli
-from wavecam.engine.logging import setup_logging
+from wavecam.engine.logging import DATED, setup_logging
 from wavecam.io import load_checkpoint, save_json
 from wavecam.metrics import format_iou_table
 from wavecam.models.e2e import WAVECAM_PARTS, load_wave_afa_weights
@@ -53,12 +53,12 @@ def wavecam_cams(choice: str, cfg: Config, iteration: int | None, parts: tuple[s
     return has_wavecam and iteration is not None and iteration - 1 > cfg.wavecam.cams_iter
 
 
-def evaluate(cfg: Config, checkpoint: str, split: str, cams: str, ctx: dist.Context) -> dict[str, dict] | None:
+def evaluate(cfg: Config, checkpoint: str, split: str, cams: str, ctx: runtime.Context) -> dict[str, dict] | None:
     """Score `checkpoint` on `split`; rank 0 returns {kind: result} for cam, aff and seg."""
     work_dir = Path(cfg.work_dir)
     cfg.model.pretrained = None  # every weight comes from the checkpoint
     preflight(cfg, [checkpoint])
-    setup_logging(work_dir / "evaluate.log", ctx)
+    setup_logging(work_dir / "evaluate.log", ctx, DATED)
     source = make_source(cfg)
     net = build_model(cfg, source.num_classes).to(ctx.device)
     ckpt = load_checkpoint(checkpoint)
@@ -89,6 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         cfg = config_from_args(args)
-        evaluate(cfg, args.checkpoint, args.split or cfg.val.split, args.cams, dist.init(args.device))
+        evaluate(cfg, args.checkpoint, args.split or cfg.val.split, args.cams, runtime.init(args.device))
 
     return run_cli(job, "--work_dir")

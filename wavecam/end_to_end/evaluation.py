@@ -15,14 +15,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wavecam import dist
 from wavecam import e2e_labels as lab
 from wavecam.crf import crf_inference_prob
 from wavecam.data.datasets import SegmentationDataset
 from wavecam.end_to_end.config import Config
 from wavecam.end_to_end.data import eval_loader, make_source, prepare_gt, split_ids
 from wavecam.end_to_end.model import grid_size
-from wavecam.end_to_end.precision import autocast
+from wavecam.engine import runtime
 from wavecam.io import save_json, save_png
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA
@@ -31,7 +30,7 @@ log = logging.getLogger("wavecam")
 
 
 @torch.no_grad()
-def validate(net: WaveAFA, loader: DataLoader, cfg: Config, ctx: dist.Context, num_classes: int
+def validate(net: WaveAFA, loader: DataLoader, cfg: Config, ctx: runtime.Context, num_classes: int
              ) -> dict[str, ConfusionMatrix]:
     """Confusions over the images of `loader` (all ranks summed) of AFA's three predictions: `cam`,
     the multi-scale CAMs with a background score of `cam.bkg_score`; `aff`, those CAMs propagated by
@@ -42,7 +41,7 @@ def validate(net: WaveAFA, loader: DataLoader, cfg: Config, ctx: dist.Context, n
     net.eval()
     for item in tqdm(loader, desc="validate", disable=not ctx.is_main, leave=False):
         images, labels, gt = item["img"].to(device), item["label"].to(device), item["gt"][0].numpy()
-        with autocast(cfg, device):
+        with runtime.autocast(cfg.train.amp, device):
             out = net(images)
             cams = lab.multi_scale_cams(net.cams_and_affinity, images, cam.scales).cams  # (1, C, H, W)
         grid = grid_size(images.shape[2:])
@@ -55,7 +54,7 @@ def validate(net: WaveAFA, loader: DataLoader, cfg: Config, ctx: dist.Context, n
         for k, pred in preds.items():
             cms[k].update(pred[0].cpu().numpy(), gt)
     net.train(was_training)
-    dist.sum_confusions(list(cms.values()), ctx)
+    runtime.sum_confusions(list(cms.values()), ctx)
     return cms
 
 
@@ -91,7 +90,7 @@ def segment(net: WaveAFA, image: torch.Tensor, scales: Sequence[float], flip: bo
     return F.interpolate(best, size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
-def run_test(net: WaveAFA, cfg: Config, ctx: dist.Context, work_dir: str | os.PathLike,
+def run_test(net: WaveAFA, cfg: Config, ctx: runtime.Context, work_dir: str | os.PathLike,
              checkpoint: str | os.PathLike, iteration: int | None = None) -> dict | None:
     """Segment `test.eval_set` with the `test` settings, write `<work_dir>/test/<set>[_crf]/<id>.png`
     and, where the set has ground truth, `<work_dir>/results/test_<set>[_crf].json` (rank 0 returns it)."""
@@ -99,7 +98,7 @@ def run_test(net: WaveAFA, cfg: Config, ctx: dist.Context, work_dir: str | os.Pa
     source = make_source(cfg)
     name = test.eval_set + ("_crf" if test.crf else "")
     out_dir = Path(work_dir) / "test" / name
-    ids = dist.shard(split_ids(source, test.eval_set), ctx)
+    ids = runtime.shard(split_ids(source, test.eval_set), ctx)
     if test.evaluate:
         prepare_gt(source, ids)
     dataset = SegmentationDataset(source, ids, test.evaluate)
@@ -107,7 +106,7 @@ def run_test(net: WaveAFA, cfg: Config, ctx: dist.Context, work_dir: str | os.Pa
     net.eval()
     with CRFWorkers(test.crf_workers if test.crf else 0) as post:
         for item in tqdm(eval_loader(dataset, cfg, ctx), desc=f"test {name}", disable=not ctx.is_main):
-            with autocast(cfg, ctx.device):
+            with runtime.autocast(cfg.train.amp, ctx.device):
                 logits = segment(net, item["img"].to(ctx.device), test.scales, test.flip, test.resize_long)
             gt = item["gt"][0].numpy() if test.evaluate else None
             path = out_dir / f"{item['name'][0]}.png"
@@ -125,7 +124,7 @@ def run_test(net: WaveAFA, cfg: Config, ctx: dist.Context, work_dir: str | os.Pa
     if not test.evaluate:
         log.info("test: wrote %s (no evaluation: test.evaluate is false)", out_dir)
         return None
-    dist.sum_confusions([cm], ctx)
+    runtime.sum_confusions([cm], ctx)
     if not ctx.is_main:
         return None
     result = {**cm.summary(), "checkpoint": os.path.abspath(checkpoint), "iteration": iteration,

@@ -28,10 +28,6 @@ def build_model(cfg: Config, num_classes: int) -> WaveAFA:
     return net
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
 def grid_size(size: Sequence[int], stride: int = 16) -> tuple[int, int]:
     """The last stage's grid for an input of `size`: every stage rounds up."""
     return math.ceil(size[0] / stride), math.ceil(size[1] / stride)

@@ -16,15 +16,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from wavecam import dist
 from wavecam.end_to_end.checkpoints import latest_checkpoint
 from wavecam.end_to_end.config import Config, config_from_args, front_door_parser
 from wavecam.end_to_end.data import make_source
 from wavecam.end_to_end.evaluation import run_test
 from wavecam.end_to_end.model import build_model
 from wavecam.end_to_end.preflight import preflight
+from wavecam.engine import runtime
 from wavecam.engine.cli import run_cli
-from wavecam.engine.logging import setup_logging
+from wavecam.engine.logging import DATED, setup_logging
 from wavecam.io import WavecamError, load_checkpoint
 from wavecam.metrics import format_iou_table
 from wavecam.models.e2e import load_wave_afa_weights
@@ -40,14 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def test(cfg: Config, checkpoint: str | None, ctx: dist.Context) -> None:
+def test(cfg: Config, checkpoint: str | None, ctx: runtime.Context) -> None:
     work_dir = Path(cfg.work_dir)
     path = Path(checkpoint) if checkpoint else latest_checkpoint(work_dir)
     if path is None:
         raise WavecamError(f"no checkpoint in {work_dir / 'checkpoints'}; train first or give --checkpoint")
     cfg.model.pretrained = None  # every weight comes from the checkpoint
     preflight(cfg, [path])
-    setup_logging(work_dir / "test.log", ctx)
+    setup_logging(work_dir / "test.log", ctx, DATED)
     source = make_source(cfg)
     net = build_model(cfg, source.num_classes).to(ctx.device)
     ckpt = load_checkpoint(path)
@@ -64,6 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     def job() -> None:
         cfg = config_from_args(args)
         cfg.test.crf = cfg.test.crf or args.crf
-        test(cfg, args.checkpoint, dist.init(args.device))
+        test(cfg, args.checkpoint, runtime.init(args.device))
 
     return run_cli(job, "--work_dir")

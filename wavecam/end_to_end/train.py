@@ -11,10 +11,11 @@ checkpoint's CAMs, propagated CAMs and segmentation). Under the work dir: train.
 iteration, config), results/val_{cam,aff,seg}.json, test/<set>/<id>.png and results/test_<set>.json.
 
 The global batch `train.batch_size` is split over the processes, each accumulating micro-batches of
-at most `train.micro_batch` (batching.batch_plan). All randomness of a step is a function of the step:
-each crop draws from its sample's seed (batching.SeededSamples), dropout and stochastic depth from the
-micro-batch's (batching.micro_batch_seed). So restoring the model, optimiser and scheduler continues a
-run exactly where it stopped, and the processes may be fewer than the global batch's micro-batches.
+at most `train.micro_batch` (engine.sampling.batch_plan). All randomness of a step is a function of the
+step: each crop draws from its sample's seed (engine.sampling, the "step" keying), dropout and
+stochastic depth from the micro-batch's (engine.sampling.micro_batch_seed). So restoring the model,
+optimiser and scheduler continues a run exactly where it stopped, and the processes may be fewer than
+the global batch's micro-batches.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -30,23 +30,22 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from wavecam import dist
 from wavecam import e2e_labels as lab
-from wavecam.end_to_end.batching import BatchPlan, accumulated_step, batch_plan, micro_batch_seed
-from wavecam.end_to_end.checkpoints import checkpoint_path, latest_checkpoint, restore, resume_path, save_state
+from wavecam.end_to_end.checkpoints import checkpoint_path, latest_checkpoint, resume_path, train_state
 from wavecam.end_to_end.config import Config, config_from_args, config_yaml, front_door_parser
 from wavecam.end_to_end.data import make_source, train_dataset, train_loader, validation_loader
 from wavecam.end_to_end.evaluation import run_test, settings, validate
-from wavecam.end_to_end.model import build_model, grid_size, poly_warmup_adamw, unwrap
+from wavecam.end_to_end.model import build_model, grid_size, poly_warmup_adamw
 from wavecam.end_to_end.panels import TrainPanels, write_panels
-from wavecam.end_to_end.precision import amp_dtype, amp_mode, autocast
 from wavecam.end_to_end.preflight import preflight
+from wavecam.engine import runtime
 from wavecam.engine.cli import run_cli
-from wavecam.engine.logging import MetricLogger, add_scalars, setup_logging, tensorboard
-from wavecam.io import WavecamError, atomic_path, load_json, save_json
+from wavecam.engine.logging import DATED, MetricLogger, add_scalars, setup_logging, tensorboard
+from wavecam.engine.loop import Hook, fit
+from wavecam.engine.sampling import BatchPlan, batch_plan
+from wavecam.io import atomic_path, load_json, save_json
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA
-from wavecam.optim import loss_scaler
 from wavecam.par import PAR
 
 log = logging.getLogger("wavecam")
@@ -93,20 +92,20 @@ def schedule(cfg: Config, t: int) -> Schedule:
     return Schedule(weights, t > train.prop_label_iters, t > wave.cams_iter)
 
 
-def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, cfg: Config, ctx: dist.Context,
+def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, cfg: Config, ctx: runtime.Context,
                aff_mask: torch.Tensor, panels: bool = False
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, TrainPanels | None]:
     """Every loss of one micro-batch (unweighted), the predictor's accuracy and, with `panels`, what
     TensorBoard shows of it; the order of wavecam.e2e_labels' docstring. Losses whose weight is still 0
     are computed all the same: under DistributedDataParallel every parameter must take part in each
     backward."""
-    net: WaveAFA = unwrap(model)
+    net: WaveAFA = runtime.unwrap(model)
     net.use_wavecam_cams = stage.wavecam_cams
     cam, device = cfg.cam, ctx.device
     images = batch["img"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
     boxes = batch["img_box"]
-    with autocast(cfg, device):
+    with runtime.autocast(cfg.train.amp, device):
         out = model(images, labels)
         cam_fn = functools.partial(net.cams_and_affinity, run_decoder=cam.decoder_statistics)
         ms = lab.multi_scale_cams(cam_fn, images, cam.scales)
@@ -132,53 +131,20 @@ def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, c
     return losses, out.wave_acc, shown
 
 
-def train_iteration(model: torch.nn.Module, opt, scaler, par: PAR, batch: dict, t: int, plan: BatchPlan, cfg: Config,
-                    ctx: dist.Context, aff_mask: torch.Tensor, panels: bool = False
-                    ) -> tuple[dict[str, float], TrainPanels | None]:
-    """The optimiser step of iteration t over this process's batch, in `plan.steps` micro-batches.
-    Returns this process's means over its micro-batches of the weighted total (`loss`) and of the
-    losses that count at t (with the WaveCAM loss, the predictor's accuracy `wave_acc`); with
-    `panels`, the TensorBoard panels of the first micro-batch."""
+def micro_batch_losses(model: torch.nn.Module, par: PAR, chunk: dict, t: int, cfg: Config, ctx: runtime.Context,
+                       aff_mask: torch.Tensor, panels: list | None = None) -> dict[str, torch.Tensor]:
+    """The losses of one micro-batch at iteration t for the engine's loop: the weighted total
+    (`loss`), the losses that count at t and, with the WaveCAM loss, the predictor's accuracy
+    `wave_acc`. With `panels` (a list), the TensorBoard panels of the micro-batch are appended to it."""
     stage = schedule(cfg, t)
-    records: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]] = []
-    shown: list[TrainPanels] = []
-
-    def loss_of(chunk: dict, k: int) -> torch.Tensor:
-        torch.manual_seed(micro_batch_seed(cfg.train.seed, t, ctx.rank * plan.steps + k))
-        losses, acc, chunk_panels = train_step(model, par, chunk, stage, cfg, ctx, aff_mask, panels and k == 0)
-        total = sum(stage.weights[name] * value for name, value in losses.items())
-        if not math.isfinite(total.item()):
-            raise diverged(losses, total, t, Path(cfg.work_dir))
-        records.append((total, losses, acc))
-        if chunk_panels is not None:
-            shown.append(chunk_panels)
-        return total
-
-    accumulated_step(model, opt, scaler, micro_batches(batch, plan.micro), loss_of)
-
-    def mean(values: list[torch.Tensor]) -> float:
-        return sum(v.item() for v in values) / len(values)
-
-    values = {"loss": mean([total for total, _, _ in records])}
-    values.update({name: mean([losses[name] for _, losses, _ in records])
-                   for name, weight in stage.weights.items() if weight > 0})
+    losses, acc, shown = train_step(model, par, chunk, stage, cfg, ctx, aff_mask, panels is not None)
+    if shown is not None:
+        panels.append(shown)
+    values = {"loss": sum(stage.weights[name] * value for name, value in losses.items())}
+    values.update({name: losses[name] for name, weight in stage.weights.items() if weight > 0})
     if stage.weights["wave"] > 0:
-        values["wave_acc"] = mean([acc for _, _, acc in records])
-    return values, shown[0] if shown else None
-
-
-def micro_batches(batch: dict, size: int) -> list[dict]:
-    """A collated batch cut into consecutive batches of `size` samples."""
-    n = len(batch["name"])
-    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
-
-
-def diverged(losses: dict[str, torch.Tensor], total: torch.Tensor, t: int, work_dir: Path) -> WavecamError:
-    found = latest_checkpoint(work_dir)
-    kept = f"the last good checkpoint {found} is kept" if found else "no checkpoint was written yet"
-    return WavecamError(f"the loss became {total.item()} at iteration {t} "
-                        f"({', '.join(f'{k} {v.item():.4g}' for k, v in losses.items())}); {kept}. "
-                        "Lower the learning rate and resume.")
+        values["wave_acc"] = acc
+    return values
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -199,7 +165,7 @@ def report_validation(cms: dict[str, ConfusionMatrix], t: int, cfg: Config, writ
 
 # --- the run -------------------------------------------------------------------------------------
 
-def setup_model(cfg: Config, num_classes: int, ctx: dist.Context) -> WaveAFA:
+def setup_model(cfg: Config, num_classes: int, ctx: runtime.Context) -> WaveAFA:
     net = build_model(cfg, num_classes)
     if ctx.distributed and ctx.device.type == "cuda":
         # PyTorch synchronises BatchNorm statistics only on GPUs; CPU processes keep their own.
@@ -207,29 +173,28 @@ def setup_model(cfg: Config, num_classes: int, ctx: dist.Context) -> WaveAFA:
     return net.to(ctx.device)
 
 
-def log_start(cfg: Config, plan: BatchPlan, ctx: dist.Context) -> None:
+def log_start(cfg: Config, plan: BatchPlan, ctx: runtime.Context) -> None:
     data = cfg.dataset
     log.info("device %s (%s), world size %d; %s; AMP %s", ctx.device,
              torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "CPU", ctx.world_size,
-             plan.describe(), amp_mode(cfg, ctx.device))
+             plan.describe(), runtime.amp_mode(cfg.train.amp, ctx.device))
     log.info("crops of %d after a rescale in %s (%s), padded %s", data.crop_size, data.scale_range,
              data.resample, data.pad)
 
 
-def train(cfg: Config, resume: str | None, ctx: dist.Context) -> None:
+def train(cfg: Config, resume: str | None, ctx: runtime.Context) -> None:
     work_dir = Path(cfg.work_dir)
     data, t_cfg = cfg.dataset, cfg.train
     found = resume_path(resume, work_dir)
     preflight(cfg, [found] if found else [])
-    plan = batch_plan(t_cfg.batch_size, t_cfg.micro_batch, ctx.world_size)
-    setup_logging(work_dir / "train.log", ctx)
+    plan = batch_plan(t_cfg.batch_size, ctx.world_size, t_cfg.micro_batch)
+    setup_logging(work_dir / "train.log", ctx, DATED)
     log_start(cfg, plan, ctx)
     if resume == "auto" and found is None:
         log.info("--resume auto: no checkpoint in %s, starting from scratch", work_dir / "checkpoints")
     # Every rank builds the same initial model, as AFA's runs seed every rank alike.
     torch.manual_seed(t_cfg.seed)
-    torch.backends.cudnn.deterministic = t_cfg.deterministic
-    torch.backends.cudnn.benchmark = not t_cfg.deterministic
+    runtime.set_cudnn(benchmark=True, deterministic=t_cfg.deterministic)
 
     source = make_source(cfg)
     train_set = train_dataset(cfg, source)
@@ -237,12 +202,10 @@ def train(cfg: Config, resume: str | None, ctx: dist.Context) -> None:
 
     net = setup_model(cfg, source.num_classes, ctx)
     opt, sched = poly_warmup_adamw(net, cfg)
-    scaler = loss_scaler(ctx.device, amp_dtype(cfg, ctx.device))
-    start = restore(found, net, opt, sched, scaler, cfg) if found else 0
-    model = net
-    if ctx.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    scaler = runtime.loss_scaler(ctx.device, runtime.amp_dtype(t_cfg.amp, ctx.device))
+    state = train_state(cfg)
+    start = state.restore(net, opt, sched, scaler, path=found) if found else 0
+    model = runtime.wrap_ddp(net, ctx)
     if ctx.is_main:
         text = config_yaml(cfg)
         with atomic_path(work_dir / "config.yaml") as tmp:
@@ -252,30 +215,36 @@ def train(cfg: Config, resume: str | None, ctx: dist.Context) -> None:
 
     par = PAR(cfg.par.dilations, cfg.par.num_iter).to(ctx.device)
     aff_mask = lab.radius_mask(*grid_size((data.crop_size,) * 2), cfg.cam.radius, ctx.device)
-    max_iters, log_iters = t_cfg.max_iters, t_cfg.log_iters
-    image_iters = log_iters * t_cfg.tb_image_every
-    logger = MetricLogger(start, max_iters, plan.global_batch, log_iters)
-    model.train()
-    for t, batch in logger.iterations(train_loader(train_set, plan, cfg, ctx, start)):
-        show = writer is not None and image_iters > 0 and (t + 1) % image_iters == 0
-        lr = opt.param_groups[0]["lr"]  # this iteration's, before the scheduler moves on
-        values, shown = train_iteration(model, opt, scaler, par, batch, t, plan, cfg, ctx, aff_mask, show)
-        sched.step()
-        values = {"lr": lr, **values}
-        logger.step_done(t, **values)
-        if (t + 1) % log_iters == 0:
-            add_scalars(writer, "train", values, t + 1)
-        if shown is not None:
-            write_panels(writer, shown, t + 1)
-        if (t + 1) % t_cfg.eval_iters == 0 or t + 1 == max_iters:
-            with logger.untimed():
-                cms = validate(net, val_loader, cfg, ctx, source.num_classes)
-                if ctx.is_main:
-                    report_validation(cms, t + 1, cfg, writer)
-                save_state(checkpoint_path(work_dir, t + 1), net, opt, sched, scaler, t + 1, cfg, ctx)
+    image_iters = t_cfg.log_iters * t_cfg.tb_image_every
+    shown: list[TrainPanels] = []
+
+    def loss_of(chunk: dict, t: int, k: int) -> dict[str, torch.Tensor]:
+        show = writer is not None and image_iters > 0 and (t + 1) % image_iters == 0 and k == 0
+        return micro_batch_losses(model, par, chunk, t, cfg, ctx, aff_mask, shown if show else None)
+
+    def log_scalars(t: int, values: dict[str, float]) -> None:
+        add_scalars(writer, "train", values, t)
+        while shown:
+            write_panels(writer, shown.pop(), t)
+
+    def evaluate_and_save(t: int, values: dict[str, float]) -> None:
+        cms = validate(net, val_loader, cfg, ctx, source.num_classes)
+        if ctx.is_main:
+            report_validation(cms, t, cfg, writer)
+        state.save(ctx, t, net, opt, sched, scaler, path=checkpoint_path(work_dir, t))
+
+    def kept() -> str:
+        last = latest_checkpoint(work_dir)
+        return f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
+
+    loader = train_loader(train_set, plan, cfg, ctx, start)
+    meter = MetricLogger(start, t_cfg.max_iters, plan.global_batch, t_cfg.log_iters)
+    fit("train", model, opt, sched, scaler, loader, start, t_cfg.max_iters, loss_of, plan, ctx, t_cfg.seed,
+        hooks=[Hook(t_cfg.log_iters, log_scalars, at_end=False), Hook(t_cfg.eval_iters, evaluate_and_save)],
+        meter=meter, kept=kept)
 
     if cfg.test.after_training:
-        run_test(net, cfg, ctx, work_dir, checkpoint_path(work_dir, max_iters), max_iters)
+        run_test(net, cfg, ctx, work_dir, checkpoint_path(work_dir, t_cfg.max_iters), t_cfg.max_iters)
     if writer is not None:
         writer.close()
 
@@ -285,6 +254,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> None:
         cfg = config_from_args(args)
-        train(cfg, args.resume, dist.init(args.device))
+        train(cfg, args.resume, runtime.init(args.device))
 
     return run_cli(job, "--work_dir")

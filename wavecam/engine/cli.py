@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-import torch.distributed as tdist
-
+from wavecam.engine.runtime import shutdown
 from wavecam.io import WavecamError
 
 
@@ -22,9 +21,8 @@ def run_cli(job: Callable[[], None], work_dir_flag: str) -> int:
         return 2
     except OSError as e:
         print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}; free some space or "
-              f"choose a writable {work_dir_flag}, then re-run", file=sys.stderr)
+              f"choose a writable {work_dir_flag}, then re-run: finished outputs are kept", file=sys.stderr)
         return 2
     finally:
-        if tdist.is_initialized():
-            tdist.destroy_process_group()
+        shutdown()
     return 0

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import logging
 import os
+import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
@@ -16,15 +17,30 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
-from wavecam import dist
+from wavecam.engine.runtime import Context
 
 log = logging.getLogger("wavecam")
 
 
-def setup_logging(path: Path, ctx: dist.Context) -> None:
-    """Rank 0 logs INFO to stderr and to `path`, the other ranks warnings only (wavecam.dist.setup_logging)."""
-    # Dated timestamps: a VOC run takes most of a day, a COCO run several.
-    dist.setup_logging(path, ctx, datefmt="%Y-%m-%d %H:%M:%S")
+DATED = "%Y-%m-%d %H:%M:%S"  # for runs that last days (the end-to-end trainer)
+
+
+def setup_logging(log_file: str | os.PathLike | None, ctx: Context | None = None, datefmt: str = "%H:%M:%S") -> None:
+    """Rank 0 logs INFO to stderr and to `log_file`; other ranks only warnings. `datefmt` is the
+    timestamp's strftime format."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    main = ctx is None or ctx.is_main
+    root.setLevel(logging.INFO if main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file and main:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
 
 
 class SmoothedValue:
@@ -91,7 +107,7 @@ class MetricLogger:
                 f"data {self.meters['data'].median:.3f}s  {self.images_per_iter / max(step.median, 1e-9):.1f} img/s")
 
 
-def tensorboard(log_dir: str | os.PathLike, ctx: dist.Context):
+def tensorboard(log_dir: str | os.PathLike, ctx: Context):
     """A SummaryWriter on rank 0 when TensorBoard is installed, else None."""
     if not ctx.is_main:
         return None

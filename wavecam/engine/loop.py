@@ -90,20 +90,19 @@ def fit(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, sc
         steps_per_epoch: int | None = None, kept: Callable[[], str] | None = None) -> None:
     """Optimiser steps `start`..`stop`-1, one per batch of `batches` (this process's share of each
     global batch, cut into `plan.steps` micro-batches). `loss_of(micro_batch, step, k)` returns the
-    losses of micro-batch k. After each step the scheduler steps, `meter.step_done` records the mean
-    losses, and the hooks run (their time left out of the meter's). A non-finite loss ends the run
+    losses of micro-batch k. After each step the scheduler steps, `meter` (engine.logging.MetricLogger
+    over the same steps) records the mean losses and the lr, and the hooks run (their time left out of
+    the meter's). A non-finite loss ends the run
     with one message saying where, and `kept()` what was saved before."""
     model.train()
     bar = tqdm(total=stop - start, initial=0, desc=name, disable=not ctx.is_main, leave=False)
     try:
-        for t, batch in zip(range(start, stop), meter.iterations(batches) if meter is not None else batches):
-            chunks = micro_batches(batch, plan.micro) if plan.steps > 1 else [batch]
+        steps = meter.iterations(batches) if meter is not None else zip(range(start, stop), batches)
+        for t, batch in steps:
             try:
-                records = optimizer_step(model, opt, scaler, chunks, functools.partial(_at_step, loss_of, t),
-                                         functools.partial(_micro_seed, seed, t, ctx.rank * plan.steps))
+                values = accumulated_step(model, opt, scaler, batch, t, loss_of, plan, ctx, seed)
             except Diverged as e:
                 raise WavecamError(_divergence(name, e.losses, t, steps_per_epoch, kept)) from None
-            values = {"lr": opt.param_groups[0]["lr"], **mean_losses(records)}  # the step's lr, before it moves on
             sched.step()
             if meter is not None:
                 meter.step_done(t, **values)
@@ -116,6 +115,18 @@ def fit(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, sc
                     model.train()
     finally:
         bar.close()
+
+
+def accumulated_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch: Any,
+                     t: int, loss_of: Callable[[Any, int, int], dict[str, torch.Tensor]], plan: BatchPlan,
+                     ctx: Context, seed: int) -> dict[str, float]:
+    """Step t over this process's `batch`, cut into `plan.steps` micro-batches, each seeded from
+    (seed, t, its index in the global batch); the step's lr and the mean losses over the micro-batches."""
+    chunks = micro_batches(batch, plan.micro) if plan.steps > 1 else [batch]
+    lr = opt.param_groups[0]["lr"]  # the step's, before the scheduler moves on
+    records = optimizer_step(model, opt, scaler, chunks, functools.partial(_at_step, loss_of, t),
+                             functools.partial(_micro_seed, seed, t, ctx.rank * plan.steps))
+    return {"lr": lr, **mean_losses(records)}
 
 
 def _at_step(loss_of, t: int, chunk: Any, k: int) -> dict[str, torch.Tensor]:

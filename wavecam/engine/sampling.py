@@ -84,8 +84,8 @@ def batch_plan(batch_size: int, world_size: int, micro_batch: int | None = None)
     if batch_size < 1 or micro_batch < 1:
         raise WavecamError(f"the batch size ({batch_size}) and the micro-batch ({micro_batch}) must be >= 1")
     if batch_size % world_size:
-        raise WavecamError(f"the global batch {batch_size} is not divisible by the {world_size} torchrun "
-                           "processes; run a number of processes that divides it, or change the batch size")
+        raise WavecamError(f"the global batch {batch_size} is not divisible by the {world_size} processes; run a "
+                           "number of processes (torchrun --nproc_per_node) that divides it, or change the batch size")
     per_process = batch_size // world_size
     steps = next(k for k in range(math.ceil(per_process / micro_batch), per_process + 1) if per_process % k == 0)
     return BatchPlan(batch_size, world_size, per_process, per_process // steps, steps)

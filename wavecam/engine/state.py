@@ -41,23 +41,27 @@ class TrainState:
     settings is refused: the user re-runs with those or starts over. Otherwise the differences are
     logged and the run goes on (the end-to-end trainer may be resumed with, say, more iterations).
     `load_model(model, state_dict)` loads the weights (default: strict load_state_dict), for models
-    whose checkpoints come in several key layouts."""
+    whose checkpoints come in several key layouts; `changes(saved, current)` lists the settings that
+    differ (default: the dotted keys whose values differ)."""
 
     def __init__(self, path: str | os.PathLike, settings: dict, strict: bool = True, name: str = "training",
-                 load_model: Callable[[torch.nn.Module, dict], Any] | None = None, restart_hint: str = ""):
+                 load_model: Callable[[torch.nn.Module, dict], Any] | None = None, restart_hint: str = "",
+                 changes: Callable[[Any, dict], list[str]] = settings_changes):
         self.path, self.settings, self.strict, self.name = Path(path), settings, strict, name
         self.load_model = load_model or (lambda model, sd: model.load_state_dict(sd))
-        self.restart_hint = restart_hint
+        self.restart_hint, self.changes = restart_hint, changes
 
     def save(self, ctx: Context, step: int, model: torch.nn.Module, opt, sched,
-             scaler: torch.amp.GradScaler | None = None) -> None:
-        """Rank 0 writes the state atomically; collective (all ranks call it)."""
+             scaler: torch.amp.GradScaler | None = None, path: str | os.PathLike | None = None) -> None:
+        """Rank 0 writes the state atomically to `path` (default: this one's); collective (all ranks
+        call it)."""
         if ctx.is_main:
             state = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "iteration": step, "settings": self.settings}
             if scaler is not None and scaler.is_enabled():
                 state["scaler"] = scaler.state_dict()
-            save_checkpoint(self.path, state)
+            save_checkpoint(path or self.path, state)
+            log.info("wrote %s", path or self.path)
         barrier(ctx)  # no rank goes on (or ends the run) before the state is complete
 
     def restore(self, model: torch.nn.Module, opt, sched, scaler: torch.amp.GradScaler | None = None,
@@ -71,7 +75,7 @@ class TrainState:
         if missing:
             raise WavecamError(f"{path}: not a train state of {self.name} (no {', '.join(missing)}); "
                                f"{self.restart_hint or 'start over without it'}")
-        changed = settings_changes(state["settings"], self.settings)
+        changed = self.changes(state["settings"], self.settings)
         if changed and self.strict:
             raise WavecamError(f"{path} was written by a {self.name} run with other settings ({', '.join(changed)}); "
                                f"re-run with those settings to resume, or {self.restart_hint or 'start over'}")
@@ -82,7 +86,7 @@ class TrainState:
         sched.load_state_dict(state["scheduler"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        log.info("%s: resuming after step %d from %s", self.name, state["iteration"], path)
+        log.info("%s: resumed from %s after step %d", self.name, path, state["iteration"])
         return int(state["iteration"])
 
     def remove(self) -> None:

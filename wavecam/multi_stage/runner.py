@@ -9,12 +9,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import sys
 import time
 
-from wavecam import dist
 from wavecam.engine import runtime
-from wavecam.io import WavecamError
+from wavecam.engine.cli import run_cli
+from wavecam.engine.logging import setup_logging
 from wavecam.multi_stage import passes
 from wavecam.multi_stage.flags import build_parser, finalize
 
@@ -24,11 +23,12 @@ PASSES = {f"{name}_pass": f"{passes.__name__}.{name}" for name in passes.ORDER}
 
 def main(dataset: str, argv: list[str] | None = None) -> int:
     args = build_parser(dataset).parse_args(argv)
-    try:
-        args = finalize(args)
+
+    def job() -> None:
+        finalize(args)
         os.makedirs(args.work_space, exist_ok=True)
         ctx = runtime.init(args.device)
-        dist.setup_logging(args.log_name, ctx)
+        setup_logging(args.log_name, ctx)
         if args.deterministic:
             runtime.make_deterministic()
         log = logging.getLogger("wavecam")
@@ -36,14 +36,8 @@ def main(dataset: str, argv: list[str] | None = None) -> int:
         for flag, module in PASSES.items():
             if getattr(args, flag):
                 run_pass(module, args, log)
-    except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full or read-only disk, a vanished folder: say which file, not where in the code
-        print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}; free some space or "
-              "choose a writable --work_space, then re-run: finished outputs are kept", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(job, "--work_space")
 
 
 def run_pass(module: str, args, log: logging.Logger) -> None:
