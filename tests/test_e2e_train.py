@@ -385,11 +385,12 @@ def test_diverging_loss_stops_with_the_iteration(voc96, tmp_path):
 
 
 def test_crf_workers_give_the_predictions_of_the_main_process(tmp_path):
-    """The test's CRF in worker processes beside the network: same labels and files as inline, in order."""
+    """The test's CRF in a BackgroundPool beside the network: same labels and files as inline, in order."""
     code = f"""
 from pathlib import Path
 import numpy as np
-from wavecam.end_to_end.evaluation import CRFWorkers
+from wavecam.end_to_end.evaluation import _crf_prediction
+from wavecam.engine.parallel import BackgroundPool
 
 rng = np.random.default_rng(0)
 jobs = []
@@ -400,9 +401,9 @@ for i in range(5):
 out = {{}}
 for workers in (0, 2):
     done = []
-    with CRFWorkers(workers) as post:
+    with BackgroundPool(workers, _crf_prediction) as post:
         for image, probs, i in jobs:
-            done += post.submit(image, probs, Path({str(tmp_path)!r}) / f"w{{workers}}_{{i}}.png", i)
+            done += post.submit((image, probs, Path({str(tmp_path)!r}) / f"w{{workers}}_{{i}}.png"), i)
         done += post.drain()
     assert [gt for _, gt in done] == list(range(5)), [gt for _, gt in done]
     out[workers] = [pred for pred, _ in done]

@@ -14,7 +14,9 @@ import torch
 from helpers import run_killed_when
 from PIL import Image
 
+from wavecam.data.voc import VOC12
 from wavecam.io import load_checkpoint, load_png
+from wavecam.metrics import ConfusionMatrix
 from wavecam.multi_stage.runner import main
 from wavecam.report import report
 
@@ -62,20 +64,22 @@ def test_image_labels_to_the_final_score(voc_root, tmp_path):
 
 
 def test_trained_on_ground_truth_it_learns(voc_root, tmp_path):
-    """The upper bound of stage 3 on the synthetic shapes: 60 steps on the ground truth beat the
-    background-only prediction (mIoU = its background IoU / 21) several times over."""
+    """The network can learn the synthetic shapes: 120 steps on the ground truth of 8 images take their
+    mIoU to 39% (measured; crops of 32, one scale), against the 7.5% of predicting background
+    everywhere. Three times the latter leaves room for another CPU's rounding while a network that
+    does not learn (a lost gradient, labels not reaching the loss) stays at it."""
     ws = tmp_path / "ws"
-    run(voc_root, ws, *SEG, "--seg_label_dir", "gt", "--seg_train_list", "train_aug", "--seg_num_iters", "60",
-        "--seg_batch_size", "8", "--seg_iter_size", "1", "--seg_learning_rate", "0.005", "--seg_crf", "False",
-        "--seg_log_iters", "20", "--seg_save_iters", "1000", *STAGE3)
+    run(voc_root, ws, *SEG, "--seg_label_dir", "gt", "--seg_train_list", "val", "--seg_eval_set", "val",
+        "--seg_num_iters", "120", "--seg_batch_size", "8", "--seg_iter_size", "1", "--seg_learning_rate", "0.01",
+        "--seg_crop_size", "32", "--seg_scales", "1.0", "--seg_crf", "False", "--seg_log_iters", "40",
+        "--seg_save_iters", "1000", "--seed", "0", *STAGE3)
     result = json.loads((ws / "results" / "eval_seg.json").read_text())
-    from wavecam.data.voc import VOC12
-
     source = VOC12(voc_root)
-    gt = np.concatenate([source.load_gt(i).ravel() for i in source.split("val")])
-    gt = gt[gt != 255]
-    background_only = float(np.mean(gt == 0)) / 21
-    assert result["miou"] > 2 * background_only, (result["miou"], background_only)
+    background = ConfusionMatrix(21)
+    for i in source.split("val"):
+        gt = source.load_gt(i)
+        background.update(np.zeros_like(gt), gt)
+    assert result["miou"] > 3 * background.miou(), (result["miou"], background.miou())
 
 
 def test_train_seg_killed_resumes_to_identical_weights(voc_root, tmp_path):

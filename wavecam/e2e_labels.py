@@ -29,9 +29,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from wavecam.data.classes import IGNORE_INDEX
 from wavecam.par import PAR
 
-IGNORE = 255
 Boxes = torch.Tensor | Sequence[Sequence[int]]
 CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images -> (raw CAMs, affinity (B, N, N))
 
@@ -65,7 +65,7 @@ def multi_scale_cams(cam_fn: CamFn, images: torch.Tensor, scales: Sequence[float
 
 def cam_to_label(cams: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float = 0.45,
                  high_thre: float | None = None, img_box: Boxes | None = None,
-                 ignore_index: int = IGNORE) -> torch.Tensor:
+                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """(B, C, H, W) CAMs -> (B, H, W) labels: each pixel takes its highest present class, or background
     where that score is <= `bkg_score`. With `high_thre`, scores in (bkg_score, high_thre] are unsure
     (AFA's training call: bkg_score = low_thre); with `img_box`, pixels outside the boxes too."""
@@ -78,7 +78,7 @@ def cam_to_label(cams: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float 
 
 def refine_cams_with_bkg(par: PAR, images: torch.Tensor, cams: torch.Tensor, cls_labels: torch.Tensor,
                          high_thre: float = 0.55, low_thre: float = 0.35, img_box: Boxes | None = None,
-                         ignore_index: int = IGNORE, down_scale: int = 2) -> torch.Tensor:
+                         ignore_index: int = IGNORE_INDEX, down_scale: int = 2) -> torch.Tensor:
     """AFA's `refine_cams_with_bkg_v2`: CAMs (B, C, H', W') -> refined labels (B, H, W).
 
     At half the image size, a constant background score (`high_thre`, then `low_thre`) joins the
@@ -100,13 +100,13 @@ def refine_cams_with_bkg(par: PAR, images: torch.Tensor, cams: torch.Tensor, cls
     return label if img_box is None else ignore_outside_box(label, img_box, ignore_index)
 
 
-def combine_high_low(high: torch.Tensor, low: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
+def combine_high_low(high: torch.Tensor, low: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Labels made with a high and a low background score -> background where both say so, unsure
     where only the high one does, the high one's class elsewhere."""
     return torch.where(high == 0, torch.where(low == 0, 0, ignore_index), high)
 
 
-def ignore_outside_box(label: torch.Tensor, img_box: Boxes, ignore_index: int = IGNORE) -> torch.Tensor:
+def ignore_outside_box(label: torch.Tensor, img_box: Boxes, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     inside = torch.zeros_like(label, dtype=torch.bool)
     for i, (y0, y1, x0, x1) in enumerate(_box_list(img_box)):
         inside[i, y0:y1, x0:x1] = True
@@ -123,7 +123,7 @@ def radius_mask(h: int, w: int, radius: int = 8, device: torch.device | str | No
 
 
 def affinity_label(label: torch.Tensor, size: tuple[int, int], mask: torch.Tensor | None = None,
-                   ignore_index: int = IGNORE) -> torch.Tensor:
+                   ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """(B, H, W) labels -> (B, N, N) long pair labels on the `size` grid (nearest sampling), N = h*w:
     1 for pairs of the same label, 0 for different ones, ignore where either pixel is unsure or the
     pair is outside `mask` (N, N)."""
@@ -187,7 +187,8 @@ def refine_in_box(par: PAR, images: torch.Tensor, probs: torch.Tensor, cls_label
 
 def propagated_label(par: PAR, images: torch.Tensor, ms: MultiScaleCAM, cls_labels: torch.Tensor,
                      mask: torch.Tensor | None = None, high_thre: float = 0.55, low_thre: float = 0.35,
-                     img_box: Boxes | None = None, ignore_index: int = IGNORE, down_scale: int = 2) -> torch.Tensor:
+                     img_box: Boxes | None = None, ignore_index: int = IGNORE_INDEX, down_scale: int = 2
+                     ) -> torch.Tensor:
     """AFA's affinity-propagated pseudo label (its seg target after iteration 6000): the multi-scale
     CAMs, resized to the affinity grid, are propagated with a low and a high background score, resized
     back, refined by PAR inside the boxes and combined as `combine_high_low`. `mask` is
@@ -205,7 +206,7 @@ def propagated_label(par: PAR, images: torch.Tensor, ms: MultiScaleCAM, cls_labe
 
 # --- segmentation loss -------------------------------------------------------------------------
 
-def seg_loss(pred: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
+def seg_loss(pred: torch.Tensor, label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """AFA's `get_seg_loss`: cross-entropy of (B, C+1, H, W) logits against (B, H, W) labels, averaged
     over background pixels and over foreground pixels separately, then the two averaged, so the usually
     larger background does not dominate. A part with no pixel adds 0 (AFA's would be NaN)."""

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-IGNORE = 255  # "unsure" in ir_label maps
+from wavecam.data.classes import IGNORE_INDEX
 
 
 def search_directions(radius: int) -> list[tuple[int, int]]:
@@ -108,7 +108,7 @@ def affinity_labels(label: np.ndarray, path_index: PathIndex) -> tuple[torch.Ten
     flat = label.reshape(-1)
     src = flat[path_index.src_indices][None, :]  # (1, S)
     dst = flat[path_index.dst_indices]  # (D, S)
-    valid = (src != IGNORE) & (dst != IGNORE)
+    valid = (src != IGNORE_INDEX) & (dst != IGNORE_INDEX)
     same = (src == dst) & valid
     bg_pos = same & (src == 0)
     fg_pos = same & (src != 0)

@@ -6,6 +6,7 @@ A *source* (VOC12, COCO2014) knows where files are: `load_image(id)`, `labels(id
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -18,14 +19,40 @@ from wavecam.engine.sampling import SampleKey, sample_generator
 from wavecam.io import BadFileError, WavecamError, load_png
 from wavecam.randomwalk import affinity_labels, downsample_label
 
+log = logging.getLogger("wavecam")
+
 
 class Source(Protocol):
     num_classes: int
     class_names: tuple[str, ...]
+    SPLITS: tuple[str, ...]
 
     def load_image(self, image_id: str) -> np.ndarray: ...
     def labels(self, ids: list[str]) -> np.ndarray: ...
     def load_gt(self, image_id: str) -> np.ndarray: ...
+    def split(self, name_or_path: str) -> list[str]: ...
+    def check_ids(self, ids: list[str]) -> None: ...
+
+
+def split_ids(source: Source, name: str) -> list[str]:
+    """The ids of a split name or a list file, checked against the images. The reference's list
+    paths (`voc12/train_aug.txt`) still work when the file is absent: the split of that name is
+    derived from the dataset."""
+    path = Path(name)
+    if not path.is_file() and path.suffix == ".txt" and path.stem in source.SPLITS:
+        log.info("%s not found: using the %s split derived from the dataset", name, path.stem)
+        name = path.stem
+    ids = source.split(name)
+    if not ids:
+        raise WavecamError(f"the id list {name} is empty")
+    source.check_ids(ids)
+    return ids
+
+
+def prepare_gt(source: Source, ids: list[str]) -> None:
+    """Render ground-truth masks up front, in parallel, where the dataset renders them (COCO)."""
+    if hasattr(source, "prepare_masks"):
+        source.prepare_masks(ids)
 
 
 class ClassificationDataset(Dataset):

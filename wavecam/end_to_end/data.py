@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset
+from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset, prepare_gt, split_ids
 from wavecam.end_to_end.config import Config
 from wavecam.end_to_end.preflight import check_dataset_root
 from wavecam.engine import runtime, sampling
@@ -26,19 +26,6 @@ def make_source(cfg: Config):
 
         return COCO2014(data.root, data.cache_dir, split_images=data.coco_split_images, crowd=data.coco_crowd)
     raise WavecamError(f"dataset.name must be voc or coco, got {data.name!r}")
-
-
-def split_ids(source, name: str) -> list[str]:
-    ids = source.split(name)
-    if not ids:
-        raise WavecamError(f"the id list {name} is empty")
-    return ids
-
-
-def prepare_gt(source, ids: list[str]) -> None:
-    """Render ground-truth masks up front, in parallel, where the dataset renders them (COCO)."""
-    if hasattr(source, "prepare_masks"):
-        source.prepare_masks(ids)
 
 
 def train_dataset(cfg: Config, source) -> E2ETrainDataset:

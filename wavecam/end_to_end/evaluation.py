@@ -17,11 +17,13 @@ from tqdm import tqdm
 
 from wavecam import e2e_labels as lab
 from wavecam.crf import crf_inference_prob
-from wavecam.data.datasets import SegmentationDataset
+from wavecam.data.datasets import SegmentationDataset, prepare_gt, split_ids
 from wavecam.end_to_end.config import Config
-from wavecam.end_to_end.data import eval_loader, make_source, prepare_gt, split_ids
+from wavecam.end_to_end.data import eval_loader, make_source
 from wavecam.end_to_end.model import grid_size
 from wavecam.engine import runtime
+from wavecam.engine.parallel import BackgroundPool
+from wavecam.engine.results import run_settings
 from wavecam.io import save_json, save_png
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA
@@ -61,11 +63,8 @@ def validate(net: WaveAFA, loader: DataLoader, cfg: Config, ctx: runtime.Context
 def settings(cfg: Config, work_dir: str | os.PathLike, eval_set: str) -> dict:
     """What every results/*.json records about the run that produced it (as the multi-stage passes)."""
     data = cfg.dataset
-    recorded = {"dataset": data.name, "data_root": os.path.abspath(data.root), "eval_set": eval_set,
-                "work_space": os.path.abspath(work_dir), "cache_dir": data.cache_dir}
-    if data.name == "coco":
-        recorded["coco_split_images"], recorded["coco_crowd"] = data.coco_split_images, data.coco_crowd
-    return recorded
+    return run_settings(data.name, data.root, eval_set, work_dir, data.cache_dir, data.coco_split_images,
+                        data.coco_crowd)
 
 
 @torch.no_grad()
@@ -104,7 +103,7 @@ def run_test(net: WaveAFA, cfg: Config, ctx: runtime.Context, work_dir: str | os
     dataset = SegmentationDataset(source, ids, test.evaluate)
     cm = ConfusionMatrix(source.num_classes + 1)
     net.eval()
-    with CRFWorkers(test.crf_workers if test.crf else 0) as post:
+    with BackgroundPool(test.crf_workers if test.crf else 0, _crf_prediction) as post:
         for item in tqdm(eval_loader(dataset, cfg, ctx), desc=f"test {name}", disable=not ctx.is_main):
             with runtime.autocast(cfg.train.amp, ctx.device):
                 logits = segment(net, item["img"].to(ctx.device), test.scales, test.flip, test.resize_long)
@@ -112,7 +111,7 @@ def run_test(net: WaveAFA, cfg: Config, ctx: runtime.Context, work_dir: str | os
             path = out_dir / f"{item['name'][0]}.png"
             if test.crf:
                 image = source.load_image(item["name"][0])
-                done = post.submit(image, logits.softmax(0).cpu().numpy(), path, gt)
+                done = post.submit((image, logits.softmax(0).cpu().numpy(), path), gt)
             else:
                 done = [(_save_prediction(logits.argmax(0).cpu().numpy(), path), gt)]
             for pred, gt_done in done:
@@ -143,44 +142,3 @@ def _save_prediction(pred: np.ndarray, path: Path) -> np.ndarray:
 
 def _crf_prediction(image: np.ndarray, probs: np.ndarray, path: Path) -> np.ndarray:
     return _save_prediction(crf_inference_prob(image, probs).argmax(0), path)
-
-
-class CRFWorkers:
-    """The dense CRF of each test image in `workers` processes beside the network, which meanwhile
-    segments the next images (0: in this process, one image after the other). At most 2 x workers
-    images wait, so memory stays bounded. `submit` and `drain` return the finished (prediction, gt)."""
-
-    def __init__(self, workers: int):
-        self.workers, self.pool, self.waiting = workers, None, []
-
-    def __enter__(self) -> CRFWorkers:
-        if self.workers > 0:
-            import multiprocessing as mp
-
-            # spawn: forked children of a process that has run torch/OpenMP threads can deadlock.
-            self.pool = mp.get_context("spawn").Pool(self.workers)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is None:
-            return
-        if exc[0] is None:
-            self.pool.close()
-        else:  # an error in the loop: waiting images do not matter any more
-            self.pool.terminate()
-        self.pool.join()
-
-    def submit(self, image: np.ndarray, probs: np.ndarray, path: Path, gt: np.ndarray | None) -> list:
-        if self.pool is None:
-            return [(_crf_prediction(image, probs, path), gt)]
-        self.waiting.append((self.pool.apply_async(_crf_prediction, (image, probs, path)), gt))
-        done = []
-        while len(self.waiting) > 2 * self.workers or (self.waiting and self.waiting[0][0].ready()):
-            job, gt_done = self.waiting.pop(0)
-            done.append((job.get(), gt_done))
-        return done
-
-    def drain(self) -> list:
-        done = [(job.get(), gt) for job, gt in self.waiting]
-        self.waiting = []
-        return done

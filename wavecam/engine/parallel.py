@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -26,3 +27,44 @@ def map_images(fn: Callable[[str], object], ids: list[str], workers: int, desc: 
 def _limit_threads(threads: int | None) -> None:
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+class BackgroundPool:
+    """`fn(*args)` of each submitted job in `workers` processes beside the main loop, which meanwhile
+    goes on (a network segmenting the next images while the dense CRF refines the last); 0 runs each
+    job at once in this process. At most 2 x workers jobs wait, so memory stays bounded. `submit` and
+    `drain` return the finished jobs as (result, payload) pairs; `fn` must be a module-level function
+    (the processes are spawned)."""
+
+    def __init__(self, workers: int, fn: Callable[..., Any]):
+        self.workers, self.fn, self.pool, self.waiting = workers, fn, None, []
+
+    def __enter__(self) -> BackgroundPool:
+        if self.workers > 0:
+            # spawn: forked children of a process that has run torch/OpenMP threads can deadlock.
+            self.pool = mp.get_context("spawn").Pool(self.workers)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is None:
+            return
+        if exc[0] is None:
+            self.pool.close()
+        else:  # an error in the loop: waiting jobs do not matter any more
+            self.pool.terminate()
+        self.pool.join()
+
+    def submit(self, args: tuple, payload: Any = None) -> list[tuple[Any, Any]]:
+        if self.pool is None:
+            return [(self.fn(*args), payload)]
+        self.waiting.append((self.pool.apply_async(self.fn, args), payload))
+        done = []
+        while len(self.waiting) > 2 * self.workers or (self.waiting and self.waiting[0][0].ready()):
+            job, payload_done = self.waiting.pop(0)
+            done.append((job.get(), payload_done))
+        return done
+
+    def drain(self) -> list[tuple[Any, Any]]:
+        done = [(job.get(), payload) for job, payload in self.waiting]
+        self.waiting = []
+        return done

@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wavecam.cam import multiscale_cam_batch
-from wavecam.data.datasets import InferenceDataset
+from wavecam.data.datasets import InferenceDataset, split_ids
 from wavecam.engine import runtime
 from wavecam.io import save_cam
 from wavecam.models import CAMNet
-from wavecam.multi_stage.common import loader_options, make_source, pending, resolve_list, skip_bad_image
+from wavecam.multi_stage.common import loader_options, make_source, pending, skip_bad_image
 from wavecam.multi_stage.workspace import CAMS
 
 log = logging.getLogger("wavecam")
@@ -52,7 +52,7 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
     """CAMs of every pending id of --train_list with the 1x1 kernel `weight` (C, D, 1, 1)."""
     ctx = runtime.init(args.device)
     source = make_source(args)
-    ids = pending(resolve_list(source, args.train_list), CAMS.folder(args), CAMS.suffix, args, ctx)
+    ids = pending(split_ids(source, args.train_list), CAMS.folder(args), CAMS.suffix, args, ctx)
     log.info("%s: %d images to do", desc, len(ids))
     runtime.place(model, ctx, args.channels_last).eval()
     weight = weight.detach().to(ctx.device)

@@ -24,20 +24,6 @@ def make_source(args):
     return COCO2014(args.mscoco_root, args.cache_dir, split_images=args.coco_split_images, crowd=args.coco_crowd)
 
 
-def resolve_list(source, name: str) -> list[str]:
-    """A split name or a list file. The reference's list paths (`voc12/train_aug.txt`) still
-    work when the file is absent: the split of that name is derived from the dataset."""
-    path = Path(name)
-    if not path.is_file() and path.suffix == ".txt" and path.stem in source.SPLITS:
-        log.info("%s not found: using the %s split derived from the dataset", name, path.stem)
-        name = path.stem
-    ids = source.split(name)
-    if not ids:
-        raise WavecamError(f"the id list {name} is empty")
-    source.check_ids(ids)
-    return ids
-
-
 def loader_options(args, ctx: Context, workers: int | None = None, reused: bool = False) -> dict:
     """DataLoader settings of the fast-path flags: pinned memory for CUDA copies, and for loaders
     iterated more than once (`reused`) workers that persist between iterations."""

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wavecam.data.datasets import ClassificationDataset
+from wavecam.data.datasets import ClassificationDataset, split_ids
 from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
-from wavecam.multi_stage.common import make_source, resolve_list
+from wavecam.multi_stage.common import make_source
 from wavecam.multi_stage.training import train_epochs
 from wavecam.multi_stage.workspace import fine_tune_checkpoints
 from wavecam.optim import poly_sgd
@@ -85,7 +85,7 @@ def train(args, method: Method) -> None:
         return
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
-    ids = resolve_list(source, args.train_list)
+    ids = split_ids(source, args.train_list)
     dataset = ClassificationDataset(source, ids, crop_size=args.cam_crop_size,
                                     resize_long=tuple(args.cam_resize_long), hflip=True)
     batch, epochs = method.flag(args, "batch_size"), method.flag(args, "num_epoches")

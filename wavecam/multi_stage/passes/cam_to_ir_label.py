@@ -10,10 +10,11 @@ import numpy as np
 
 from wavecam.crf import crf_inference_labels
 from wavecam.data.classes import IGNORE_INDEX
+from wavecam.data.datasets import split_ids
 from wavecam.engine import runtime
 from wavecam.engine.parallel import map_images
 from wavecam.io import BadFileError, save_png
-from wavecam.multi_stage.common import make_source, pending, read_cam, resolve_list, skip_bad_image
+from wavecam.multi_stage.common import make_source, pending, read_cam, skip_bad_image
 from wavecam.multi_stage.workspace import IR_LABELS
 
 log = logging.getLogger("wavecam")
@@ -52,7 +53,7 @@ def _one(image_id: str, args, source) -> None:
 def run(args) -> None:
     ctx = runtime.init(args.device)
     source = make_source(args)
-    ids = pending(resolve_list(source, args.train_list), IR_LABELS.folder(args), IR_LABELS.suffix, args, ctx)
+    ids = pending(split_ids(source, args.train_list), IR_LABELS.folder(args), IR_LABELS.suffix, args, ctx)
     log.info("cam_to_ir_label: %d images to do", len(ids))
     map_images(functools.partial(_one, args=args, source=source), ids, args.num_workers, "cam_to_ir_label",
                show=ctx.is_main)

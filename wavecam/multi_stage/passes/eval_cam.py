@@ -9,11 +9,12 @@ import numpy as np
 from tqdm import tqdm
 
 from wavecam.cam import seeds
+from wavecam.data.datasets import prepare_gt, split_ids
 from wavecam.engine import runtime
 from wavecam.io import save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-from wavecam.multi_stage.common import make_source, read_cam, resolve_list
-from wavecam.multi_stage.evaluation import prepare_gt, settings
+from wavecam.multi_stage.common import make_source, read_cam
+from wavecam.multi_stage.evaluation import settings
 from wavecam.multi_stage.workspace import results_path
 
 log = logging.getLogger("wavecam")
@@ -30,7 +31,7 @@ def thresholds(args) -> list[float]:
 def run(args) -> None:
     ctx = runtime.init(args.device)
     source = make_source(args)
-    ids = resolve_list(source, args.chainer_eval_set)
+    ids = split_ids(source, args.chainer_eval_set)
     prepare_gt(source, runtime.shard(ids, ctx))
     ts = thresholds(args)
     cms = [ConfusionMatrix(source.num_classes + 1) for _ in ts]

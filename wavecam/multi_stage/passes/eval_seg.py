@@ -9,12 +9,13 @@ import os
 
 from tqdm import tqdm
 
+from wavecam.data.datasets import prepare_gt, split_ids
 from wavecam.engine.results import write_result
 from wavecam.engine.runtime import init, shard, sum_confusions
 from wavecam.io import WavecamError, load_png
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-from wavecam.multi_stage.common import make_source, resolve_list
-from wavecam.multi_stage.evaluation import prepare_gt, settings
+from wavecam.multi_stage.common import make_source
+from wavecam.multi_stage.evaluation import settings
 from wavecam.multi_stage.workspace import results_path, seg_predictions
 
 log = logging.getLogger("wavecam")
@@ -23,7 +24,7 @@ log = logging.getLogger("wavecam")
 def run(args) -> None:
     ctx = init(args.device)
     source = make_source(args)
-    ids = resolve_list(source, args.seg_eval_set)
+    ids = split_ids(source, args.seg_eval_set)
     mine = shard(ids, ctx)
     prepare_gt(source, mine)
     variants = ("crf", "no_crf") if args.seg_crf else ("no_crf",)

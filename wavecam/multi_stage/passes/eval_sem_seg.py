@@ -8,11 +8,12 @@ import os
 from tqdm import tqdm
 
 from wavecam.data.classes import IGNORE_INDEX
+from wavecam.data.datasets import prepare_gt, split_ids
 from wavecam.engine import runtime
 from wavecam.io import WavecamError, load_png, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-from wavecam.multi_stage.common import make_source, resolve_list
-from wavecam.multi_stage.evaluation import prepare_gt, settings
+from wavecam.multi_stage.common import make_source
+from wavecam.multi_stage.evaluation import settings
 from wavecam.multi_stage.workspace import SEM_SEG, results_path
 
 log = logging.getLogger("wavecam")
@@ -21,7 +22,7 @@ log = logging.getLogger("wavecam")
 def run(args) -> None:
     ctx = runtime.init(args.device)
     source = make_source(args)
-    ids = resolve_list(source, args.chainer_eval_set)
+    ids = split_ids(source, args.chainer_eval_set)
     prepare_gt(source, runtime.shard(ids, ctx))
     cm = ConfusionMatrix(source.num_classes + 1)
     for image_id in tqdm(runtime.shard(ids, ctx), desc="eval_sem_seg", disable=not ctx.is_main):

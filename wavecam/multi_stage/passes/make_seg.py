@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wavecam.crf import crf_inference_deeplab
+from wavecam.data.datasets import split_ids
 from wavecam.data.voc import VOC12
+from wavecam.engine.parallel import BackgroundPool
 from wavecam.engine.runtime import autocast, barrier, init, place
 from wavecam.io import BadFileError, save_png
 from wavecam.models.deeplab import SegNetwork, build_seg_network
-from wavecam.multi_stage.common import make_source, pending, resolve_list, skip_bad_image
+from wavecam.multi_stage.common import make_source, pending, skip_bad_image
 from wavecam.multi_stage.workspace import seg_predictions, voc_server_dir
 
 log = logging.getLogger("wavecam")
@@ -40,26 +42,40 @@ def probabilities(net: SegNetwork, image: np.ndarray, amp: bool) -> torch.Tensor
     return logits[0].softmax(0).cpu()
 
 
+def refine(image: np.ndarray, probs: np.ndarray, crf_path: str, server_path: str | None,
+           reference_image: bool) -> None:
+    """The dense CRF of one image's probabilities, saved (and in the server's layout, with colours)."""
+    pred = crf_inference_deeplab(image, probs, reference_image=reference_image).argmax(0).astype(np.uint8)
+    save_png(crf_path, pred)
+    if server_path:
+        save_png(server_path, pred, palette=True)
+
+
 def predict(net: SegNetwork, source, ids: list[str], folders: list[str], args) -> None:
-    """Write each image's prediction into `folders` (no CRF, with CRF, the server's layout: as many
-    as are given, in that order)."""
-    for image_id in tqdm(ids, desc="make_seg", disable=not ids):
-        try:
-            image = source.load_image(image_id)
-        except BadFileError as e:
-            if not args.skip_bad_images:
-                raise
-            skip_bad_image(args, "make_seg", image_id, str(e))
-            continue
-        probs = probabilities(net, image, args.amp)
-        pred = probs.argmax(0).numpy().astype(np.uint8)
-        save_png(os.path.join(folders[0], f"{image_id}.png"), pred)
-        if args.seg_crf:
-            refined = crf_inference_deeplab(image, probs.numpy(), reference_image=args.seg_crf_image == "reference")
-            pred = refined.argmax(0).astype(np.uint8)
-            save_png(os.path.join(folders[1], f"{image_id}.png"), pred)
-        if len(folders) > 1 + args.seg_crf:
-            save_png(os.path.join(folders[-1], f"{image_id}.png"), pred, palette=True)
+    """Write each image's prediction into `folders`: without CRF, with CRF (with --seg_crf), the
+    server's layout (where given), the CRFs in --num_workers processes beside the network."""
+    crf_dir = folders[1] if args.seg_crf else None
+    server = folders[-1] if len(folders) > 1 + args.seg_crf else None
+    with BackgroundPool(args.num_workers if args.seg_crf else 0, refine) as crf:
+        for image_id in tqdm(ids, desc="make_seg", disable=not ids):
+            try:
+                image = source.load_image(image_id)
+            except BadFileError as e:
+                if not args.skip_bad_images:
+                    raise
+                skip_bad_image(args, "make_seg", image_id, str(e))
+                continue
+            probs = probabilities(net, image, args.amp)
+            pred = probs.argmax(0).numpy().astype(np.uint8)
+            save_png(os.path.join(folders[0], f"{image_id}.png"), pred)
+            server_path = os.path.join(server, f"{image_id}.png") if server else None
+            if crf_dir is None:
+                if server_path:
+                    save_png(server_path, pred, palette=True)
+                continue
+            crf.submit((image, probs.numpy(), os.path.join(crf_dir, f"{image_id}.png"), server_path,
+                        args.seg_crf_image == "reference"))
+        crf.drain()
 
 
 def run(args) -> None:
@@ -77,7 +93,7 @@ def run(args) -> None:
             folders.append(seg_predictions(args, name, crf=True))
         folders += extra
         # The last folder is written last: an image is done once its file there is complete.
-        ids = pending(resolve_list(images, name), folders[-1], ".png", args, ctx)
+        ids = pending(split_ids(images, name), folders[-1], ".png", args, ctx)
         log.info("make_seg: %d %s images to predict into %s", len(ids), name, ", ".join(folders))
         predict(net, images, ids, folders, args)
     barrier(ctx)

@@ -17,19 +17,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wavecam.data.datasets import InferenceDataset
+from wavecam.data.datasets import InferenceDataset, split_ids
 from wavecam.engine import runtime
 from wavecam.engine.parallel import map_images
 from wavecam.io import save_png
 from wavecam.models.irn import EdgeDisplacement
-from wavecam.multi_stage.common import (
-    loader_options,
-    make_source,
-    pending,
-    read_cam,
-    resolve_list,
-    skip_bad_image,
-)
+from wavecam.multi_stage.common import loader_options, make_source, pending, read_cam, skip_bad_image
 from wavecam.multi_stage.workspace import SEM_SEG
 from wavecam.randomwalk import propagate, rw_to_label
 
@@ -40,7 +33,7 @@ log = logging.getLogger("wavecam")
 def run(args) -> None:
     ctx = runtime.init(args.device)
     source = make_source(args)
-    ids = pending(resolve_list(source, args.infer_list), SEM_SEG.folder(args), SEM_SEG.suffix, args, ctx)
+    ids = pending(split_ids(source, args.infer_list), SEM_SEG.folder(args), SEM_SEG.suffix, args, ctx)
     log.info("make_sem_seg: %d images to do", len(ids))
     cores = max(1, _cores() // ctx.world_size)  # torchrun's CPU ranks share the machine
     workers = min(args.num_workers, cores)

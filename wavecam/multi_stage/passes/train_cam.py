@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from wavecam.data.datasets import ClassificationDataset
+from wavecam.data.datasets import ClassificationDataset, split_ids
 from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, shard, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models import CAMNet
-from wavecam.multi_stage.common import loader_options, make_source, resolve_list
+from wavecam.multi_stage.common import loader_options, make_source
 from wavecam.multi_stage.training import train_epochs
 from wavecam.optim import poly_sgd
 
@@ -39,10 +39,10 @@ def run(args) -> None:
         return
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
-    train_ids = resolve_list(source, args.train_list)
+    train_ids = split_ids(source, args.train_list)
     train_set = ClassificationDataset(source, train_ids, crop_size=args.cam_crop_size,
                                       resize_long=tuple(args.cam_resize_long), hflip=True)
-    val_set = ClassificationDataset(source, shard(resolve_list(source, args.val_list), ctx),
+    val_set = ClassificationDataset(source, shard(split_ids(source, args.val_list), ctx),
                                     crop_size=args.cam_crop_size, resize_long=None, hflip=False)
     plan = batch_plan(args.cam_batch_size, ctx.world_size)
     val_loader = DataLoader(val_set, batch_size=plan.per_process, shuffle=False,

@@ -12,13 +12,13 @@ import logging
 import torch
 from torch.utils.data import DataLoader
 
-from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset
+from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset, split_ids
 from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import WavecamError, is_complete, save_checkpoint
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
-from wavecam.multi_stage.common import loader_options, make_source, resolve_list
+from wavecam.multi_stage.common import loader_options, make_source
 from wavecam.multi_stage.training import train_epochs
 from wavecam.optim import poly_sgd
 from wavecam.randomwalk import PathIndex
@@ -64,7 +64,7 @@ def run(args) -> None:
         return
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
-    ids = resolve_list(source, args.train_list)
+    ids = split_ids(source, args.train_list)
     side = args.irn_crop_size // 4  # flags.check_conflicts made sure the radius fits
     path_index = PathIndex(args.irn_path_radius, (side, side))
     dataset = AffinityDataset(source, ids, args.ir_label_out_dir, path_index, crop_size=args.irn_crop_size,

@@ -15,6 +15,7 @@ import logging
 import torch
 from torch.utils.data import DataLoader
 
+from wavecam.data.datasets import prepare_gt, split_ids
 from wavecam.data.seg_train import SegTrainDataset
 from wavecam.engine.loop import Hook, fit
 from wavecam.engine.runtime import (
@@ -34,8 +35,7 @@ from wavecam.engine.sampling import batch_plan, train_loader
 from wavecam.engine.state import TrainState
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
-from wavecam.multi_stage.common import loader_options, make_source, resolve_list
-from wavecam.multi_stage.evaluation import prepare_gt
+from wavecam.multi_stage.common import loader_options, make_source
 from wavecam.multi_stage.workspace import resume_path, seg_labels
 
 log = logging.getLogger("wavecam")
@@ -54,7 +54,7 @@ def run(args) -> None:
         return
     seed_everything(args.seed, ctx.rank)
     source = make_source(args)
-    ids = resolve_list(source, args.seg_train_list)
+    ids = split_ids(source, args.seg_train_list)
     labels = seg_labels(args)
     if labels is None:
         prepare_gt(source, ids)
