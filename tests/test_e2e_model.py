@@ -359,10 +359,10 @@ def test_cam_to_label_thresholds_and_box():
     cams = torch.tensor([0.2, 0.4, 0.5, 0.9]).view(1, 1, 1, 4).repeat(1, 2, 1, 1)
     cams[:, 0] = 1.0  # an absent class scoring high must not win
     labels = torch.tensor([[0.0, 1.0]])
-    assert lab.cam_to_label(cams, labels, bkg_score=0.45).tolist() == [[[0, 0, 2, 2]]]
-    banded = lab.cam_to_label(cams, labels, bkg_score=0.35, high_thre=0.55)
+    assert lab.cam_to_label(cams, labels, bg_thres=0.45).tolist() == [[[0, 0, 2, 2]]]
+    banded = lab.cam_to_label(cams, labels, bg_thres=0.35, high_thre=0.55)
     assert banded.tolist() == [[[0, lab.IGNORE, lab.IGNORE, 2]]]
-    boxed = lab.cam_to_label(cams, labels, bkg_score=0.35, high_thre=0.55, img_box=[(0, 1, 0, 2)])
+    boxed = lab.cam_to_label(cams, labels, bg_thres=0.35, high_thre=0.55, img_box=[(0, 1, 0, 2)])
     assert boxed.tolist() == [[[0, lab.IGNORE, lab.IGNORE, lab.IGNORE]]]
 
 

@@ -91,9 +91,9 @@ def test_both_command_lines_with_default_lists(coco_root, tmp_path):
     image_id = next(i for i, label in zip(train, labels) if label.any())
     model = CAMNet(80, pretrained=None, arch="resnet18").eval()
     load_cam_weights(model, ws / "wavecam_weight" / "res50_wavecam_1.pth", cam_only=True)
-    pack = InferenceDataset(source, [image_id])[0]
-    [(_, high_res)] = multiscale_cam_batch(model.features, pack["img"][None], model.classifier.weight,
-                                           [torch.nonzero(pack["label"]).flatten()], scales=(1.0,))
+    item = InferenceDataset(source, [image_id])[0]
+    [(_, high_res)] = multiscale_cam_batch(model.features, item["img"][None], model.classifier.weight,
+                                           [torch.nonzero(item["label"]).flatten()], scales=(1.0,))
     np.testing.assert_allclose(load_cam(ws / "cam_mask" / f"{image_id}.npz")["high_res"], high_res.numpy(),
                                atol=1e-4)
 

@@ -124,11 +124,11 @@ def _max_normalise(cams: torch.Tensor) -> torch.Tensor:
     return cams / (cams.amax(dim=(1, 2), keepdim=True) + 1e-5)
 
 
-def seeds(cam: dict, thres: float) -> np.ndarray:
-    """Label map from a cam_mask file's high-resolution CAMs: background wins where every class is below thres."""
+def seeds(cam: dict, bg_thres: float) -> np.ndarray:
+    """Label map from a cam_mask file's high-resolution CAMs: background wins where every class is below bg_thres."""
     hr = cam["high_res"]
     keys = np.concatenate([[0], cam["keys"] + 1])
     if hr.shape[0] == 0:
         return np.zeros(hr.shape[1:], dtype=np.uint8)
-    scores = np.concatenate([np.full((1, *hr.shape[1:]), thres, hr.dtype), hr])
+    scores = np.concatenate([np.full((1, *hr.shape[1:]), bg_thres, hr.dtype), hr])
     return keys[scores.argmax(0)].astype(np.uint8)

@@ -63,16 +63,16 @@ def multi_scale_cams(cam_fn: CamFn, images: torch.Tensor, scales: Sequence[float
     return MultiScaleCAM(total / (total.amax(dim=(2, 3), keepdim=True) + 1e-5), largest, aff_size)
 
 
-def cam_to_label(cams: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float = 0.45,
+def cam_to_label(cams: torch.Tensor, cls_labels: torch.Tensor, bg_thres: float = 0.45,
                  high_thre: float | None = None, img_box: Boxes | None = None,
                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """(B, C, H, W) CAMs -> (B, H, W) labels: each pixel takes its highest present class, or background
-    where that score is <= `bkg_score`. With `high_thre`, scores in (bkg_score, high_thre] are unsure
-    (AFA's training call: bkg_score = low_thre); with `img_box`, pixels outside the boxes too."""
+    where that score is <= `bg_thres`. With `high_thre`, scores in (bg_thres, high_thre] are unsure
+    (AFA's training call: bg_thres = low_thre); with `img_box`, pixels outside the boxes too."""
     score, label = (cams * cls_labels[:, :, None, None]).max(dim=1)
-    label = torch.where(score <= bkg_score, 0, label + 1)
+    label = torch.where(score <= bg_thres, 0, label + 1)
     if high_thre is not None:
-        label = label.masked_fill((score > bkg_score) & (score <= high_thre), ignore_index)
+        label = label.masked_fill((score > bg_thres) & (score <= high_thre), ignore_index)
     return label if img_box is None else ignore_outside_box(label, img_box, ignore_index)
 
 
@@ -91,8 +91,8 @@ def refine_cams_with_bkg(par: PAR, images: torch.Tensor, cams: torch.Tensor, cls
     keys, valid = _present_first(cls_labels)
     fg = _gather_channels(F.interpolate(cams, size=small, mode="bilinear", align_corners=False), keys[:, 1:] - 1)
 
-    def label_with(bkg_score: float) -> torch.Tensor:
-        scores = torch.cat([torch.full_like(fg[:, :1], bkg_score), fg], dim=1)  # (B, K, h, w)
+    def label_with(bg_thres: float) -> torch.Tensor:
+        scores = torch.cat([torch.full_like(fg[:, :1], bg_thres), fg], dim=1)  # (B, K, h, w)
         refined = par(images, _masked_softmax(scores, valid))
         return _argmax_label(F.interpolate(refined, size=size, mode="bilinear", align_corners=False), keys, valid)
 
@@ -143,7 +143,7 @@ def affinity_loss(aff_pred: torch.Tensor, aff_label: torch.Tensor) -> torch.Tens
     return 0.5 * (pos_loss + neg_loss)
 
 
-def propagate_cams(cams: torch.Tensor, aff: torch.Tensor, cls_labels: torch.Tensor, bkg_score: float,
+def propagate_cams(cams: torch.Tensor, aff: torch.Tensor, cls_labels: torch.Tensor, bg_thres: float,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """AFA's `propagte_aff_cam_with_bkg`: CAMs (B, C, h, w) on the affinity's grid, affinity (B, N, N)
     -> (B, C+1, h, w) propagated probabilities, background first, absent classes 0.
@@ -160,7 +160,7 @@ def propagate_cams(cams: torch.Tensor, aff: torch.Tensor, cls_labels: torch.Tens
 
     keys, valid = _present_first(cls_labels)
     fg = _gather_channels(cams, keys[:, 1:] - 1)
-    scores = torch.cat([torch.full_like(fg[:, :1], bkg_score), fg], dim=1)
+    scores = torch.cat([torch.full_like(fg[:, :1], bg_thres), fg], dim=1)
     spread = torch.bmm(_masked_softmax(scores, valid).flatten(2), aff).view(b, -1, h, w)  # (B, K, h, w)
     out = cams.new_zeros((b, cls_labels.shape[1] + 1, h, w))
     return out.scatter(1, keys[:, :, None, None].expand_as(spread), spread)
@@ -195,8 +195,8 @@ def propagated_label(par: PAR, images: torch.Tensor, ms: MultiScaleCAM, cls_labe
     `radius_mask(*ms.aff_size)`."""
     cams = F.interpolate(ms.cams, size=ms.aff_size, mode="bilinear", align_corners=False)
 
-    def label_with(bkg_score: float) -> torch.Tensor:
-        probs = propagate_cams(cams, ms.aff, cls_labels, bkg_score, mask)
+    def label_with(bg_thres: float) -> torch.Tensor:
+        probs = propagate_cams(cams, ms.aff, cls_labels, bg_thres, mask)
         probs = F.interpolate(probs, size=images.shape[2:], mode="bilinear", align_corners=False)
         return refine_in_box(par, images, probs, cls_labels, img_box, down_scale)
 

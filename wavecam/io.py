@@ -28,6 +28,11 @@ class WavecamError(Exception):
     """An error with a message meant for the user: what went wrong, which file, what to do."""
 
 
+class DatasetRootError(WavecamError):
+    """A dataset root that is missing or not laid out as expected; the front door says which of its
+    options named it (--voc12_root, dataset.root, ...)."""
+
+
 class BadFileError(WavecamError):
     """A file exists but cannot be used (corrupt, wrong format, wrong shape)."""
 

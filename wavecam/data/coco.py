@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from wavecam.data.classes import COCO_CATEGORIES, IGNORE_INDEX
 from wavecam.data.voc import default_cache_dir, load_image, read_id_list
-from wavecam.io import BadFileError, WavecamError, is_complete, load_npz, load_png, save_npz, save_png
+from wavecam.io import BadFileError, DatasetRootError, WavecamError, is_complete, load_npz, load_png, save_npz, save_png
 
 log = logging.getLogger("wavecam")
 
@@ -154,14 +154,14 @@ class COCO2014:
         self.split_images, self.crowd = split_images, crowd
         self.root = Path(root)
         if not self.root.is_dir():
-            raise WavecamError(f"--mscoco_root {self.root}: folder not found. {COCO_LAYOUT_HELP}")
+            raise DatasetRootError(f"COCO 2014 root {self.root}: folder not found. {COCO_LAYOUT_HELP}")
         if any((self.root / d).is_dir() for d in ("annotations", "train2014", "val2014")):
             self.layout = "official"
         elif (self.root / "JPEGImages").is_dir():
             self.layout = "voc"
         else:
-            raise WavecamError(
-                f"--mscoco_root {self.root}: neither annotations/, train2014/, val2014/ nor JPEGImages/ found. "
+            raise DatasetRootError(
+                f"COCO 2014 root {self.root}: neither annotations/, train2014/, val2014/ nor JPEGImages/ found. "
                 f"{COCO_LAYOUT_HELP}"
             )
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
@@ -251,7 +251,7 @@ class COCO2014:
         if missing:
             raise WavecamError(
                 f"{len(missing)} id(s) have no image, e.g. {missing[0]} (looked for {self.image_path(missing[0])}); "
-                f"check the id list against --mscoco_root. {COCO_LAYOUT_HELP}"
+                f"check the id list against the COCO root. {COCO_LAYOUT_HELP}"
             )
 
     # --- image-level labels --------------------------------------------------------------------
@@ -337,7 +337,7 @@ class COCO2014:
         if unknown:
             raise WavecamError(
                 f"{len(unknown)} id(s) are not in {self._annotation_file(split)}, e.g. {unknown[0]}; "
-                "check the id list against --mscoco_root"
+                "check the id list against the COCO root"
             )
 
 

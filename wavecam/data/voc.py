@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wavecam.data.classes import IGNORE_INDEX, VOC_CLASSES
-from wavecam.io import BadFileError, WavecamError, load_npz, load_png, save_npz
+from wavecam.io import BadFileError, DatasetRootError, WavecamError, load_npz, load_png, save_npz
 
 VOC_LAYOUT_HELP = (
     "Expected the PASCAL VOC 2012 layout: ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClass/<id>.png, "
@@ -80,9 +80,9 @@ class VOC12:
         self.label_source = label_source
         self.root = Path(root)
         if not self.root.is_dir():
-            raise WavecamError(f"--voc12_root {self.root}: folder not found. {VOC_LAYOUT_HELP}")
+            raise DatasetRootError(f"VOC 2012 root {self.root}: folder not found. {VOC_LAYOUT_HELP}")
         if not (self.root / "JPEGImages").is_dir():
-            raise WavecamError(f"--voc12_root {self.root}: no JPEGImages folder. {VOC_LAYOUT_HELP}")
+            raise DatasetRootError(f"VOC 2012 root {self.root}: no JPEGImages folder. {VOC_LAYOUT_HELP}")
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
         self._labels: dict[str, np.ndarray] | None = None
 
@@ -107,7 +107,7 @@ class VOC12:
         if p is None:
             raise WavecamError(
                 f"no ground-truth mask for id {image_id} under {self.root}/SegmentationClass or "
-                "SegmentationClassAug; evaluate on a split with masks (--chainer_eval_set train or val)"
+                "SegmentationClassAug; evaluate on a split with masks (train or val)"
             )
         return load_png(p)
 
@@ -136,7 +136,7 @@ class VOC12:
         if missing:
             raise WavecamError(
                 f"{len(missing)} id(s) have no image, e.g. {missing[0]} (looked for {self.image_path(missing[0])}); "
-                "check the id list against --voc12_root"
+                "check the id list against the VOC root"
             )
 
     # --- image-level labels --------------------------------------------------------------------
@@ -168,7 +168,7 @@ class VOC12:
                 )
             raise WavecamError(f"{xml} not found: image labels come from VOC's Annotations/*.xml as the "
                                "reference's do; restore the file, or take labels from the masks with "
-                               "--voc12_label_source mask")
+                               "the label source 'mask' (--voc12_label_source mask)")
         try:
             names = [o.findtext("name", "").strip() for o in ET.parse(xml).getroot().iter("object")]
         except ET.ParseError as e:

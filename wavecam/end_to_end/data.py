@@ -11,20 +11,24 @@ from wavecam.end_to_end.config import Config
 from wavecam.end_to_end.preflight import check_dataset_root
 from wavecam.engine import runtime, sampling
 from wavecam.engine.sampling import BatchPlan
-from wavecam.io import WavecamError
+from wavecam.io import DatasetRootError, WavecamError
 
 
 def make_source(cfg: Config):
+    """The dataset of `dataset.root`; a root laid out otherwise is reported with that key."""
     data = cfg.dataset
     check_dataset_root(cfg)
-    if data.name == "voc":
-        from wavecam.data.voc import VOC12
+    try:
+        if data.name == "voc":
+            from wavecam.data.voc import VOC12
 
-        return VOC12(data.root, data.cache_dir)
-    if data.name == "coco":
-        from wavecam.data.coco import COCO2014
+            return VOC12(data.root, data.cache_dir)
+        if data.name == "coco":
+            from wavecam.data.coco import COCO2014
 
-        return COCO2014(data.root, data.cache_dir, split_images=data.coco_split_images, crowd=data.coco_crowd)
+            return COCO2014(data.root, data.cache_dir, split_images=data.coco_split_images, crowd=data.coco_crowd)
+    except DatasetRootError as e:
+        raise DatasetRootError(f"dataset.root: {e}") from None
     raise WavecamError(f"dataset.name must be voc or coco, got {data.name!r}")
 
 

@@ -20,14 +20,14 @@ from pathlib import Path
 from wavecam.end_to_end.config import Config, config_from_args, front_door_parser
 from wavecam.end_to_end.data import make_source, validation_loader
 from wavecam.end_to_end.evaluation import settings, validate
-from wavecam.end_to_end.model import build_model
+from wavecam.end_to_end.model import load_trained
 from wavecam.end_to_end.preflight import preflight
 from wavecam.engine import runtime
 from wavecam.engine.cli import run_cli
 from wavecam.engine.logging import DATED, setup_logging
-from wavecam.io import load_checkpoint, save_json
+from wavecam.io import save_json
 from wavecam.metrics import format_iou_table
-from wavecam.models.e2e import WAVECAM_PARTS, load_wave_afa_weights
+from wavecam.models.e2e import WAVECAM_PARTS
 
 log = logging.getLogger("wavecam")
 
@@ -60,10 +60,7 @@ def evaluate(cfg: Config, checkpoint: str, split: str, cams: str, ctx: runtime.C
     preflight(cfg, [checkpoint])
     setup_logging(work_dir / "evaluate.log", ctx, DATED)
     source = make_source(cfg)
-    net = build_model(cfg, source.num_classes).to(ctx.device)
-    ckpt = load_checkpoint(checkpoint)
-    parts = load_wave_afa_weights(net, ckpt)
-    iteration = ckpt.get("iteration") if isinstance(ckpt, dict) else None
+    net, parts, iteration = load_trained(cfg, source.num_classes, checkpoint, ctx.device)
     net.use_wavecam_cams = wavecam_cams(cams, cfg, iteration, parts)
     log.info("%s: %s loaded (iteration %s); CAMs from the %s kernel", checkpoint, ", ".join(parts), iteration,
              "WaveCAM" if net.use_wavecam_cams else "classifier's")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 
 import torch
 
 from wavecam.end_to_end.config import Config
-from wavecam.models.e2e import WaveAFA, load_pretrained
+from wavecam.io import load_checkpoint
+from wavecam.models.e2e import WaveAFA, load_pretrained, load_wave_afa_weights
 
 log = logging.getLogger("wavecam")
 
@@ -50,3 +52,13 @@ def poly_warmup_adamw(model: WaveAFA, cfg: Config) -> tuple[torch.optim.AdamW, t
         return (1 - min(t, max_iters - 1) / max_iters) ** power
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def load_trained(cfg: Config, num_classes: int, checkpoint: str | os.PathLike, device: torch.device
+                 ) -> tuple[WaveAFA, tuple[str, ...], int | None]:
+    """The network of `checkpoint` (train.py's, AFA's or an mmseg SegFormer's) for test.py and
+    evaluate.py: (network on `device`, the parts the checkpoint held, its iteration if it says)."""
+    net = build_model(cfg, num_classes).to(device)
+    ckpt = load_checkpoint(checkpoint)
+    parts = load_wave_afa_weights(net, ckpt)
+    return net, parts, ckpt.get("iteration") if isinstance(ckpt, dict) else None

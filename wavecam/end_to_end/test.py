@@ -20,14 +20,13 @@ from wavecam.end_to_end.checkpoints import latest_checkpoint
 from wavecam.end_to_end.config import Config, config_from_args, front_door_parser
 from wavecam.end_to_end.data import make_source
 from wavecam.end_to_end.evaluation import run_test
-from wavecam.end_to_end.model import build_model
+from wavecam.end_to_end.model import load_trained
 from wavecam.end_to_end.preflight import preflight
 from wavecam.engine import runtime
 from wavecam.engine.cli import run_cli
 from wavecam.engine.logging import DATED, setup_logging
-from wavecam.io import WavecamError, load_checkpoint
+from wavecam.io import WavecamError
 from wavecam.metrics import format_iou_table
-from wavecam.models.e2e import load_wave_afa_weights
 
 log = logging.getLogger("wavecam")
 
@@ -49,10 +48,7 @@ def test(cfg: Config, checkpoint: str | None, ctx: runtime.Context) -> None:
     preflight(cfg, [path])
     setup_logging(work_dir / "test.log", ctx, DATED)
     source = make_source(cfg)
-    net = build_model(cfg, source.num_classes).to(ctx.device)
-    ckpt = load_checkpoint(path)
-    load_wave_afa_weights(net, ckpt)
-    iteration = ckpt.get("iteration") if isinstance(ckpt, dict) else None
+    net, _, iteration = load_trained(cfg, source.num_classes, path, ctx.device)
     result = run_test(net, cfg, ctx, work_dir, path, iteration)
     if result is not None:
         print(format_iou_table(result["iou"], source.class_names, title=f"segmentation, {cfg.test.eval_set}"))

@@ -63,21 +63,21 @@ def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
                         **loader_options(args, ctx, workers=min(args.num_workers, 4)))
     dtype = runtime.amp_dtype(args.amp, ctx.device)
     with tqdm(total=len(ids), desc=desc, disable=not ctx.is_main) as bar:
-        for packs in loader:
-            bar.update(len(packs))
-            for pack in packs:
-                if "bad" in pack:
-                    skip_bad_image(args, desc, pack["name"], pack["bad"])
-            packs = [p for p in packs if "bad" not in p]
-            if packs:
-                keys = [torch.nonzero(p["label"]).flatten() for p in packs]
-                images = torch.stack([p["img"] for p in packs]).to(ctx.device, non_blocking=True)
+        for items in loader:
+            bar.update(len(items))
+            for item in items:
+                if "bad" in item:
+                    skip_bad_image(args, desc, item["name"], item["bad"])
+            items = [p for p in items if "bad" not in p]
+            if items:
+                keys = [torch.nonzero(p["label"]).flatten() for p in items]
+                images = torch.stack([p["img"] for p in items]).to(ctx.device, non_blocking=True)
                 scaled = None if scales is None else [torch.stack(level) for level in
-                                                      zip(*(p["scaled"] for p in packs), strict=True)]
+                                                      zip(*(p["scaled"] for p in items), strict=True)]
                 cams = multiscale_cam_batch(model.features, images, weight, keys, args.cam_scales,
                                             memory_format=torch.channels_last if args.channels_last else None,
                                             amp_dtype=dtype, scaled=scaled)
-                for p, k, (strided, high_res) in zip(packs, keys, cams, strict=True):
+                for p, k, (strided, high_res) in zip(items, keys, cams, strict=True):
                     save_cam(CAMS.path(args, p["name"]), k.cpu().numpy(),
                              strided.cpu().numpy(), high_res.cpu().numpy())
     runtime.barrier(ctx)

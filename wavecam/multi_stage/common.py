@@ -10,18 +10,24 @@ from pathlib import Path
 
 from wavecam.data.voc import VOC12
 from wavecam.engine.runtime import Context, barrier, shard
-from wavecam.io import WavecamError, is_complete
+from wavecam.io import BadFileError, DatasetRootError, WavecamError, is_complete
 from wavecam.multi_stage.workspace import CAMS, skipped_images_path
 
 log = logging.getLogger("wavecam")
 
 
 def make_source(args):
-    if args.dataset == "voc":
-        return VOC12(args.voc12_root, args.cache_dir, args.voc12_label_source)
-    from wavecam.data.coco import COCO2014
+    """The dataset of --voc12_root or --mscoco_root; a root that is missing or laid out otherwise is
+    reported with the flag that named it."""
+    flag = "--voc12_root" if args.dataset == "voc" else "--mscoco_root"
+    try:
+        if args.dataset == "voc":
+            return VOC12(args.voc12_root, args.cache_dir, args.voc12_label_source)
+        from wavecam.data.coco import COCO2014
 
-    return COCO2014(args.mscoco_root, args.cache_dir, split_images=args.coco_split_images, crowd=args.coco_crowd)
+        return COCO2014(args.mscoco_root, args.cache_dir, split_images=args.coco_split_images, crowd=args.coco_crowd)
+    except DatasetRootError as e:
+        raise DatasetRootError(f"{flag}: {e}") from None
 
 
 def loader_options(args, ctx: Context, workers: int | None = None, reused: bool = False) -> dict:
@@ -74,3 +80,14 @@ def skip_bad_image(args, pass_name: str, image_id: str, reason: str) -> None:
     log.warning("%s: skipping %s: %s", pass_name, image_id, reason)
     with open(skipped_images_path(args.work_space), "a") as f:
         f.write(f"{pass_name}\t{image_id}\t{reason}\n")
+
+
+def load_image_or_skip(source, args, pass_name: str, image_id: str):
+    """The image, or None where it is unreadable and --skip_bad_images lists it instead of failing."""
+    try:
+        return source.load_image(image_id)
+    except BadFileError as e:
+        if not args.skip_bad_images:
+            raise
+        skip_bad_image(args, pass_name, image_id, str(e))
+        return None

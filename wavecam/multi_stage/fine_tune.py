@@ -104,10 +104,10 @@ def train(args, method: Method) -> None:
     )
     model = wrap_ddp(place(NetWithPredictor(net, predictor), ctx, args.channels_last), ctx)
 
-    def step(pack: dict) -> dict:
-        label = pack["label"].to(ctx.device, non_blocking=True)
+    def step(batch: dict) -> dict:
+        label = batch["label"].to(ctx.device, non_blocking=True)
         with autocast(args.amp, ctx.device):
-            logits, loss_ce, acc = model(to_device(pack["img"], ctx, args.channels_last), label)
+            logits, loss_ce, acc = model(to_device(batch["img"], ctx, args.channels_last), label)
         loss_cls = F.multilabel_soft_margin_loss(logits.float(), label)
         return {"loss": loss_cls + loss_weight * loss_ce, "loss_cls": loss_cls, "loss_ce": loss_ce, "acc": acc}
 

@@ -18,6 +18,7 @@ keeps it, as the reference's do):
     results/<pass>.json            eval_cam, eval_sem_seg, eval_seg
     resume/<pass>.pth              a training pass's state after each epoch, until the pass ends
     skipped_images.txt             the images --skip_bad_images skipped, pass by pass
+    tb/<pass>/                     TensorBoard scalars of a training pass (train_seg)
 
 Paths named by a flag are strings, as the flags are; the files of fixed names are Paths.
 """
@@ -119,3 +120,8 @@ def seg_predictions(args, eval_set: str, crf: bool) -> str:
 def voc_server_dir(work_space: str | os.PathLike) -> Path:
     """VOC 2012 test predictions in the layout the evaluation server accepts (zip `results/`)."""
     return Path(work_space) / "results" / "VOC2012" / "Segmentation" / "comp6_test_cls"
+
+
+def tensorboard_dir(work_space: str | os.PathLike, name: str) -> Path:
+    """The TensorBoard scalars of the training pass `name`."""
+    return Path(work_space) / "tb" / name

@@ -13,8 +13,8 @@ from wavecam.data.classes import IGNORE_INDEX
 from wavecam.data.datasets import split_ids
 from wavecam.engine import runtime
 from wavecam.engine.parallel import map_images
-from wavecam.io import BadFileError, save_png
-from wavecam.multi_stage.common import make_source, pending, read_cam, skip_bad_image
+from wavecam.io import save_png
+from wavecam.multi_stage.common import load_image_or_skip, make_source, pending, read_cam
 from wavecam.multi_stage.workspace import IR_LABELS
 
 log = logging.getLogger("wavecam")
@@ -38,13 +38,9 @@ def confident_label(img: np.ndarray, cam: dict, fg_thres: float, bg_thres: float
     return conf.astype(np.uint8)
 
 
-def _one(image_id: str, args, source) -> None:
-    try:
-        img = source.load_image(image_id)
-    except BadFileError as e:
-        if not args.skip_bad_images:
-            raise
-        skip_bad_image(args, "cam_to_ir_label", image_id, str(e))
+def write_ir_label(image_id: str, args, source) -> None:
+    img = load_image_or_skip(source, args, "cam_to_ir_label", image_id)
+    if img is None:
         return
     label = confident_label(img, read_cam(args, image_id), args.conf_fg_thres, args.conf_bg_thres)
     save_png(IR_LABELS.path(args, image_id), label)
@@ -55,6 +51,6 @@ def run(args) -> None:
     source = make_source(args)
     ids = pending(split_ids(source, args.train_list), IR_LABELS.folder(args), IR_LABELS.suffix, args, ctx)
     log.info("cam_to_ir_label: %d images to do", len(ids))
-    map_images(functools.partial(_one, args=args, source=source), ids, args.num_workers, "cam_to_ir_label",
+    map_images(functools.partial(write_ir_label, args=args, source=source), ids, args.num_workers, "cam_to_ir_label",
                show=ctx.is_main)
     runtime.barrier(ctx)

@@ -23,9 +23,9 @@ from wavecam.data.datasets import split_ids
 from wavecam.data.voc import VOC12
 from wavecam.engine.parallel import BackgroundPool
 from wavecam.engine.runtime import autocast, barrier, init, place
-from wavecam.io import BadFileError, save_png
+from wavecam.io import DatasetRootError, save_png
 from wavecam.models.deeplab import SegNetwork, build_seg_network
-from wavecam.multi_stage.common import make_source, pending, skip_bad_image
+from wavecam.multi_stage.common import load_image_or_skip, make_source, pending
 from wavecam.multi_stage.workspace import seg_predictions, voc_server_dir
 
 log = logging.getLogger("wavecam")
@@ -58,12 +58,8 @@ def predict(net: SegNetwork, source, ids: list[str], folders: list[str], args) -
     server = folders[-1] if len(folders) > 1 + args.seg_crf else None
     with BackgroundPool(args.num_workers if args.seg_crf else 0, refine) as crf:
         for image_id in tqdm(ids, desc="make_seg", disable=not ids):
-            try:
-                image = source.load_image(image_id)
-            except BadFileError as e:
-                if not args.skip_bad_images:
-                    raise
-                skip_bad_image(args, "make_seg", image_id, str(e))
+            image = load_image_or_skip(source, args, "make_seg", image_id)
+            if image is None:
                 continue
             probs = probabilities(net, image, args.amp)
             pred = probs.argmax(0).numpy().astype(np.uint8)
@@ -86,7 +82,11 @@ def run(args) -> None:
     place(net, ctx, args.channels_last).eval()
     sets = [(args.seg_eval_set, source, [])]
     if getattr(args, "voc12_test_root", None):
-        sets.append(("test", VOC12(args.voc12_test_root, args.cache_dir), [str(voc_server_dir(args.work_space))]))
+        try:
+            test_images = VOC12(args.voc12_test_root, args.cache_dir)
+        except DatasetRootError as e:
+            raise DatasetRootError(f"--voc12_test_root: {e}") from None
+        sets.append(("test", test_images, [str(voc_server_dir(args.work_space))]))
     for name, images, extra in sets:
         folders = [seg_predictions(args, name, crf=False)]
         if args.seg_crf:

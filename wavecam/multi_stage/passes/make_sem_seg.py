@@ -45,8 +45,8 @@ def run(args) -> None:
                          runtime.memory_format(args.channels_last), ctx.device)
         loader = DataLoader(InferenceDataset(source, ids, with_labels=False, skip_bad=args.skip_bad_images),
                             batch_size=None, **loader_options(args, ctx, workers=min(args.num_workers, 4)))
-        for pack in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):
-            label_image(model, pack, args, ctx.device)
+        for item in tqdm(loader, desc="make_sem_seg", disable=not ctx.is_main):
+            label_image(model, item, args, ctx.device)
     runtime.barrier(ctx)
 
 

@@ -25,9 +25,9 @@ def validate(model, loader, args, ctx) -> float:
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
-        for pack in loader:
-            logits = model(to_device(pack["img"], ctx, args.channels_last))
-            total += F.multilabel_soft_margin_loss(logits, pack["label"].to(ctx.device), reduction="sum").item()
+        for batch in loader:
+            logits = model(to_device(batch["img"], ctx, args.channels_last))
+            total += F.multilabel_soft_margin_loss(logits, batch["label"].to(ctx.device), reduction="sum").item()
             n += logits.shape[0]
     return total / max(n, 1)
 
@@ -58,10 +58,10 @@ def run(args) -> None:
     )
     model = wrap_ddp(place(net, ctx, args.channels_last), ctx)
 
-    def step(pack: dict) -> dict:
+    def step(batch: dict) -> dict:
         with autocast(args.amp, ctx.device):
-            logits = model(to_device(pack["img"], ctx, args.channels_last))
-        return {"loss": F.multilabel_soft_margin_loss(logits.float(), pack["label"].to(ctx.device))}
+            logits = model(to_device(batch["img"], ctx, args.channels_last))
+        return {"loss": F.multilabel_soft_margin_loss(logits.float(), batch["label"].to(ctx.device))}
 
     def end_of_epoch(ep: int) -> None:
         log.info("train_cam epoch %d: validation loss %.4f", ep, validate(model, val_loader, args, ctx))

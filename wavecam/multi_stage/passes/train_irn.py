@@ -41,7 +41,7 @@ def displacement_mean(net: IRNet, source, ids, args, ctx) -> torch.Tensor:
     loader = DataLoader(TopLeftCropDataset(source, ids, args.irn_crop_size), batch_size=args.irn_batch_size,
                         **loader_options(args, ctx))
     net.eval()
-    means = [net(to_device(pack["img"], ctx, args.channels_last))[1].mean(dim=(0, 2, 3)).cpu() for pack in loader]
+    means = [net(to_device(batch["img"], ctx, args.channels_last))[1].mean(dim=(0, 2, 3)).cpu() for batch in loader]
     return torch.stack(means).mean(dim=0)
 
 
@@ -80,11 +80,11 @@ def run(args) -> None:
     trainee = IRNWithLoss(net, AffinityDisplacementLoss(path_index))
     model = wrap_ddp(place(trainee, ctx, args.channels_last), ctx)
 
-    def step(pack: dict) -> dict:
-        batch = [to_device(pack["img"], ctx, args.channels_last),
-                 *(pack[k].to(ctx.device, non_blocking=True) for k in ("bg_pos", "fg_pos", "neg"))]
+    def step(batch: dict) -> dict:
+        inputs = [to_device(batch["img"], ctx, args.channels_last),
+                  *(batch[k].to(ctx.device, non_blocking=True) for k in ("bg_pos", "fg_pos", "neg"))]
         with autocast(args.amp, ctx.device):
-            losses = model(*batch)
+            losses = model(*inputs)
         return {"loss": losses["total"], **{k: losses[k] for k in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")}}
 
     state = train_epochs("train_irn", args, ctx, dataset, plan, args.irn_num_epoches, model, opt, sched, step, {

@@ -5,7 +5,8 @@ deeplab-pytorch's configs/voc12.yaml by default: DeepLab-v2 ResNet-101 with mult
 (a loss on each output), frozen BatchNorm, SGD (momentum 0.9, weight decay 5e-4; the head's weights
 x10 and biases x20 without decay), lr 2.5e-4 decayed by poly 0.9 updated every 10 steps, 5 crops of
 321 per forward and 2 forwards per step, random scales 0.5-1.5 and flips, 20k steps. The train state
-is saved every --seg_save_iters steps: re-running the command resumes.
+is saved every --seg_save_iters steps: re-running the command resumes. Every --seg_log_iters steps a
+log line (losses, time per step, images per second, ETA) and TensorBoard scalars (<work_space>/tb/).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from wavecam.data.datasets import prepare_gt, split_ids
 from wavecam.data.seg_train import SegTrainDataset
+from wavecam.engine.logging import MetricLogger, add_scalars, tensorboard
 from wavecam.engine.loop import Hook, fit
 from wavecam.engine.runtime import (
     amp_dtype,
@@ -36,7 +38,7 @@ from wavecam.engine.state import TrainState
 from wavecam.io import is_complete, save_checkpoint
 from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
 from wavecam.multi_stage.common import loader_options, make_source
-from wavecam.multi_stage.workspace import resume_path, seg_labels
+from wavecam.multi_stage.workspace import resume_path, seg_labels, tensorboard_dir
 
 log = logging.getLogger("wavecam")
 
@@ -91,8 +93,10 @@ def run(args) -> None:
             logits = model(to_device(batch["img"], ctx, args.channels_last))
         return {"loss": msc_loss([x.float() for x in logits], batch["label"].to(ctx.device, non_blocking=True))}
 
+    writer = tensorboard(tensorboard_dir(args.work_space, "train_seg"), ctx)
+
     def report(t: int, values: dict[str, float]) -> None:
-        log.info("train_seg step %d/%d: loss %.4f, lr %.3g", t, args.seg_num_iters, values["loss"], values["lr"])
+        add_scalars(writer, "train_seg", values, t)
 
     def save(t: int, values: dict[str, float]) -> None:
         state.save(ctx, t, model, opt, sched, scaler)
@@ -100,8 +104,12 @@ def run(args) -> None:
     def kept() -> str:
         return f"the last good state {state.path} is kept" if state.path.exists() else "nothing was saved"
 
+    meter = MetricLogger(start, args.seg_num_iters, plan.global_batch, args.seg_log_iters)
     fit("train_seg", model, opt, sched, scaler, loader, start, args.seg_num_iters, loss_of, plan, ctx, args.seed,
-        hooks=[Hook(args.seg_log_iters, report), Hook(args.seg_save_iters, save, at_end=False)], kept=kept)
+        hooks=[Hook(args.seg_log_iters, report), Hook(args.seg_save_iters, save, at_end=False)], meter=meter,
+        kept=kept)
+    if writer is not None:
+        writer.close()
     if ctx.is_main:
         save_checkpoint(args.seg_weights_name, unwrap(model).state_dict())
         state.remove()
