@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CASES = ("train_cam", "train_wavecam", "train_irn", "make_wavecam", "cam_to_ir_label", "make_sem_seg", "eval")
+CASES = ("train_cam", "train_wavecam", "train_irn", "make_wavecam", "cam_to_ir_label", "make_sem_seg", "eval",
+         "train_seg", "make_seg")
 
 
 # ---------------------------------------------------------------- timing helpers
@@ -69,11 +70,25 @@ def train_case(name: str, variant: str, a, device: torch.device) -> dict:
     fmt = torch.channels_last if ours else torch.contiguous_format
     amp = ours and a.amp  # bf16 autocast; on a CPU too, where it checks the same code path
     torch.manual_seed(0)
-    batch = a.irn_batch if name == "train_irn" else a.cam_batch
+    batch = {"train_irn": a.irn_batch, "train_seg": a.seg_batch}.get(name, a.cam_batch)
+    crop = a.seg_crop if name == "train_seg" else a.crop
     gen = torch.Generator().manual_seed(1)
-    images = torch.randn(batch, 3, a.crop, a.crop, generator=gen).to(device, memory_format=fmt)
+    images = torch.randn(batch, 3, crop, crop, generator=gen).to(device, memory_format=fmt)
 
-    if name == "train_irn":
+    if name == "train_seg":
+        from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
+
+        net = build_seg_network("deeplabv2_resnet101_msc", 21, pretrained=None, n_blocks=a.seg_blocks)
+        params = [p for g in param_groups(net, 2.5e-4, 5e-4) for p in g["params"]]
+        target = torch.randint(0, 21, (batch, crop, crop), generator=gen).to(device)
+
+        def losses():
+            logits = [x.float() for x in net(images)]
+            # The reference resizes each image's labels with PIL, one image at a time, on the CPU.
+            return msc_loss(logits, target) if ours else sum(
+                F.cross_entropy(x, plain_resize_labels(target, x.shape[-2:]).to(device), ignore_index=255)
+                for x in logits)
+    elif name == "train_irn":
         path_index = PathIndex(min(10, a.crop // 8), (a.crop // 4, a.crop // 4))  # IRN: radius 10
         d, s = len(path_index.search_dst), len(path_index.src_indices)
         net = IRNet(pretrained=None, arch=a.arch)
@@ -126,7 +141,7 @@ def train_case(name: str, variant: str, a, device: torch.device) -> dict:
     res = {"seconds": per_step, "per": f"step of {batch}", "throughput": batch / per_step, "unit": "images/s",
            "outputs": {"loss": values}}
     res["peak_mb"] = peak_mb(device)  # before the loader timing, which is not the step's
-    if ours and a.loader_images:
+    if ours and a.loader_images and name != "train_seg":
         res["loader_s"] = loader_seconds(name, a)
     return res
 
@@ -353,14 +368,55 @@ def eval_case(variant: str, a, device: torch.device) -> dict:
             "outputs": {"confusion": first}}
 
 
+# ---------------------------------------------------------------- stage 3
+def plain_resize_labels(labels: torch.Tensor, size) -> torch.Tensor:
+    """deeplab-pytorch's resize_labels: each label map through PIL's nearest, on the CPU."""
+    from PIL import Image
+
+    h, w = size
+    out = [np.asarray(Image.fromarray(x.cpu().numpy().astype(np.float32)).resize((w, h), Image.NEAREST))
+           for x in labels]
+    return torch.as_tensor(np.stack(out)).long()
+
+
+def make_seg_case(variant: str, a, device: torch.device) -> dict:
+    """The segmenter on whole images (the network, its bilinear upsampling and softmax, per image as the
+    reference's test loop): ours channels_last (bf16 with --amp), plain NCHW float32."""
+    from wavecam.models.deeplab import build_seg_network
+
+    ours = variant == "ours"
+    torch.manual_seed(0)
+    net = build_seg_network("deeplabv2_resnet101_msc", 21, pretrained=None, n_blocks=a.seg_blocks)
+    fmt = torch.channels_last if ours else torch.contiguous_format
+    net.to(device, memory_format=fmt).eval()
+    gen = torch.Generator().manual_seed(2)
+    images = [torch.randn(1, 3, *a.size, generator=gen).to(device, memory_format=fmt) for _ in range(a.seg_images)]
+    labels = []
+
+    @torch.no_grad()
+    def run_all():
+        labels.clear()
+        for x in images:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ours and a.amp):
+                logits = net(x)
+            probs = F.interpolate(logits.float(), size=a.size, mode="bilinear", align_corners=False).softmax(1)
+            labels.append(probs.argmax(1).cpu().numpy())
+
+    run_all()  # warm-up
+    per = statistics.median(timed(run_all, device) for _ in range(a.repeats)) / len(images)
+    return {"seconds": per, "per": "image", "throughput": 1 / per, "unit": "images/s",
+            "outputs": {"labels": np.concatenate(labels)}}
+
+
 # ---------------------------------------------------------------- driver
 def run_case(name: str, variant: str, a) -> dict:
     device = torch.device(a.device)
     if name.startswith("train_"):
         res = train_case(name, variant, a, device)
     else:
-        res = {"make_wavecam": make_wavecam_case, "cam_to_ir_label": cam_to_ir_label_case,
-               "make_sem_seg": make_sem_seg_case, "eval": eval_case}[name](variant, a, device)
+        cases = {"make_wavecam": make_wavecam_case, "cam_to_ir_label": cam_to_ir_label_case,
+                 "make_sem_seg": make_sem_seg_case, "eval": eval_case, "make_seg": make_seg_case}
+        res = cases[name](variant, a, device)
     res.setdefault("peak_mb", peak_mb(device))
     return res
 
@@ -371,7 +427,7 @@ def compare(name: str, ours: dict, plain: dict) -> str:
         return f"loss rel diff {rel[0]:.1e} at step 1, {max(rel):.1e} over {len(rel)}"
     if name == "make_wavecam":
         return f"max diff {max(np.abs(ours[k] - plain[k]).max() for k in ('cam', 'high_res')):.1e}"
-    if name == "cam_to_ir_label":
+    if name in ("cam_to_ir_label", "make_seg"):
         return f"labels {100 * np.mean(ours['labels'] == plain['labels']):.2f}% equal"
     if name == "make_sem_seg":
         return f"labels {100 * np.mean(ours['label'] == plain['label']):.2f}% equal, rw rel diff " \
@@ -408,6 +464,10 @@ def parse(argv=None):
     p.add_argument("--loader-crop", type=int, default=512, help="crop of the loader timing (the paper's)")
     p.add_argument("--eval-images", type=int, default=1449)
     p.add_argument("--plain-eval-images", type=int, default=50)
+    p.add_argument("--seg-crop", type=int, default=321, help="train_seg's crop (deeplab-pytorch's)")
+    p.add_argument("--seg-batch", type=int, default=5, help="train_seg's images per forward (BATCH_SIZE.TRAIN)")
+    p.add_argument("--seg-blocks", type=int, nargs=4, default=(3, 4, 23, 3), help="DeepLab-v2's blocks per stage")
+    p.add_argument("--seg-images", type=int, default=4, help="images per make_seg timing")
     p.add_argument("--amp", action="store_true", help="ours with bf16 autocast")
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--json", default=None, help="also write the rows here")

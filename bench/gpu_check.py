@@ -1,6 +1,7 @@
 """The prepared GPU check behind bench/gpu_check.sh: per-pass benchmarks at the paper's sizes (float32
-and bf16 autocast), the full multi-stage chain on a synthetic VOC root at VOC image sizes with the
-paper's flags, and the projected wall time of the VOC pipeline, all in one JSON file.
+and bf16 autocast; stage 3's DeepLab-v2 ResNet-101 at deeplab-pytorch's 321 crops, batch 5), the
+full multi-stage chain on a synthetic VOC root at VOC image sizes with the paper's flags, and the
+projected wall time of the VOC pipeline, all in one JSON file.
 
     python bench/gpu_check.py --out gpu_check.json            # on a CUDA machine, < 8 min
     python bench/gpu_check.py --device cpu --quick --out x.json  # the same steps at toy sizes
@@ -24,7 +25,8 @@ PAPER = ["--crop", "512", "--cam-batch", "16", "--irn-batch", "32"]
 QUICK = ["--crop", "64", "--cam-batch", "2", "--irn-batch", "2", "--arch", "resnet18", "--warmup", "1", "--steps", "1",
          "--images", "1", "--repeats", "1", "--crf-images", "1", "--workers", "1", "--size", "90", "120",
          "--dense-size", "40", "60", "--eval-images", "20", "--plain-eval-images", "5", "--scales", "1.0", "0.5",
-         "--loader-images", "2", "--loader-crop", "64"]
+         "--loader-images", "2", "--loader-crop", "64", "--seg-blocks", "1", "1", "1", "1", "--seg-crop", "64",
+         "--seg-batch", "2", "--seg-images", "1"]
 
 
 def run(cmd: list[str], log: Path, timeout: float) -> float:
@@ -59,12 +61,19 @@ def chain(tmp: Path, device: str, quick: bool, timeout: float) -> dict:
              "--eval_cam_pass", "True"]
     second = ["--cam_to_ir_label_pass", "True", "--train_irn_pass", "True", "--make_sem_seg_pass", "True",
               "--eval_sem_seg_pass", "True"]
+    # Stage 3 on the chain's pseudo labels (a few hundred steps: it checks the pass, not the paper's schedule).
+    third = ["--train_seg_pass", "True", "--make_seg_pass", "True", "--eval_seg_pass", "True", "--seg_pretrained",
+             "none", "--seg_train_list", "train", "--seg_eval_set", "val", "--seg_num_iters", "20" if quick else "200",
+             "--seg_log_iters", "10", "--seg_save_iters", "100"]
+    if quick:
+        third += ["--seg_n_blocks", "1", "1", "1", "1", "--seg_crop_size", "64", "--seg_batch_size", "2"]
     wall = run([*runner, *first], tmp / "chain_first.log", timeout)
     wall += run([*runner, *second], tmp / "chain_second.log", timeout)
+    wall += run([*runner, *third], tmp / "chain_third.log", timeout)
     log = Path(default_path(ws, "log_name")).read_text()
     passes = {m[1]: float(m[2]) for m in re.finditer(r"== (\w+) done in ([\d.]+) s", log)}
     results = {name: json.loads(results_path(ws, name).read_text())["miou"]
-               for name in ("eval_cam", "eval_sem_seg")}
+               for name in ("eval_cam", "eval_sem_seg", "eval_seg")}
     return {"n_train": len((root / "ImageSets/Segmentation/train.txt").read_text().split()), "wall_s": wall,
             "pass_s": passes, "miou": results, "note": "random init, one epoch each: times matter, mIoU does not"}
 
@@ -90,7 +99,7 @@ def main(argv=None) -> int:
                     "torch": torch.__version__, "cuda": torch.version.cuda, "quick": a.quick}
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp_name:
         tmp = Path(tmp_name)
-        autocast = ["--amp", "--cases", "train_cam,train_wavecam,train_irn,make_wavecam"]
+        autocast = ["--amp", "--cases", "train_cam,train_wavecam,train_irn,make_wavecam,train_seg,make_seg"]
         for key, extra in (("float32", []), ("bf16", autocast)):
             out = tmp / f"passes_{key}.json"
             report[f"passes_{key}_wall_s"] = run([*bench, *extra, "--json", str(out)], tmp / f"passes_{key}.log", 400)

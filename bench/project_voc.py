@@ -2,16 +2,16 @@
 
     python bench/project_voc.py bench.json
 
-Assumptions, printed with the figures: the paper's defaults (10,582 train_aug images; 5 CAM,
-4 WaveCAM and 3 IRN epochs at crop 512; make_wavecam, cam_to_ir_label and make_sem_seg over
-train_aug; evaluation on the 1,464 train images); the data loader keeps up with the training step
-(it runs in --num_workers processes beside it: the workers it needs are printed, from the measured
-time per sample of one worker); training figures measured at another crop are scaled
-by the pixel count to 512; per-image figures are taken at the size they were measured at (VOC
-images average about 500x375); evaluation counts the confusion matrices only; start-up, file
-reading in the evaluation passes, checkpoint writing and IRN's displacement-mean pass (one forward
-over the crops) are left out.
-"""
+Assumptions, printed with the figures: the paper's defaults (10,582 train_aug images; 5 CAM, 4
+WaveCAM and 3 IRN epochs at crop 512; make_wavecam, cam_to_ir_label and make_sem_seg over train_aug;
+evaluation on the 1,464 train images; stage 3: deeplab-pytorch's 20,000 steps of 2 x 5 crops of 321,
+make_seg and eval_seg on the 1,449 val images, the CRF left out); the data loader keeps up with the
+training step (it runs in --num_workers processes beside it: the workers it needs are printed, from
+the measured time per sample of one worker); training figures measured at another crop are scaled by
+the pixel count to 512; per-image figures are taken at the size they were measured at (VOC images
+average about 500x375); evaluation counts the confusion matrices only; start-up, file reading in the
+evaluation passes, checkpoint writing and IRN's displacement-mean pass (one forward over the crops)
+are left out."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import argparse
 import json
 import sys
 
-TRAIN_AUG, EVAL_SET = 10582, 1464
+TRAIN_AUG, EVAL_SET, VAL = 10582, 1464, 1449
+SEG_STEPS, SEG_IMAGES_PER_STEP, SEG_CROP = 20000, 10, 321
 EPOCHS = {"train_cam": 5, "train_wavecam": 4, "train_irn": 3}
 PAPER_CROP = 512
 
@@ -46,8 +47,15 @@ def project(bench: dict) -> dict:
     if "make_sem_seg" in rows:
         ours = rows["make_sem_seg"]["ours"]
         seconds["make_sem_seg"] = TRAIN_AUG * ours.get("full", ours)["seconds"]
+    if "train_seg" in rows:
+        seg_scale = (SEG_CROP / bench["settings"]["seg_crop"]) ** 2
+        seconds["train_seg"] = SEG_STEPS * SEG_IMAGES_PER_STEP / rows["train_seg"]["ours"]["throughput"] * seg_scale
+    if "make_seg" in rows:
+        seconds["make_seg"] = VAL * rows["make_seg"]["ours"]["seconds"]
+    if "eval" in rows and "make_seg" in rows:
+        seconds["eval_seg"] = VAL * rows["eval"]["ours"]["seconds"] / bench["settings"]["eval_images"]
     order = ("train_cam", "train_wavecam", "make_wavecam", "eval_cam", "cam_to_ir_label", "train_irn", "make_sem_seg",
-             "eval_sem_seg")
+             "eval_sem_seg", "train_seg", "make_seg", "eval_seg")
     total = sum(seconds.values())
     lines = [f"Projected VOC multi-stage wall time on {bench['device']} (from measurements at crop {crop}"
              f"{f', scaled x{scale:.1f} to 512' if scale != 1 else ''}; workers for cam_to_ir_label: "

@@ -20,17 +20,19 @@ def test_gpu_check_runs_end_to_end_at_toy_sizes(tmp_path):
     report = json.loads(out.read_text())
     passes = {row["pass"]: row for row in report["passes_float32"]["rows"]}
     assert set(passes) == {"train_cam", "train_wavecam", "train_irn", "make_wavecam", "cam_to_ir_label",
-                           "make_sem_seg", "eval"}
+                           "make_sem_seg", "eval", "train_seg", "make_seg"}
     for row in passes.values():
         assert row["ours"]["seconds"] > 0 and row["plain"]["seconds"] > 0 and row["ours"]["peak_mb"] > 0
     # Ours and the plain formulation compute the same thing.
     assert passes["eval"]["outputs"] == "equal"
     assert passes["cam_to_ir_label"]["outputs"].startswith("labels 100.00% equal")
     assert passes["make_sem_seg"]["outputs"].startswith("labels 100.00% equal")
+    assert passes["make_seg"]["outputs"].startswith("labels 100.00% equal")
     assert {row["pass"] for row in report["passes_bf16"]["rows"]} == {"train_cam", "train_wavecam", "train_irn",
-                                                                     "make_wavecam"}
+                                                                     "make_wavecam", "train_seg", "make_seg"}
     chain = report["chain"]
     assert set(chain["pass_s"]) >= {"train_cam", "train_wavecam", "make_wavecam", "eval_cam", "cam_to_ir_label",
-                                    "train_irn", "make_sem_seg", "eval_sem_seg"}
-    assert 0 <= chain["miou"]["eval_sem_seg"] <= 1
+                                    "train_irn", "make_sem_seg", "eval_sem_seg", "train_seg", "make_seg", "eval_seg"}
+    assert 0 <= chain["miou"]["eval_sem_seg"] <= 1 and 0 <= chain["miou"]["eval_seg"] <= 1
     assert report["projection"]["total_s"] > 0 and "train_cam" in report["projection"]["text"]
+    assert {"train_seg", "make_seg", "eval_seg"} <= set(report["projection"]["seconds"])

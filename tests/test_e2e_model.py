@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from wavecam import e2e_labels as lab
+from wavecam.data.classes import IGNORE_INDEX
 from wavecam.io import BadFileError, WavecamError, save_checkpoint
 from wavecam.models.e2e import WaveAFA, load_pretrained, load_wave_afa_weights
 from wavecam.models.mit import mit
@@ -196,7 +197,7 @@ def test_losses_are_finite_and_reach_every_branch(net, cls_labels):
     images = torch.randn(2, 3, 64, 64)
     out = net(images, cls_labels)
     label = torch.randint(0, 21, (2, 64, 64))
-    label[:, :8] = lab.IGNORE
+    label[:, :8] = IGNORE_INDEX
     seg = torch.nn.functional.interpolate(out.seg, size=(64, 64), mode="bilinear", align_corners=False)
     aff_target = lab.affinity_label(label, (4, 4), lab.radius_mask(4, 4, 2))
     losses = [torch.nn.functional.multilabel_soft_margin_loss(out.logits, cls_labels), out.wave_loss,
@@ -325,9 +326,9 @@ def test_par_respects_colour_edges():
 def test_affinity_label_on_a_hand_made_label():
     label = torch.zeros(1, 32, 32, dtype=torch.long)
     label[:, :16, :] = 1  # top half class 1
-    label[:, 16:, 16:] = lab.IGNORE  # bottom-right unsure; bottom-left background
+    label[:, 16:, 16:] = IGNORE_INDEX  # bottom-right unsure; bottom-left background
     # Grid cells in raster order: top-left 1, top-right 1, bottom-left 0, bottom-right unsure.
-    i = lab.IGNORE
+    i = IGNORE_INDEX
     expected = torch.tensor([[1, 1, 0, i], [1, 1, 0, i], [0, 0, 1, i], [i, i, i, i]])
     assert torch.equal(lab.affinity_label(label, (2, 2))[0], expected)
 
@@ -338,7 +339,7 @@ def test_affinity_label_on_a_hand_made_label():
 
 
 def test_affinity_loss_is_zero_for_a_perfect_prediction():
-    target = torch.tensor([[[1, 0, lab.IGNORE], [0, 1, 1], [lab.IGNORE, 1, 1]]])
+    target = torch.tensor([[[1, 0, IGNORE_INDEX], [0, 1, 1], [IGNORE_INDEX, 1, 1]]])
     perfect = (target == 1).float()
     assert lab.affinity_loss(perfect, target) == 0
     assert lab.affinity_loss(1 - perfect, target) > 0.4
@@ -351,7 +352,7 @@ def test_seg_loss_balances_background_and_foreground():
     torch.testing.assert_close(loss, torch.log(torch.tensor(3.0)))  # uniform logits: log C on each part
     loss.backward()
     assert pred.grad[0, :, 1, 1].abs().sum() > pred.grad[0, :, 0, 0].abs().sum()  # the lone fg pixel weighs more
-    only_ignored = torch.full((1, 2, 2), lab.IGNORE)
+    only_ignored = torch.full((1, 2, 2), IGNORE_INDEX)
     assert lab.seg_loss(pred, only_ignored) == 0
 
 
@@ -361,9 +362,9 @@ def test_cam_to_label_thresholds_and_box():
     labels = torch.tensor([[0.0, 1.0]])
     assert lab.cam_to_label(cams, labels, bg_thres=0.45).tolist() == [[[0, 0, 2, 2]]]
     banded = lab.cam_to_label(cams, labels, bg_thres=0.35, high_thre=0.55)
-    assert banded.tolist() == [[[0, lab.IGNORE, lab.IGNORE, 2]]]
+    assert banded.tolist() == [[[0, IGNORE_INDEX, IGNORE_INDEX, 2]]]
     boxed = lab.cam_to_label(cams, labels, bg_thres=0.35, high_thre=0.55, img_box=[(0, 1, 0, 2)])
-    assert boxed.tolist() == [[[0, lab.IGNORE, lab.IGNORE, lab.IGNORE]]]
+    assert boxed.tolist() == [[[0, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]]
 
 
 def test_online_pseudo_labels_end_to_end(net, cls_labels):
@@ -375,14 +376,14 @@ def test_online_pseudo_labels_end_to_end(net, cls_labels):
     assert ms.aff_size == (6, 6) and ms.aff.shape == (2, 36, 36)  # from the 96 x 96 scale
 
     par = PAR(num_iter=2)
-    allowed = [{0, 4, lab.IGNORE}, {0, 5, 8, lab.IGNORE}]  # background, present classes + 1, unsure
+    allowed = [{0, 4, IGNORE_INDEX}, {0, 5, 8, IGNORE_INDEX}]  # background, present classes + 1, unsure
     refined = lab.refine_cams_with_bkg(par, images, ms.cams, cls_labels, img_box=box)
     propagated = lab.propagated_label(par, images, ms, cls_labels, lab.radius_mask(*ms.aff_size, 8), img_box=box)
     for label in (refined, propagated):
         assert label.shape == (2, 64, 64) and label.dtype == torch.long
         for i in range(2):
             assert set(label[i].unique().tolist()) <= allowed[i]
-        assert (label[0, :, 48:] == lab.IGNORE).all() and (label[1, :8] == lab.IGNORE).all()
+        assert (label[0, :, 48:] == IGNORE_INDEX).all() and (label[1, :8] == IGNORE_INDEX).all()
 
     probs = lab.propagate_cams(ms.cams[:, :, ::11, ::11], ms.aff, cls_labels, 0.45)
     assert probs.shape == (2, 21, 6, 6)

@@ -36,6 +36,7 @@ from wavecam.data.coco import COCO2014, COCO_CLASSES
 from wavecam.data.voc import VOC12
 from wavecam.io import WavecamError, atomic_path, load_cam, load_json, load_png, save_png
 from wavecam.metrics import ConfusionMatrix
+from wavecam.multi_stage.workspace import default_path, results_path
 
 matplotlib.use("Agg")  # files only; must precede pyplot's import
 import matplotlib.pyplot as plt  # noqa: E402
@@ -68,7 +69,7 @@ def load_run(work_space: str | Path, name: str) -> Run:
     ws = Path(work_space)
     if not ws.is_dir():
         raise WavecamError(f"work space {ws} not found")
-    found = {stage: load_json(p) if (p := ws / "results" / f"{stage}.json").is_file() else None
+    found = {stage: load_json(p) if (p := results_path(ws, stage)).is_file() else None
              for stage in ("eval_cam", "eval_sem_seg", "eval_seg")}
     if not any(found.values()):
         raise WavecamError(f"{ws}: no results/eval_cam.json, results/eval_sem_seg.json or results/eval_seg.json; "
@@ -271,11 +272,11 @@ def open_source(settings: dict):
                     crowd=settings.get("coco_crowd", "ignore"))
 
 
-def result_dir(run: Run, result: dict | None, key: str, default: str) -> Path:
-    """The folder an eval pass read; the work space's default one when that path no longer exists
-    (a moved work space)."""
+def result_dir(run: Run, result: dict | None, key: str) -> Path:
+    """The folder an eval pass read (the path flag `key`); the work space's default one when that
+    path no longer exists (a moved work space)."""
     recorded = Path(result[key]) if result and result.get(key) else None
-    return recorded if recorded and recorded.is_dir() else run.work_space / default
+    return recorded if recorded and recorded.is_dir() else Path(default_path(run.work_space, key))
 
 
 def image_miou(pred: np.ndarray, gt: np.ndarray, n_class: int) -> float:
@@ -309,8 +310,8 @@ class GalleryRun:
 
 def gallery_run(run: Run) -> GalleryRun:
     source = open_source(run.settings)
-    cam_dir = result_dir(run, run.settings, "cam_out_dir", "cam_mask")
-    sem_dir = result_dir(run, run.sem_seg, "sem_seg_out_dir", "sem_seg")
+    cam_dir = result_dir(run, run.settings, "cam_out_dir")
+    sem_dir = result_dir(run, run.sem_seg, "sem_seg_out_dir")
     ids = [i for i in source.split(run.settings["eval_set"]) if (cam_dir / f"{i}.npz").is_file()]
     with_sem = [i for i in ids if (sem_dir / f"{i}.png").is_file()]
     threshold = run.cam["threshold"] if run.cam else None
