@@ -139,3 +139,38 @@ def test_poly_rate_changes_every_lr_decay_steps_as_deeplab_pytorch(t):
     expected = (1 - 10 * (t // 10) / 100) ** 0.9
     assert poly_every(100, 0.9, 10)(t) == pytest.approx(expected)
     assert poly_every(100, 0.9, 10)(t) == poly_every(100, 0.9, 10)(t - t % 10)
+
+
+def test_crf_flags_default_to_deeplab_pytorchs_settings():
+    from wavecam.crf import DEEPLAB_CRF
+    from wavecam.multi_stage.flags import build_parser
+    from wavecam.multi_stage.passes.make_seg import crf_settings
+
+    args = build_parser("voc").parse_args([])
+    assert crf_settings(args) == DEEPLAB_CRF
+    args = build_parser("voc").parse_args("--seg_crf_iters 5 --seg_crf_bi 5 50 4".split())
+    assert crf_settings(args) == {**DEEPLAB_CRF, "t": 5, "bi_w": 5, "bi_xy_std": 50, "bi_rgb_std": 4}
+
+
+def test_two_processes_train_seg_as_one_accumulating(voc_root, tmp_path):
+    """torchrun with 2 gloo processes, each forwarding 2 crops, takes the step of one process
+    accumulating 2 micro-batches of 2 (the global batch of 4 either way): equal to float rounding,
+    which stays far below what training moved (a rank with the wrong samples or a gradient summed
+    instead of averaged would differ by a sizeable part of the update)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flags = [str(RUNNER), "--voc12_root", str(voc_root), *SEG, "--seg_label_dir", "gt", "--seg_num_iters", "2",
+             "--seg_learning_rate", "0.001", "--channels_last", "False", "--train_seg_pass", "True"]
+    subprocess.run([sys.executable, *flags, "--work_space", str(tmp_path / "one")], env=env, check=True,
+                   capture_output=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *flags,
+                           "--work_space", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (load_checkpoint(tmp_path / ws / "res101_seg.pth") for ws in ("one", "two"))
+    torch.manual_seed(1)  # the runs' initial weights: --seed 1, random initialisation
+    from wavecam.models.deeplab import build_seg_network
+
+    init = build_seg_network(n_blocks=(1, 1, 1, 1), pretrained=None).state_dict()
+    head = [k for k in one if k.startswith("base.aspp.") and k.endswith("weight")]
+    update = max((one[k] - init[k]).abs().max().item() for k in head)
+    gap = max((two[k] - one[k]).abs().max().item() for k in one if one[k].is_floating_point())
+    assert update > 1e3 * max(gap, 1e-12), f"training moved the head by {update:g}, the runs differ by {gap:g}"

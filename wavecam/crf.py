@@ -100,9 +100,11 @@ def deeplab_reference_crf_image(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.mod(np.trunc(shifted).astype(np.int64), 256).astype(np.uint8))
 
 
-def crf_inference_deeplab(img: np.ndarray, probs: np.ndarray, reference_image: bool = True) -> np.ndarray:
+def crf_inference_deeplab(img: np.ndarray, probs: np.ndarray, reference_image: bool = True,
+                          settings: dict | None = None) -> np.ndarray:
     """deeplab-pytorch's CRF of softmax `probs` (C, H, W) on `img` (H, W, 3) uint8 RGB; returns
     (C, H, W) float32. With `reference_image` (the default, what the reference computes) the
-    bilateral term sees `deeplab_reference_crf_image(img)`; without, the image itself."""
+    bilateral term sees `deeplab_reference_crf_image(img)`; without, the image itself. `settings`
+    replaces DEEPLAB_CRF (its keys)."""
     rgbim = deeplab_reference_crf_image(img) if reference_image else img
-    return crf_inference_prob(rgbim, probs, **DEEPLAB_CRF)
+    return crf_inference_prob(rgbim, probs, **(settings or DEEPLAB_CRF))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from wavecam.crf import DEEPLAB_CRF
 from wavecam.data.coco import CROWD, SPLIT_IMAGES
 from wavecam.io import WavecamError
 from wavecam.models.deeplab import SEG_NETWORKS
@@ -174,6 +175,12 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--seg_log_iters", type=int, default=100, help="log line and TensorBoard scalars every N steps")
     a("--seg_crf", type=str2bool, default=True,
       help="make_seg also writes the dense-CRF predictions; eval_seg reports both, the CRF ones first")
+    a("--seg_crf_iters", type=int, default=DEEPLAB_CRF["t"], help="the CRF's mean-field iterations")
+    a("--seg_crf_pos", type=float, nargs=2, default=(DEEPLAB_CRF["pos_w"], DEEPLAB_CRF["pos_xy_std"]),
+      metavar=("W", "XY_STD"), help="the CRF's Gaussian (smoothness) term")
+    a("--seg_crf_bi", type=float, nargs=3,
+      default=(DEEPLAB_CRF["bi_w"], DEEPLAB_CRF["bi_xy_std"], DEEPLAB_CRF["bi_rgb_std"]),
+      metavar=("W", "XY_STD", "RGB_STD"), help="the CRF's bilateral (appearance) term")
     a("--seg_crf_image", choices=("reference", "raw"), default="reference",
       help="the image the CRF compares colours in: deeplab-pytorch's (its mean-subtracted BGR cast to uint8, "
            "values below the mean wrapping around) or the image itself")

@@ -42,10 +42,17 @@ def probabilities(net: SegNetwork, image: np.ndarray, amp: bool) -> torch.Tensor
     return logits[0].softmax(0).cpu()
 
 
+def crf_settings(args) -> dict:
+    """The CRF of --seg_crf_iters, --seg_crf_pos and --seg_crf_bi (deeplab-pytorch's by default)."""
+    (pos_w, pos_xy), (bi_w, bi_xy, bi_rgb) = args.seg_crf_pos, args.seg_crf_bi
+    return {"t": args.seg_crf_iters, "pos_w": pos_w, "pos_xy_std": pos_xy, "bi_w": bi_w, "bi_xy_std": bi_xy,
+            "bi_rgb_std": bi_rgb}
+
+
 def refine(image: np.ndarray, probs: np.ndarray, crf_path: str, server_path: str | None,
-           reference_image: bool) -> None:
+           reference_image: bool, settings: dict) -> None:
     """The dense CRF of one image's probabilities, saved (and in the server's layout, with colours)."""
-    pred = crf_inference_deeplab(image, probs, reference_image=reference_image).argmax(0).astype(np.uint8)
+    pred = crf_inference_deeplab(image, probs, reference_image, settings).argmax(0).astype(np.uint8)
     save_png(crf_path, pred)
     if server_path:
         save_png(server_path, pred, palette=True)
@@ -70,7 +77,7 @@ def predict(net: SegNetwork, source, ids: list[str], folders: list[str], args) -
                     save_png(server_path, pred, palette=True)
                 continue
             crf.submit((image, probs.numpy(), os.path.join(crf_dir, f"{image_id}.png"), server_path,
-                        args.seg_crf_image == "reference"))
+                        args.seg_crf_image == "reference", crf_settings(args)))
         crf.drain()
 
 
