@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from wavecam.data.datasets import ClassificationDataset, split_ids
-from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, to_device, unwrap, wrap_ddp
+from wavecam.engine.runtime import autocast, barrier, place, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
-from wavecam.io import is_complete, save_checkpoint
+from wavecam.io import save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
 from wavecam.multi_stage.common import make_source
-from wavecam.multi_stage.training import train_epochs
+from wavecam.multi_stage.training import begin, train_epochs
 from wavecam.multi_stage.workspace import fine_tune_checkpoints
 from wavecam.optim import poly_sgd
 
@@ -78,12 +78,9 @@ def split_state(net: WaveCAMNet, predictor: ClassPredictor) -> tuple[dict, dict]
 
 def train(args, method: Method) -> None:
     name = f"train_{method.name}"
-    ctx = init(args.device)
-    last = fine_tune_checkpoints(args, method.name)
-    if all(is_complete(p) for p in last) and not args.force:
-        log.info("%s exists: skipping %s (--force True to retrain)", last[0], name)
+    ctx = begin(args, name, list(fine_tune_checkpoints(args, method.name)))
+    if ctx is None:
         return
-    seed_everything(args.seed, ctx.rank)
     source = make_source(args)
     ids = split_ids(source, args.train_list)
     dataset = ClassificationDataset(source, ids, crop_size=args.cam_crop_size,

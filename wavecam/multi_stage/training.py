@@ -17,15 +17,27 @@ import torch
 from torch.utils.data import Dataset
 
 from wavecam.engine.loop import Hook, fit
-from wavecam.engine.runtime import Context, amp_dtype, barrier, loss_scaler, set_cudnn
+from wavecam.engine.runtime import Context, amp_dtype, barrier, init, loss_scaler, seed_everything, set_cudnn
 from wavecam.engine.sampling import BatchPlan, epoch_steps, train_loader
 from wavecam.engine.state import TrainState
+from wavecam.io import is_complete
 from wavecam.multi_stage.common import loader_options
 from wavecam.multi_stage.workspace import resume_path
 
 log = logging.getLogger("wavecam")
 
 LossFn = Callable[[dict], dict[str, torch.Tensor]]  # batch -> losses, "loss" is minimised
+
+
+def begin(args, name: str, outputs: list[str]) -> Context | None:
+    """The context of the training pass `name`, its random generators seeded; None when all its
+    `outputs` exist already (--force True retrains)."""
+    ctx = init(args.device)
+    if all(is_complete(p) for p in outputs) and not args.force:
+        log.info("%s exists: skipping %s (--force True to retrain)", outputs[0], name)
+        return None
+    seed_everything(args.seed, ctx.rank)
+    return ctx
 
 
 def train_epochs(name: str, args, ctx: Context, dataset: Dataset, plan: BatchPlan, epochs: int,

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from wavecam.data.datasets import ClassificationDataset, split_ids
-from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, shard, to_device, unwrap, wrap_ddp
+from wavecam.engine.runtime import autocast, barrier, place, shard, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
-from wavecam.io import is_complete, save_checkpoint
+from wavecam.io import save_checkpoint
 from wavecam.models import CAMNet
 from wavecam.multi_stage.common import loader_options, make_source
-from wavecam.multi_stage.training import train_epochs
+from wavecam.multi_stage.training import begin, train_epochs
 from wavecam.optim import poly_sgd
 
 log = logging.getLogger("wavecam")
@@ -33,11 +33,9 @@ def validate(model, loader, args, ctx) -> float:
 
 
 def run(args) -> None:
-    ctx = init(args.device)
-    if is_complete(args.cam_weights_name) and not args.force:
-        log.info("%s exists: skipping train_cam (--force True to retrain)", args.cam_weights_name)
+    ctx = begin(args, "train_cam", [args.cam_weights_name])
+    if ctx is None:
         return
-    seed_everything(args.seed, ctx.rank)
     source = make_source(args)
     train_ids = split_ids(source, args.train_list)
     train_set = ClassificationDataset(source, train_ids, crop_size=args.cam_crop_size,

@@ -13,13 +13,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset, split_ids
-from wavecam.engine.runtime import autocast, barrier, init, place, seed_everything, to_device, unwrap, wrap_ddp
+from wavecam.engine.runtime import autocast, barrier, place, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
-from wavecam.io import WavecamError, is_complete, save_checkpoint
+from wavecam.io import WavecamError, save_checkpoint
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
 from wavecam.multi_stage.common import loader_options, make_source
-from wavecam.multi_stage.training import train_epochs
+from wavecam.multi_stage.training import begin, train_epochs
 from wavecam.optim import poly_sgd
 from wavecam.randomwalk import PathIndex
 
@@ -58,11 +58,9 @@ def backbone_weights(args):
 
 
 def run(args) -> None:
-    ctx = init(args.device)
-    if is_complete(args.irn_weights_name) and not args.force:
-        log.info("%s exists: skipping train_irn (--force True to retrain)", args.irn_weights_name)
+    ctx = begin(args, "train_irn", [args.irn_weights_name])
+    if ctx is None:
         return
-    seed_everything(args.seed, ctx.rank)
     source = make_source(args)
     ids = split_ids(source, args.train_list)
     side = args.irn_crop_size // 4  # flags.check_conflicts made sure the radius fits

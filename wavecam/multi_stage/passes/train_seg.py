@@ -24,10 +24,8 @@ from wavecam.engine.runtime import (
     amp_dtype,
     autocast,
     barrier,
-    init,
     loss_scaler,
     place,
-    seed_everything,
     set_cudnn,
     to_device,
     unwrap,
@@ -35,9 +33,10 @@ from wavecam.engine.runtime import (
 )
 from wavecam.engine.sampling import batch_plan, train_loader
 from wavecam.engine.state import TrainState
-from wavecam.io import is_complete, save_checkpoint
+from wavecam.io import save_checkpoint
 from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
 from wavecam.multi_stage.common import loader_options, make_source
+from wavecam.multi_stage.training import begin
 from wavecam.multi_stage.workspace import resume_path, seg_labels, tensorboard_dir
 
 log = logging.getLogger("wavecam")
@@ -50,11 +49,9 @@ def poly_every(max_iters: int, power: float, every: int):
 
 
 def run(args) -> None:
-    ctx = init(args.device)
-    if is_complete(args.seg_weights_name) and not args.force:
-        log.info("%s exists: skipping train_seg (--force True to retrain)", args.seg_weights_name)
+    ctx = begin(args, "train_seg", [args.seg_weights_name])
+    if ctx is None:
         return
-    seed_everything(args.seed, ctx.rank)
     source = make_source(args)
     ids = split_ids(source, args.seg_train_list)
     labels = seg_labels(args)
