@@ -92,8 +92,8 @@ def fit(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, sc
     global batch, cut into `plan.steps` micro-batches). `loss_of(micro_batch, step, k)` returns the
     losses of micro-batch k. After each step the scheduler steps, `meter` (engine.logging.MetricLogger
     over the same steps) records the mean losses and the lr, and the hooks run (their time left out of
-    the meter's). A non-finite loss ends the run
-    with one message saying where, and `kept()` what was saved before."""
+    the meter's). A non-finite loss ends the run with one message saying where, and `kept()` what was
+    saved before."""
     model.train()
     bar = tqdm(total=stop - start, initial=0, desc=name, disable=not ctx.is_main, leave=False)
     try:
