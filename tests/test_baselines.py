@@ -33,5 +33,7 @@ def test_quick_baselines_give_three_rows(tmp_path):
     for ws in ("ws_recam", "ws_wavecam"):
         log = (out / ws / "sample_train_eval.log").read_text()
         assert str(out / "ws_cam" / "res50_cam.pth") in log
-        assert "'recam_num_epoches': 1, 'recam_learning_rate': 0.01" in log
-        assert "'wavecam_num_epoches': 1, 'wavecam_learning_rate': 0.01" in log
+        assert "'recam_num_epoches': 1, 'recam_learning_rate': 0.0005" in log
+        assert "'wavecam_num_epoches': 1, 'wavecam_learning_rate': 0.0005" in log
+        # every work space starts from the demo's pretraining, as the paper's from ImageNet
+        assert f"'pretrained': '{next((out / 'pretrained').glob('resnet18_scenes*.pth'))}'" in log

@@ -94,6 +94,41 @@ def test_stride_in_1x1_moves_layer2_stride_only():
         assert block.downsample[0].stride == (2, 2)
 
 
+def test_basic_blocks_take_a_torchvision_resnet18_at_output_stride_8():
+    """The demo's DeepLab-v2 on ResNet-18: every 3x3 conv of layer3/layer4 dilated (a basic block
+    has two), a torchvision ResNet-18 state dict fills the whole backbone, and a checkpoint of ours
+    round-trips; caffe-convention weights (stride in a 1x1 conv) cannot fit basic blocks."""
+    torch.manual_seed(0)
+    tv = models.resnet18()
+    randomise_batchnorm(tv)
+    net = D.build_seg_network("deeplabv2_resnet101_msc", C, pretrained=tv.state_dict(), scales=(),
+                              n_blocks=(2, 2, 2, 2), block="basic").eval()
+    bb = net.backbone
+    for layer, d in ((bb.layer3, 2), (bb.layer4, 4)):
+        assert layer[0].downsample[0].stride == (1, 1)
+        for block in layer:
+            for conv in (block.conv1, block.conv2):
+                assert conv.stride == (1, 1) and conv.dilation == (d, d) and conv.padding == (d, d)
+    assert bb.layer2[0].conv1.stride == (2, 2) and not bb.stride_in_1x1 and net.convention == D.TORCHVISION
+    assert all(c.in_channels == 512 for c in net.head)
+    for k, v in tv.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(bb.state_dict()[k], v), k
+    x = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        out = net(x)
+        assert out.shape == (1, C, 13, 11)
+        # stride 8 everywhere: the dilated layers see the same grid as layer2
+        assert bb(x).shape[-2:] == bb.layer2(bb.layer1(bb.maxpool(bb.relu(bb.bn1(bb.conv1(x)))))).shape[-2:]
+        again = D.build_seg_network("deeplabv2_resnet101_msc", C, pretrained=net.state_dict(), scales=(),
+                                    n_blocks=(2, 2, 2, 2), block="basic").eval()
+        assert torch.equal(again(x), out)
+    with pytest.raises(WavecamError, match="bottleneck"):
+        D.DilatedResNet((1, 1, 1, 1), stride_in_1x1=True, block="basic")
+    with pytest.raises(WavecamError, match="unknown ResNet block"):
+        D.DilatedResNet((1, 1, 1, 1), block="wide")
+
+
 def test_msc_train_and_eval_outputs():
     model = small_model()
     randomise_batchnorm(model)

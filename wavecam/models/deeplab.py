@@ -62,6 +62,7 @@ from wavecam.models.resnet import IMAGENET, _imagenet_state_dict
 log = logging.getLogger(__name__)
 
 SEG_NETWORKS = ("deeplabv2_resnet101_msc", "deeplabv3_resnet101")
+SEG_BLOCKS = ("bottleneck", "basic")
 RESNET101_BLOCKS = (3, 4, 23, 3)
 ATROUS_RATES = (6, 12, 18, 24)
 MSC_SCALES = (0.5, 0.75)
@@ -105,30 +106,45 @@ _NORMS = {CAFFE: CAFFE_BGR, TORCHVISION: TORCHVISION_RGB}
 
 def place_layer2_stride(backbone: nn.Module, in_1x1: bool) -> None:
     """Stride layer2's first block in its 1x1 conv (caffe/MSRA) or in its 3x3 (torchvision). The
-    weights are the same shapes either way; only the sampling grid, and so the output, differs."""
+    weights are the same shapes either way; only the sampling grid, and so the output, differs.
+    Basic blocks have no 1x1 conv: they stride in their first 3x3, and only torchvision's way."""
     block = backbone.layer2[0]
+    if isinstance(block, models.resnet.BasicBlock):
+        if in_1x1:
+            raise WavecamError("caffe-convention (stride in 1x1) weights need bottleneck blocks (--seg_block)")
+        return
     block.conv1.stride, block.conv2.stride = ((2, 2), (1, 1)) if in_1x1 else ((1, 1), (2, 2))
 
 
 class DilatedResNet(nn.Module):
-    """A ResNet of torchvision's Bottleneck blocks under torchvision's names, at output stride 8:
-    (N, 3, H, W) -> (N, 2048, h, w). `n_blocks` smaller than ResNet-101's suit quick tests."""
+    """A ResNet of torchvision's blocks under torchvision's names, at output stride 8:
+    (N, 3, H, W) -> (N, out_channels, h, w). Bottleneck blocks (ResNet-50/101, out_channels 2048)
+    are the paper's; basic blocks (ResNet-18/34: n_blocks (2, 2, 2, 2) / (3, 4, 6, 3), 512) take a
+    torchvision ResNet-18/34, the CPU demo's. `n_blocks` smaller than ResNet-101's suit quick tests."""
 
-    def __init__(self, n_blocks: Sequence[int] = RESNET101_BLOCKS, stride_in_1x1: bool = False):
+    def __init__(self, n_blocks: Sequence[int] = RESNET101_BLOCKS, stride_in_1x1: bool = False,
+                 block: str = "bottleneck"):
         super().__init__()
-        net = models.resnet.ResNet(models.resnet.Bottleneck, list(n_blocks))
+        if block not in SEG_BLOCKS:
+            raise WavecamError(f"unknown ResNet block {block!r}: choose one of {', '.join(SEG_BLOCKS)}")
+        basic = block == "basic"
+        net = models.resnet.ResNet(models.resnet.BasicBlock if basic else models.resnet.Bottleneck, list(n_blocks))
         self.conv1, self.bn1, self.relu = net.conv1, net.bn1, net.relu
         self.maxpool = nn.MaxPool2d(3, 2, 1, ceil_mode=True)  # caffe rounds the pooled size up
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_channels = 512 if basic else 2048
         for layer, dilation in ((self.layer3, 2), (self.layer4, 4)):
-            layer[0].conv2.stride = layer[0].downsample[0].stride = (1, 1)
-            for block in layer:
-                block.conv2.dilation = block.conv2.padding = (dilation, dilation)
+            # Both of a basic block's convs are 3x3 (the first one strided); a bottleneck's middle one.
+            (layer[0].conv1 if basic else layer[0].conv2).stride = layer[0].downsample[0].stride = (1, 1)
+            for b in layer:
+                for conv in (b.conv1, b.conv2) if basic else (b.conv2,):
+                    conv.dilation = conv.padding = (dilation, dilation)
         place_layer2_stride(self, stride_in_1x1)
 
     @property
     def stride_in_1x1(self) -> bool:
-        return self.layer2[0].conv1.stride == (2, 2)
+        first = self.layer2[0]
+        return isinstance(first, models.resnet.Bottleneck) and first.conv1.stride == (2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -152,10 +168,10 @@ class DeepLabV2(nn.Module):
     """Dilated ResNet + ASPP: (N, 3, H, W) -> (N, C, h, w) logits at output stride 8."""
 
     def __init__(self, num_classes: int, n_blocks: Sequence[int] = RESNET101_BLOCKS,
-                 atrous_rates: Sequence[int] = ATROUS_RATES, stride_in_1x1: bool = False):
+                 atrous_rates: Sequence[int] = ATROUS_RATES, stride_in_1x1: bool = False, block: str = "bottleneck"):
         super().__init__()
-        self.backbone = DilatedResNet(n_blocks, stride_in_1x1)
-        self.aspp = ASPP(2048, num_classes, atrous_rates)
+        self.backbone = DilatedResNet(n_blocks, stride_in_1x1, block)
+        self.aspp = ASPP(self.backbone.out_channels, num_classes, atrous_rates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.aspp(self.backbone(x))
@@ -291,17 +307,17 @@ class TorchvisionDeepLabV3(SegNetwork):
 def build_seg_network(name: str = "deeplabv2_resnet101_msc", num_classes: int = 21,
                       pretrained: str | os.PathLike | Mapping[str, torch.Tensor] | None = IMAGENET,
                       scales: Sequence[float] = MSC_SCALES,
-                      n_blocks: Sequence[int] = RESNET101_BLOCKS) -> SegNetwork:
+                      n_blocks: Sequence[int] = RESNET101_BLOCKS, block: str = "bottleneck") -> SegNetwork:
     """A segmenter by name (`SEG_NETWORKS`), started from `pretrained`:
     "imagenet"        torchvision's ResNet-101 IMAGENET1K_V1 backbone (downloaded once), head at init;
     None / "none"     random weights (with a warning);
     a path or dict    see `load_seg_weights`: ours, deeplab-pytorch's, or a torchvision ResNet-101.
     The input convention follows the weights (`model.input_norm`). `scales` are DeepLab-v2's MSC scales,
-    `n_blocks` its bottleneck blocks per stage (ResNet-101's; fewer make a small network for tests
-    and demos, which only a checkpoint of its own shape fits).
+    `n_blocks` its blocks per stage (ResNet-101's; fewer make a small network for tests and demos,
+    which only a checkpoint of its own shape fits) and `block` their kind ("basic": ResNet-18/34's).
     """
     if name == "deeplabv2_resnet101_msc":
-        model: SegNetwork = DeepLabV2MSC(DeepLabV2(num_classes, n_blocks=tuple(n_blocks)), scales)
+        model: SegNetwork = DeepLabV2MSC(DeepLabV2(num_classes, n_blocks=tuple(n_blocks), block=block), scales)
     elif name == "deeplabv3_resnet101":
         model = TorchvisionDeepLabV3(num_classes)
     else:

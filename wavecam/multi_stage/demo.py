@@ -1,16 +1,18 @@
 """The README's first command: the whole multi-stage chain on the embedded synthetic dataset.
 
-It writes a synthetic VOC root, then runs the paper's two command lines in two work spaces:
-`ws_cam` (plain CAM baseline: train_cam, make_cam, eval_cam, then IRN on those seeds:
-cam_to_ir_label, train_irn, make_sem_seg, eval_sem_seg) and `ws_wavecam` (train_wavecam from the
-baseline's res50_cam.pth, make_wavecam, eval_cam, then IRN on the WaveCAM seeds), prints the table
-of the four label sets, so that each stage can be read against the seeds it started from, and
-writes the report with its gallery under `<out>/report/`.
+It writes a synthetic VOC root, pretrains the backbone that plays ImageNet's part (`pretrain.py`;
+kept under `<out>/pretrained/` and reused by the next run), then runs the paper's command lines in
+two work spaces: `ws_cam` (plain CAM baseline: train_cam, make_cam, eval_cam, then IRN on those
+seeds: cam_to_ir_label, train_irn, make_sem_seg, eval_sem_seg, then stage 3: a DeepLab-v2 trained
+on those pseudo labels) and `ws_wavecam` (train_wavecam from the baseline's res50_cam.pth,
+make_wavecam, eval_cam, then IRN on the WaveCAM seeds). It prints the table of every label set, so
+that each stage can be read against the labels it started from, and writes the report with its
+gallery under `<out>/report/`.
 
-ImageNet weights cannot be assumed offline, so the demo trains from random initialisation, on
-small images, with conventional momentum and more epochs, and on ResNet-18 (`--network`), which
-keeps it to a few minutes on two CPU cores. Every such choice is a flag below; `--network
-resnet50` runs the paper's backbone.
+To fit a few minutes on two CPU cores the demo runs small images, ResNet-18 (`--network`; DeepLab-v2
+on ResNet-18's basic blocks), short schedules with conventional momentum, and the random walk and
+IRN's pair radius scaled to its small maps. Every such choice is a flag below; `--network resnet50
+--pretrained-weights FILE` runs the paper's backbone from ImageNet's weights.
 """
 
 from __future__ import annotations
@@ -23,27 +25,33 @@ import time
 from pathlib import Path
 
 from wavecam.data.synthetic import make_synthetic_coco, make_synthetic_voc
+from wavecam.multi_stage.pretrain import PretrainSettings, pretrain
 from wavecam.multi_stage.runner import main as pipeline_main
 from wavecam.multi_stage.workspace import default_path, results_path
 from wavecam.report import report
 
+SEG_LAYOUT = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
+              "resnet50": ("bottleneck", (3, 4, 6, 3)), "resnet101": ("bottleneck", (3, 4, 23, 3))}
 
-def demo_flags(a) -> list[str]:
-    """Settings shared by every pass of the demo (sizes scaled to the synthetic images)."""
+
+def demo_flags(a, weights: Path | None) -> list[str]:
+    """Settings shared by every pass of the demo (sizes scaled to the synthetic images); `weights`
+    is the backbone file every pass starts from, None for random initialisation."""
     crop = a.size
     return [
-        "--pretrained", "none", "--num_workers", str(a.workers), "--seed", "0",
+        "--pretrained", str(weights or "none"), "--num_workers", str(a.workers), "--seed", "0",
         "--cam_network", a.network, "--irn_network", a.network,
         # Seeds and pseudo labels are scored on training images, as the paper's tables are.
         "--train_list", "train_aug" if a.dataset == "voc" else "train", "--val_list", "val",
         "--infer_list", "train", "--chainer_eval_set", "train",
         "--cam_crop_size", str(crop), "--cam_resize_long", str(int(crop * 0.8)), str(int(crop * 1.2)),
-        "--cam_batch_size", "16", "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", "0.02",
+        "--cam_batch_size", "16", "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", str(a.cam_lr),
         "--sgd_momentum", "0.9", "--cam_scales", "1.0", "0.5", "1.5",
-        "--cam_eval_sweep", "0.05", "0.8", "0.05",
+        "--cam_eval_sweep", "0.05", "0.95", "0.05",
         "--wavecam_num_epoches", str(a.wavecam_epochs), "--wavecam_learning_rate", str(a.wavecam_lr),
-        # CAMs of a network trained from scratch are flatter than ImageNet-initialised ones: their
-        # best background threshold is higher, and IRN's thresholds move with it.
+        # At output stride 16 a 96 px image gives 6 x 6 CAMs, whose upsampled maps are broad: their
+        # best background threshold is higher than ImageNet-initialised ResNet-50 CAMs' on VOC, and
+        # IRN's thresholds move with it.
         "--cam_eval_thres", "0.5", "--conf_fg_thres", "0.5", "--conf_bg_thres", "0.25", "--sem_seg_bg_thres", "0.5",
         "--irn_crop_size", str(crop), "--irn_batch_size", "16", "--irn_num_epoches", str(a.irn_epochs),
         "--irn_learning_rate", "0.05", "--irn_path_radius", str(a.irn_path_radius),
@@ -54,7 +62,22 @@ def demo_flags(a) -> list[str]:
     ]
 
 
-QUICK = {"n_train": 24, "n_val": 8, "size": 64, "cam_epochs": 2, "wavecam_epochs": 1, "irn_epochs": 1}
+def seg_flags(a, weights: Path | None) -> list[str]:
+    """Stage 3 on the images the table scores (the ones with pseudo labels): DeepLab-v2 (ASPP,
+    output stride 8) on the pretrained backbone, single-scale (MSC would triple its cost)."""
+    block, n_blocks = SEG_LAYOUT[a.network]
+    return [
+        "--seg_block", block, "--seg_n_blocks", *map(str, n_blocks), "--seg_pretrained", str(weights or "none"),
+        "--seg_train_list", "train", "--seg_eval_set", "train",
+        "--seg_crop_size", str(a.size), "--seg_batch_size", "8", "--seg_iter_size", "1", "--seg_msc_scales",
+        "--seg_num_iters", str(a.seg_iters), "--seg_learning_rate", str(a.seg_lr), "--seg_lr_decay", "1",
+        "--seg_log_iters", "20", "--seg_save_iters", str(max(a.seg_iters // 2, 1)),
+        "--train_seg_pass", "True", "--make_seg_pass", "True", "--eval_seg_pass", "True",
+    ]
+
+
+QUICK = {"n_train": 24, "n_val": 8, "size": 64, "cam_epochs": 2, "wavecam_epochs": 1, "irn_epochs": 1,
+         "pretrain_steps": 4, "pretrain_size": 48, "pretrain_batch": 8, "seg_iters": 2}
 
 
 def run(dataset: str, argv: list[str]) -> None:
@@ -74,36 +97,82 @@ def table(ws_cam: Path, ws_wave: Path) -> str:
         rows += [(f"{name} seeds", seeds["miou"], f"bg {seeds['threshold']:.2f}", seeds["best_miou"],
                   seeds["best_threshold"]),
                  (f"IRN pseudo labels (from {name})", sem["miou"], f"bg {sem['sem_seg_bg_thres']:.2f}", None, None)]
+        if results_path(ws, "eval_seg").is_file():
+            seg = read(ws, "eval_seg")
+            rows.append((f"stage-3 DeepLab-v2 (from {name})", seg["miou"], "CRF" if seg["crf"] else "no CRF",
+                         seg["variants"].get("no_crf", {}).get("miou"), None))
     lines = [f"{'labels':<34} {'mIoU':>6}  {'setting':<8} {'best (sweep)':>14}",
              f"{'-' * 34} {'-' * 6}  {'-' * 8} {'-' * 14}"]
-    for name, m, setting, best, thr in rows:
-        sweep = f"{100 * best:5.1f} @ {thr:.2f}" if best is not None else ""
-        lines.append(f"{name:<34} {100 * m:6.1f}  {setting:<8} {sweep:>14}")
+    for name, m, setting, other, thr in rows:
+        if other is None:
+            extra = ""
+        else:
+            extra = f"{100 * other:5.1f} @ {thr:.2f}" if thr is not None else f"{100 * other:5.1f} no CRF"
+        lines.append(f"{name:<34} {100 * m:6.1f}  {setting:<8} {extra:>14}")
     return "\n".join(lines) + f"\n(evaluated on {seeds['n_images']} '{seeds['eval_set']}' images)"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_output")
-    p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="layout of the synthetic dataset")
+def backbone_weights(a, out: Path) -> Path | None:
+    """The file every pass starts from: --pretrained-weights, the pretraining's (made now or
+    reused), or None (random initialisation) with --pretrain-steps 0."""
+    if a.pretrained_weights:
+        return Path(a.pretrained_weights).resolve()
+    if a.pretrain_steps <= 0:
+        return None
+    settings = PretrainSettings(arch=a.network, size=a.pretrain_size, steps=a.pretrain_steps,
+                                batch=a.pretrain_batch)
+    path = pretrain(settings, out / "pretrained", workers=a.workers)
+    info = json.loads(path.with_suffix(".json").read_text())
+    print(f"pretrained backbone: {path} ({info['steps']} steps of {info['batch']} scenes of {info['size']} px, "
+          f"{info['seconds']:.0f} s when trained; held-out exact-match accuracy {info['held_out_exact_match']:.3f})")
+    return path
+
+
+def regime_parser(description: str | None, out: str) -> argparse.ArgumentParser:
+    """The demo's settings as flags, shared with bench/baselines.py (which runs the same regime)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=out)
     p.add_argument("--network", default="resnet18", help="backbone of every pass (the paper's: resnet50)")
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-val", type=int, default=64)
     p.add_argument("--size", type=int, default=96)
-    p.add_argument("--cam-epochs", type=int, default=10)
-    p.add_argument("--wavecam-epochs", type=int, default=8)
-    p.add_argument("--wavecam-lr", type=float, default=0.01,
-                   help="train_wavecam's learning rate (0.05 diverged at epoch 5; see the README's demo section)")
+    p.add_argument("--pretrain-steps", type=int, default=300,
+                   help="steps of the pretraining that plays ImageNet's part (0: every pass from random weights)")
+    p.add_argument("--pretrain-size", type=int, default=64, help="side of the pretraining's scenes")
+    p.add_argument("--pretrain-batch", type=int, default=64)
+    p.add_argument("--pretrained-weights", default=None, metavar="FILE",
+                   help="start every pass from this torchvision-layout ResNet state dict instead (ImageNet's "
+                        "resnet18-f37072fd.pth, say); no pretraining")
+    p.add_argument("--cam-epochs", type=int, default=5)
+    p.add_argument("--cam-lr", type=float, default=0.01, help="train_cam's learning rate (x10 for the classifier)")
+    p.add_argument("--wavecam-epochs", type=int, default=4, help="train_wavecam's epochs (the paper's 4)")
+    p.add_argument("--wavecam-lr", type=float, default=0.0005,
+                   help="train_wavecam's learning rate (the paper's; others measured in the README's demo section)")
     p.add_argument("--irn-epochs", type=int, default=5)
     p.add_argument("--irn-path-radius", type=int, default=5,
                    help="IRN's pair radius at stride 4 (the paper's 10 leaves a 24 x 24 map few source pixels)")
     p.add_argument("--exp-times", type=int, default=1, help="the random walk takes 2^N steps (the paper's: 8)")
+    p.add_argument("--seg-iters", type=int, default=0,
+                   help="stage 3's optimiser steps (0, the default: no stage 3; the README's demo section says why)")
+    p.add_argument("--seg-lr", type=float, default=0.001, help="stage 3's learning rate (x10, x20 for the head)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quick", action="store_true",
                    help="toy sizes (the test suite's): shows the chain runs, not that it works")
+    return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
     if p.parse_known_args()[0].quick:  # explicit flags still win over these
         p.set_defaults(**QUICK)
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    p = regime_parser(__doc__, out="demo_output")
+    p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="layout of the synthetic dataset")
+    p.add_argument("--seg-from", choices=("cam", "wavecam", "both"), default="cam",
+                   help="whose pseudo labels stage 3 trains on (with --seg-iters)")
+    a = parse(p)
 
     start = time.perf_counter()
     out = Path(a.out).resolve()
@@ -111,7 +180,8 @@ def main() -> None:
     root = make(out / a.dataset, n_train=a.n_train, n_val=a.n_val, size=a.size, seed=0)
     ws_cam, ws_wave = out / "ws_cam", out / "ws_wavecam"
     root_flag = "--voc12_root" if a.dataset == "voc" else "--mscoco_root"
-    common = [root_flag, str(root), *demo_flags(a)]
+    weights = backbone_weights(a, out)
+    common = [root_flag, str(root), *demo_flags(a, weights)]
 
     irn = ["--cam_to_ir_label_pass", "True", "--train_irn_pass", "True", "--make_sem_seg_pass", "True",
            "--eval_sem_seg_pass", "True"]
@@ -122,6 +192,10 @@ def main() -> None:
     # The paper's two command lines, verbatim apart from the demo's sizes.
     run(a.dataset, [*wave, "--train_wavecam_pass", "True", "--make_wavecam_pass", "True", "--eval_cam_pass", "True"])
     run(a.dataset, [*wave, *irn])
+    if a.seg_iters > 0:
+        for name, args in (("cam", cam), ("wavecam", wave)):
+            if a.seg_from in (name, "both"):
+                run(a.dataset, [*args, *seg_flags(a, weights)])
 
     print("\n" + table(ws_cam, ws_wave))
     report([ws_cam, ws_wave], out / "report", gallery=9, names=["CAM", "WaveCAM"])

@@ -13,7 +13,7 @@ import os
 from wavecam.crf import DEEPLAB_CRF
 from wavecam.data.coco import CROWD, SPLIT_IMAGES
 from wavecam.io import WavecamError
-from wavecam.models.deeplab import SEG_NETWORKS
+from wavecam.models.deeplab import SEG_BLOCKS, SEG_NETWORKS
 from wavecam.models.resnet import resolve_arch, stage_channels
 from wavecam.multi_stage.passes import ORDER
 from wavecam.multi_stage.workspace import PATH_FLAGS, join_paths
@@ -148,7 +148,10 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--seg_network", choices=SEG_NETWORKS, default="deeplabv2_resnet101_msc",
       help="DeepLab-v2 ResNet-101 with multi-scale inputs (the paper's), or torchvision's DeepLab-v3")
     a("--seg_n_blocks", type=int, nargs=4, default=(3, 4, 23, 3), metavar=("L1", "L2", "L3", "L4"),
-      help="DeepLab-v2's bottleneck blocks per stage (deeplab-pytorch's N_BLOCKS; ResNet-101's by default)")
+      help="DeepLab-v2's blocks per stage (deeplab-pytorch's N_BLOCKS; ResNet-101's by default)")
+    a("--seg_block", choices=SEG_BLOCKS, default="bottleneck",
+      help="DeepLab-v2's ResNet blocks: bottleneck (ResNet-50/101, the paper's) or basic (ResNet-18/34, "
+           "with --seg_n_blocks 2 2 2 2 / 3 4 6 3: the CPU demo's, from a torchvision ResNet-18/34)")
     a("--seg_pretrained", default="imagenet",
       help="initial weights: 'imagenet' (torchvision's ResNet-101), 'none', or a file: a deeplab-pytorch "
            "checkpoint (caffe, BGR), a torchvision-layout ResNet-101 or one of ours")

@@ -85,7 +85,7 @@ def run(args) -> None:
     ctx = init(args.device)
     source = make_source(args)
     net = build_seg_network(args.seg_network, source.num_classes + 1, pretrained=args.seg_weights_name,
-                            scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks)
+                            scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks, block=args.seg_block)
     place(net, ctx, args.channels_last).eval()
     sets = [(args.seg_eval_set, source, [])]
     if getattr(args, "voc12_test_root", None):

@@ -58,7 +58,7 @@ def run(args) -> None:
     if labels is None:
         prepare_gt(source, ids)
     net = build_seg_network(args.seg_network, source.num_classes + 1, pretrained=args.seg_pretrained,
-                            scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks)
+                            scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks, block=args.seg_block)
     dataset = SegTrainDataset(source, ids, labels, crop_size=args.seg_crop_size, scales=args.seg_scales,
                               hflip=True, preprocess=net.input_norm)
     plan = batch_plan(args.seg_batch_size * args.seg_iter_size, ctx.world_size, micro_batch=args.seg_batch_size)
@@ -71,7 +71,8 @@ def run(args) -> None:
     scaler = loss_scaler(ctx.device, amp_dtype(args.amp, ctx.device))
 
     state = TrainState(resume_path(args.work_space, "train_seg"), {k: str(v) for k, v in {
-        "network": args.seg_network, "blocks": args.seg_n_blocks, "train_ids": len(ids), "labels": labels,
+        "network": args.seg_network, "blocks": args.seg_n_blocks, "block": args.seg_block, "train_ids": len(ids),
+        "labels": labels,
         "batch": plan.global_batch, "iters": args.seg_num_iters, "lr": args.seg_learning_rate,
         "crop": args.seg_crop_size, "seed": args.seed, "world": ctx.world_size}.items()},
         name="train_seg", restart_hint="pass --force True to start over")
