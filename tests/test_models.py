@@ -1,5 +1,7 @@
 """CAM nets, the wave module, the class predictor, checkpoint key layouts and multi-scale CAM inference."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from wavecam.cam import multiscale_cam, multiscale_cam_batch
 from wavecam.io import BadFileError, save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet, WaveModeling, cam_weight, load_cam_weights
 from wavecam.models.cam import class_features, normalised_cams, to_reference_layout
-from wavecam.models.resnet import build_resnet50
+from wavecam.models.resnet import build_resnet50, checkpoint_follows
 
 C = 20
 
@@ -362,3 +364,18 @@ def test_multiscale_cam_resizes_as_the_reference(cam_net, voc_root):
     torch.testing.assert_close(high_res, big / (big.amax(dim=(1, 2), keepdim=True) + 1e-5), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="scales"):
         multiscale_cam_batch(cam_net.features, item["img"][None], weight, [keys], scales, scaled=item["scaled"][:2])
+
+
+def test_random_weights_warn_unless_a_checkpoint_follows(caplog):
+    """Training from random weights is worth a warning; a network built only to load a checkpoint
+    into (make_cam, the fine-tuning passes, IRN's inference) is not, and the warning would mislead."""
+    with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"):
+        CAMNet(20, pretrained=None, arch="resnet18")
+    assert "RANDOM weights" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"), checkpoint_follows():
+        CAMNet(20, pretrained=None, arch="resnet18")
+    assert "RANDOM weights" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"):
+        CAMNet(20, pretrained=None, arch="resnet18")  # the level comes back afterwards
+    assert "RANDOM weights" in caplog.text

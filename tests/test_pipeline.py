@@ -119,6 +119,35 @@ def test_make_sem_seg_over_processes_equals_in_process_and_resumes(workspace, vo
     assert not list((ws / "sem_seg").glob(".*"))  # no temporary file left behind
 
 
+def test_sem_seg_threshold_sweep_from_kept_scores(workspace, voc_root, tmp_path, capsys):
+    """--sem_seg_eval_sweep: labels written without it get their walked scores on the next run (the
+    PNGs unchanged), and eval_sem_seg's sweep at --sem_seg_bg_thres is the PNGs' own score."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for name in ("res50_irn.pth", "cam_mask"):
+        (ws / name).symlink_to(workspace / name)
+    (ws / "sem_seg").mkdir()
+    for png in (workspace / "sem_seg").glob("*.png"):
+        (ws / "sem_seg" / png.name).write_bytes(png.read_bytes())
+    sweep = "--sem_seg_eval_sweep 0.1 0.5 0.2 --sem_seg_bg_thres 0.28"
+    argv = f"--voc12_root {voc_root} --work_space {ws} {TINY} {sweep} --eval_sem_seg_pass True".split()
+    assert main("voc", argv) == 2
+    assert "--sem_seg_eval_sweep first" in capsys.readouterr().err
+
+    run(voc_root, ws, sweep, "--make_sem_seg_pass True --eval_sem_seg_pass True")
+    train = ids_of(voc_root, "train")
+    assert sorted(p.stem for p in (ws / "sem_seg_score").glob("*.npz")) == sorted(train)
+    for png in (workspace / "sem_seg").glob("*.png"):
+        np.testing.assert_array_equal(load_png(ws / "sem_seg" / png.name), load_png(png), err_msg=png.name)
+    result = json.loads((ws / "results" / "eval_sem_seg.json").read_text())
+    assert [r["threshold"] for r in result["sweep"]] == [0.1, 0.28, 0.3, 0.5]
+    at_main = next(r["miou"] for r in result["sweep"] if r["threshold"] == 0.28)
+    assert at_main == pytest.approx(result["miou"], abs=1e-12)
+    assert result["best_miou"] == max(r["miou"] for r in result["sweep"])
+    miou = [r["miou"] for r in result["sweep"]]
+    assert len(set(miou)) > 1, "different thresholds must give different labels"
+
+
 def test_runner_from_multi_stage_folder_and_bad_root(tmp_path):
     proc = subprocess.run([sys.executable, "run_wavecam_voc.py", "--voc12_root", str(tmp_path / "nonexistent"),
                            "--work_space", str(tmp_path / "ws"), "--eval_cam_pass", "True"],

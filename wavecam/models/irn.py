@@ -8,8 +8,6 @@ load by `load_irn_weights`, and our state dict loads into IRN's network as is.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -154,7 +152,7 @@ class EdgeDisplacement(IRNet):
     def from_checkpoint(cls, path: str | os.PathLike, crop_size: int = 512, stride: int = 4,
                         arch: str = "resnet50", pad_to_crop: bool = False) -> EdgeDisplacement:
         """An eval-mode network holding the weights of an IRN checkpoint (ours or IRN's)."""
-        with _quiet_random_init():
+        with resnet.checkpoint_follows():
             model = cls(pretrained=None, crop_size=crop_size, stride=stride, arch=arch, pad_to_crop=pad_to_crop)
         load_irn_weights(model, path)
         return model.eval()
@@ -173,18 +171,6 @@ class EdgeDisplacement(IRNet):
         edge_out, dp_out = edge_out[..., :h, :w], dp_out[..., :h, :w]
         edge = torch.sigmoid(edge_out[0, 0] / 2 + edge_out[1, 0].flip(-1) / 2)
         return edge, dp_out[0]
-
-
-@contextlib.contextmanager
-def _quiet_random_init():
-    # The checkpoint is loaded right after construction, so resnet's random-weights warning would mislead.
-    logger = logging.getLogger(resnet.__name__)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 class AffinityDisplacementLoss(nn.Module):

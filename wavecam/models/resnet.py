@@ -5,6 +5,7 @@ ResNet-50 is the paper's backbone; the other depths serve quick experiments (and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -61,6 +62,18 @@ def build_resnet(
 
 def build_resnet50(pretrained: str | os.PathLike | dict | None = IMAGENET, strides=(2, 2, 2, 1)) -> nn.Module:
     return build_resnet("resnet50", pretrained, strides)
+
+
+@contextlib.contextmanager
+def checkpoint_follows():
+    """Build networks at random initialisation without the warning: a trained checkpoint is loaded
+    right after construction, and a random-weights warning would mislead."""
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _imagenet_state_dict(arch: str) -> dict:

@@ -47,7 +47,7 @@ def demo_flags(a, weights: Path | None) -> list[str]:
         "--cam_crop_size", str(crop), "--cam_resize_long", str(int(crop * 0.8)), str(int(crop * 1.2)),
         "--cam_batch_size", "16", "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", str(a.cam_lr),
         "--sgd_momentum", "0.9", "--cam_scales", "1.0", "0.5", "1.5",
-        "--cam_eval_sweep", "0.05", "0.95", "0.05",
+        "--cam_eval_sweep", "0.05", "0.95", "0.05", "--sem_seg_eval_sweep", "0.05", "0.95", "0.05",
         "--wavecam_num_epoches", str(a.wavecam_epochs), "--wavecam_learning_rate", str(a.wavecam_lr),
         # At output stride 16 a 96 px image gives 6 x 6 CAMs, whose upsampled maps are broad: their
         # best background threshold is higher than ImageNet-initialised ResNet-50 CAMs' on VOC, and
@@ -69,7 +69,7 @@ def seg_flags(a, weights: Path | None) -> list[str]:
     return [
         "--seg_block", block, "--seg_n_blocks", *map(str, n_blocks), "--seg_pretrained", str(weights or "none"),
         "--seg_train_list", "train", "--seg_eval_set", "train",
-        "--seg_crop_size", str(a.size), "--seg_batch_size", "8", "--seg_iter_size", "1", "--seg_msc_scales",
+        "--seg_crop_size", str(a.seg_crop), "--seg_batch_size", "8", "--seg_iter_size", "1", "--seg_msc_scales",
         "--seg_num_iters", str(a.seg_iters), "--seg_learning_rate", str(a.seg_lr), "--seg_lr_decay", "1",
         "--seg_log_iters", "20", "--seg_save_iters", str(max(a.seg_iters // 2, 1)),
         "--train_seg_pass", "True", "--make_seg_pass", "True", "--eval_seg_pass", "True",
@@ -96,7 +96,8 @@ def table(ws_cam: Path, ws_wave: Path) -> str:
         seeds, sem = read(ws, "eval_cam"), read(ws, "eval_sem_seg")
         rows += [(f"{name} seeds", seeds["miou"], f"bg {seeds['threshold']:.2f}", seeds["best_miou"],
                   seeds["best_threshold"]),
-                 (f"IRN pseudo labels (from {name})", sem["miou"], f"bg {sem['sem_seg_bg_thres']:.2f}", None, None)]
+                 (f"IRN pseudo labels (from {name})", sem["miou"], f"bg {sem['sem_seg_bg_thres']:.2f}",
+                  sem.get("best_miou"), sem.get("best_threshold"))]
         if results_path(ws, "eval_seg").is_file():
             seg = read(ws, "eval_seg")
             rows.append((f"stage-3 DeepLab-v2 (from {name})", seg["miou"], "CRF" if seg["crf"] else "no CRF",
@@ -155,6 +156,8 @@ def regime_parser(description: str | None, out: str) -> argparse.ArgumentParser:
     p.add_argument("--seg-iters", type=int, default=0,
                    help="stage 3's optimiser steps (0, the default: no stage 3; the README's demo section says why)")
     p.add_argument("--seg-lr", type=float, default=0.001, help="stage 3's learning rate (x10, x20 for the head)")
+    p.add_argument("--seg-crop", type=int, default=64,
+                   help="stage 3's crops (64 of the 96 px images: more steps in the time than whole images)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quick", action="store_true",
                    help="toy sizes (the test suite's): shows the chain runs, not that it works")

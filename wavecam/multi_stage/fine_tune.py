@@ -29,6 +29,7 @@ from wavecam.io import save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
+from wavecam.models.resnet import checkpoint_follows
 from wavecam.multi_stage.common import make_source
 from wavecam.multi_stage.training import begin, train_epochs
 from wavecam.multi_stage.workspace import fine_tune_checkpoints
@@ -90,8 +91,9 @@ def train(args, method: Method) -> None:
     plan = batch_plan(batch, ctx.world_size)
 
     # As in train_cam: statistics learned from scratch keep being learned, ImageNet ones stay frozen.
-    net = WaveCAMNet(source.num_classes, pretrained=None, arch=args.cam_network, freeze_bn=args.pretrained is not None,
-                     wave=wave)
+    with checkpoint_follows():
+        net = WaveCAMNet(source.num_classes, pretrained=None, arch=args.cam_network,
+                         freeze_bn=args.pretrained is not None, wave=wave)
     load_cam_weights(net, args.cam_weights_name, cam_only=True)
     predictor = ClassPredictor(source.num_classes, net.classifier.in_channels)
     base, wave_params = net.param_groups()
@@ -142,6 +144,7 @@ def fine_tuned_cam(args, method: Method) -> tuple[CAMNet, torch.Tensor]:
     aliases) and its CAM kernel, for cams.write_cams."""
     source = make_source(args)
     net_path, predictor_path = fine_tune_checkpoints(args, method.name)
-    model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
+    with checkpoint_follows():
+        model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, net_path, cam_only=True)
     return model, cam_kernel(args, method, model, predictor_path)

@@ -143,6 +143,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--beta", type=float, default=10)
     a("--exp_times", type=int, default=8, help="the random walk takes 2^exp_times steps")
     a("--sem_seg_bg_thres", type=float, default=0.28)
+    a("--sem_seg_eval_sweep", type=float, nargs=3, default=None, metavar=("START", "STOP", "STEP"),
+      help="make_sem_seg also keeps each image's walked scores (--sem_seg_score_dir) and eval_sem_seg scores "
+           "the pseudo labels at every background threshold of the sweep, as --cam_eval_sweep does the seeds")
     # Stage 3: a fully supervised segmenter trained on the pseudo labels, with deeplab-pytorch's settings
     # (configs/voc12.yaml; COCO: configs/coco.yaml's schedule)
     a("--seg_network", choices=SEG_NETWORKS, default="deeplabv2_resnet101_msc",
@@ -199,6 +202,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--cam_out_dir", default=PATH_FLAGS["cam_out_dir"])
     a("--ir_label_out_dir", default=PATH_FLAGS["ir_label_out_dir"])
     a("--sem_seg_out_dir", default=PATH_FLAGS["sem_seg_out_dir"])
+    a("--sem_seg_score_dir", default=PATH_FLAGS["sem_seg_score_dir"],
+      help="make_sem_seg's walked scores, with --sem_seg_eval_sweep")
     a("--seg_weights_name", default=PATH_FLAGS["seg_weights_name"])
     a("--seg_out_dir", default=PATH_FLAGS["seg_out_dir"], help="make_seg's predictions: <dir>/<set>[_crf]/<id>.png")
     a("--force", type=str2bool, default=False, help="redo outputs that already exist")

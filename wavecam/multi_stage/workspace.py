@@ -37,6 +37,7 @@ PATH_FLAGS = {
     "cam_out_dir": "cam_mask",
     "ir_label_out_dir": "ir_label",
     "sem_seg_out_dir": "sem_seg",
+    "sem_seg_score_dir": "sem_seg_score",
     "recam_weight_dir": "recam_weight",
     "wavecam_weight_dir": "wavecam_weight",
     "seg_weights_name": "res101_seg.pth",
@@ -79,6 +80,9 @@ class ImageFiles:
 CAMS = ImageFiles("cam_out_dir", ".npz")
 IR_LABELS = ImageFiles("ir_label_out_dir", ".png")
 SEM_SEG = ImageFiles("sem_seg_out_dir", ".png")
+# With --sem_seg_eval_sweep: make_sem_seg's walked scores, npz with "keys" (K,) int64, "rw" (K, h, w)
+# float32 at stride 4 and "size" (H, W), from which eval_sem_seg labels every threshold of the sweep.
+SEM_SEG_SCORES = ImageFiles("sem_seg_score_dir", ".npz")
 
 
 def fine_tune_checkpoints(args, method: str, epoch: int | None = None) -> tuple[str, str]:

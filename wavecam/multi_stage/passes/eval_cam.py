@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 
-import numpy as np
 from tqdm import tqdm
 
 from wavecam.cam import seeds
@@ -14,18 +13,10 @@ from wavecam.engine import runtime
 from wavecam.io import save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source, read_cam
-from wavecam.multi_stage.evaluation import settings
+from wavecam.multi_stage.evaluation import settings, sweep_line, sweep_summary, sweep_thresholds
 from wavecam.multi_stage.workspace import results_path
 
 log = logging.getLogger("wavecam")
-
-
-def thresholds(args) -> list[float]:
-    ts = [args.cam_eval_thres]
-    if args.cam_eval_sweep:
-        start, stop, step = args.cam_eval_sweep
-        ts += [round(t, 4) for t in np.arange(start, stop + step / 2, step)]
-    return sorted(set(ts))
 
 
 def run(args) -> None:
@@ -33,7 +24,7 @@ def run(args) -> None:
     source = make_source(args)
     ids = split_ids(source, args.chainer_eval_set)
     prepare_gt(source, runtime.shard(ids, ctx))
-    ts = thresholds(args)
+    ts = sweep_thresholds(args.cam_eval_thres, args.cam_eval_sweep)
     cms = [ConfusionMatrix(source.num_classes + 1) for _ in ts]
     for image_id in tqdm(runtime.shard(ids, ctx), desc="eval_cam", disable=not ctx.is_main):
         cam = read_cam(args, image_id)
@@ -43,22 +34,17 @@ def run(args) -> None:
     runtime.sum_confusions(cms, ctx)
     if not ctx.is_main:
         return
-    sweep = [{"threshold": t, "miou": cm.miou()} for t, cm in zip(ts, cms)]
     main = cms[ts.index(args.cam_eval_thres)]
-    best = max(sweep, key=lambda r: r["miou"])
     result = {
         **main.summary(),
         "threshold": args.cam_eval_thres,
-        "best_threshold": best["threshold"],
-        "best_miou": best["miou"],
-        "sweep": sweep,
+        **sweep_summary(ts, cms),
         "cam_out_dir": os.path.abspath(args.cam_out_dir),
         **settings(args),
     }
     save_json(results_path(args.work_space, "eval_cam"), result)
     print(format_iou_table(result["iou"], source.class_names, title=f"CAM seeds, threshold {args.cam_eval_thres}"))
     if len(ts) > 1:
-        print("threshold sweep: " + ", ".join(f"{r['threshold']:.2f}: {100 * r['miou']:.1f}" for r in sweep))
-        print(f"best threshold {best['threshold']:.2f}: mIoU {100 * best['miou']:.1f}")
+        print(sweep_line(result))
     log.info("eval_cam: mIoU %.4f at threshold %.2f on %d images", result["miou"], args.cam_eval_thres,
              result["n_images"])

@@ -1,4 +1,6 @@
-"""eval_sem_seg: mIoU of the pseudo labels in sem_seg/ (255 'unsure' counted as background)."""
+"""eval_sem_seg: mIoU of the pseudo labels in sem_seg/ (255 'unsure' counted as background); with
+--sem_seg_eval_sweep also of the labels that make_sem_seg's kept scores give at each background
+threshold of the sweep (best_threshold, best_miou, sweep in the results, as eval_cam's)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,26 @@ from tqdm import tqdm
 from wavecam.data.classes import IGNORE_INDEX
 from wavecam.data.datasets import prepare_gt, split_ids
 from wavecam.engine import runtime
-from wavecam.io import WavecamError, load_png, save_json
+from wavecam.io import BadFileError, WavecamError, load_npz, load_png, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source
-from wavecam.multi_stage.evaluation import settings
-from wavecam.multi_stage.workspace import SEM_SEG, results_path
+from wavecam.multi_stage.evaluation import settings, sweep_line, sweep_summary, sweep_thresholds
+from wavecam.multi_stage.workspace import SEM_SEG, SEM_SEG_SCORES, results_path
+from wavecam.randomwalk import rw_to_label
 
 log = logging.getLogger("wavecam")
+
+
+def read_scores(args, image_id: str) -> dict:
+    path = SEM_SEG_SCORES.path(args, image_id)
+    if not os.path.isfile(path):
+        raise WavecamError(f"no walked scores for id {image_id} ({path}); run --make_sem_seg_pass with "
+                           "--sem_seg_eval_sweep first (it adds them to labels it wrote before)")
+    scores = load_npz(path)
+    if set(scores) != {"keys", "rw", "size"} or scores["rw"].ndim != 3 or len(scores["rw"]) != len(scores["keys"]):
+        raise BadFileError(f"{path}: not a sem_seg score file (keys, rw (K, h, w), size); re-run make_sem_seg "
+                           "with --sem_seg_eval_sweep and --force True to rewrite it")
+    return scores
 
 
 def run(args) -> None:
@@ -25,6 +40,8 @@ def run(args) -> None:
     ids = split_ids(source, args.chainer_eval_set)
     prepare_gt(source, runtime.shard(ids, ctx))
     cm = ConfusionMatrix(source.num_classes + 1)
+    ts = sweep_thresholds(args.sem_seg_bg_thres, args.sem_seg_eval_sweep) if args.sem_seg_eval_sweep else []
+    sweep_cms = [ConfusionMatrix(source.num_classes + 1) for _ in ts]
     for image_id in tqdm(runtime.shard(ids, ctx), desc="eval_sem_seg", disable=not ctx.is_main):
         path = SEM_SEG.path(args, image_id)
         if not os.path.isfile(path):
@@ -32,13 +49,22 @@ def run(args) -> None:
                                "with --infer_list covering the evaluation set")
         pred = load_png(path).copy()
         pred[pred == IGNORE_INDEX] = 0
-        cm.update(pred, source.load_gt(image_id))
-    runtime.sum_confusions([cm], ctx)
+        gt = source.load_gt(image_id)
+        cm.update(pred, gt)
+        if ts:
+            scores = read_scores(args, image_id)
+            for t, sweep_cm in zip(ts, sweep_cms):
+                sweep_cm.update(rw_to_label(scores["rw"], scores["keys"], t, scores["size"]), gt)
+    runtime.sum_confusions([cm, *sweep_cms], ctx)
     if not ctx.is_main:
         return
     result = {**cm.summary(), "sem_seg_bg_thres": args.sem_seg_bg_thres, "beta": args.beta,
               "exp_times": args.exp_times, "sem_seg_out_dir": os.path.abspath(args.sem_seg_out_dir),
               "cam_out_dir": os.path.abspath(args.cam_out_dir), **settings(args)}
+    if ts:
+        result.update(sweep_summary(ts, sweep_cms))
     save_json(results_path(args.work_space, "eval_sem_seg"), result)
     print(format_iou_table(result["iou"], source.class_names, title="IRN pseudo labels"))
+    if ts:
+        print(sweep_line(result))
     log.info("eval_sem_seg: mIoU %.4f on %d images", result["miou"], result["n_images"])

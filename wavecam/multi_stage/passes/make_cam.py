@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from wavecam.models import CAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
+from wavecam.models.resnet import checkpoint_follows
 from wavecam.multi_stage.cams import write_cams
 from wavecam.multi_stage.common import make_source
 
 
 def run(args) -> None:
     source = make_source(args)
-    model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
+    with checkpoint_follows():
+        model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, args.cam_weights_name)
     write_cams(args, model, cam_weight(model.classifier.weight), "make_cam")

@@ -5,6 +5,9 @@ On a GPU one process takes the images in turn. On a CPU the network's forward pa
 of an image are both CPU-bound and single-image, so the images are spread over --num_workers
 processes (at most one per core), each with its share of the cores' threads and its own copy of
 the network (with PyTorch and one image's activations, about 1.3 GB per process).
+
+With --sem_seg_eval_sweep it also keeps each image's walked scores (sem_seg_score/<id>.npz), so that
+eval_sem_seg can label them at every background threshold of the sweep without walking again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import functools
 import logging
 import os
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -20,10 +24,10 @@ from tqdm import tqdm
 from wavecam.data.datasets import InferenceDataset, split_ids
 from wavecam.engine import runtime
 from wavecam.engine.parallel import map_images
-from wavecam.io import save_png
+from wavecam.io import save_npz, save_png
 from wavecam.models.irn import EdgeDisplacement
 from wavecam.multi_stage.common import loader_options, make_source, pending, read_cam, skip_bad_image
-from wavecam.multi_stage.workspace import SEM_SEG
+from wavecam.multi_stage.workspace import SEM_SEG, SEM_SEG_SCORES
 from wavecam.randomwalk import propagate, rw_to_label
 
 log = logging.getLogger("wavecam")
@@ -33,7 +37,11 @@ log = logging.getLogger("wavecam")
 def run(args) -> None:
     ctx = runtime.init(args.device)
     source = make_source(args)
-    ids = pending(split_ids(source, args.infer_list), SEM_SEG.folder(args), SEM_SEG.suffix, args, ctx)
+    ids = split_ids(source, args.infer_list)
+    todo = set(pending(ids, SEM_SEG.folder(args), SEM_SEG.suffix, args, ctx))
+    if args.sem_seg_eval_sweep:  # labels written before the sweep was asked for get their scores now
+        todo |= set(pending(ids, SEM_SEG_SCORES.folder(args), SEM_SEG_SCORES.suffix, args, ctx))
+    ids = [i for i in ids if i in todo]
     log.info("make_sem_seg: %d images to do", len(ids))
     cores = max(1, _cores() // ctx.world_size)  # torchrun's CPU ranks share the machine
     workers = min(args.num_workers, cores)
@@ -64,6 +72,9 @@ def label_image(model: EdgeDisplacement, item: dict, args, device: torch.device)
     else:  # an image without classes (COCO has some): nothing to walk, all background as in ReCAM
         rw = strided
     label = rw_to_label(rw, cam["keys"], args.sem_seg_bg_thres, item["size"])
+    if args.sem_seg_eval_sweep:
+        save_npz(SEM_SEG_SCORES.path(args, image_id), keys=np.asarray(cam["keys"], dtype=np.int64),
+                 rw=rw.cpu().numpy().astype(np.float32), size=np.asarray(item["size"], dtype=np.int64))
     save_png(SEM_SEG.path(args, image_id), label.astype("uint8"))
 
 
