@@ -55,3 +55,7 @@ def test_pretrained_file_starts_every_pass_and_is_reused(tmp_path, caplog):
     assert "reusing" in caplog.text and path.stat().st_mtime_ns == mtime
     other = PretrainSettings(arch="resnet18", size=48, steps=2, batch=4, seed=5)
     assert pretrain(other, tmp_path, workers=0) != path
+    # A run killed between the weights and their record (written last) trains again.
+    path.with_suffix(".json").unlink()
+    assert pretrain(TINY, tmp_path, workers=0) == path
+    assert path.with_suffix(".json").is_file() and path.stat().st_mtime_ns != mtime

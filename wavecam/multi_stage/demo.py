@@ -3,8 +3,8 @@
 It writes a synthetic VOC root, pretrains the backbone that plays ImageNet's part (`pretrain.py`;
 kept under `<out>/pretrained/` and reused by the next run), then runs the paper's command lines in
 two work spaces: `ws_cam` (plain CAM baseline: train_cam, make_cam, eval_cam, then IRN on those
-seeds: cam_to_ir_label, train_irn, make_sem_seg, eval_sem_seg, then stage 3: a DeepLab-v2 trained
-on those pseudo labels) and `ws_wavecam` (train_wavecam from the baseline's res50_cam.pth,
+seeds: cam_to_ir_label, train_irn, make_sem_seg, eval_sem_seg, and with --seg-iters stage 3: a
+DeepLab-v2 trained on those pseudo labels) and `ws_wavecam` (train_wavecam from the baseline's res50_cam.pth,
 make_wavecam, eval_cam, then IRN on the WaveCAM seeds). It prints the table of every label set, so
 that each stage can be read against the labels it started from, and writes the report with its
 gallery under `<out>/report/`.

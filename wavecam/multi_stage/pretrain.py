@@ -85,7 +85,7 @@ def held_out_accuracy(net: torch.nn.Module, settings: PretrainSettings, n: int =
 def pretrain(settings: PretrainSettings, out_dir: str | Path, workers: int = 1) -> Path:
     """The pretrained backbone file under `out_dir`, trained now unless it is there already."""
     path = Path(out_dir) / settings.file_name()
-    if path.exists():
+    if path.exists() and path.with_suffix(".json").exists():  # the record is written last
         log.info("pretraining: reusing %s", path)
         return path
     torch.manual_seed(settings.seed)
