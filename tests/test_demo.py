@@ -27,3 +27,4 @@ def test_quick_demo_runs_the_chain(tmp_path):
     assert f"'pretrained': '{pretrained[0]}'" in log
     seg_log = (out / "ws_cam" / "sample_train_eval.log").read_text()
     assert f"'seg_pretrained': '{pretrained[0]}'" in seg_log and "'seg_block': 'basic'" in seg_log
+    assert "'seg_warmup_iters': 2" in seg_log and "'seg_crf_bi': [4.0, 67.0, 15.0]" in seg_log

@@ -141,6 +141,15 @@ def test_poly_rate_changes_every_lr_decay_steps_as_deeplab_pytorch(t):
     assert poly_every(100, 0.9, 10)(t) == poly_every(100, 0.9, 10)(t - t % 10)
 
 
+def test_warmup_ramps_the_poly_rate_linearly_then_leaves_it():
+    from wavecam.multi_stage.passes.train_seg import poly_every
+
+    warm, plain = poly_every(100, 0.9, 1, warmup=20), poly_every(100, 0.9, 1)
+    assert warm(0) == pytest.approx(plain(0) / 20)
+    assert warm(9) == pytest.approx(plain(9) / 2)
+    assert [warm(t) for t in (19, 20, 50, 99)] == pytest.approx([plain(t) for t in (19, 20, 50, 99)])
+
+
 def test_crf_flags_default_to_deeplab_pytorchs_settings():
     from wavecam.crf import DEEPLAB_CRF
     from wavecam.multi_stage.flags import build_parser

@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from wavecam.crf import DEEPLAB_CRF
 from wavecam.data.synthetic import make_synthetic_coco, make_synthetic_voc
 from wavecam.multi_stage.pretrain import PretrainSettings, pretrain
 from wavecam.multi_stage.runner import main as pipeline_main
@@ -71,7 +72,11 @@ def seg_flags(a, weights: Path | None) -> list[str]:
         "--seg_train_list", "train", "--seg_eval_set", "train",
         "--seg_crop_size", str(a.seg_crop), "--seg_batch_size", "8", "--seg_iter_size", "1", "--seg_msc_scales",
         "--seg_num_iters", str(a.seg_iters), "--seg_learning_rate", str(a.seg_lr), "--seg_lr_decay", "1",
+        "--seg_warmup_iters", str(min(a.seg_warmup, a.seg_iters)),
         "--seg_log_iters", "20", "--seg_save_iters", str(max(a.seg_iters // 2, 1)),
+        # deeplab-pytorch's CRF but for its colour std: 3 suits photographs; the synthetic objects'
+        # noise and textures vary more than that within one object (a sweep on the 64 val images).
+        "--seg_crf_bi", str(DEEPLAB_CRF["bi_w"]), str(DEEPLAB_CRF["bi_xy_std"]), str(a.seg_crf_rgb),
         "--train_seg_pass", "True", "--make_seg_pass", "True", "--eval_seg_pass", "True",
     ]
 
@@ -154,8 +159,13 @@ def regime_parser(description: str | None, out: str) -> argparse.ArgumentParser:
                    help="IRN's pair radius at stride 4 (the paper's 10 leaves a 24 x 24 map few source pixels)")
     p.add_argument("--exp-times", type=int, default=1, help="the random walk takes 2^N steps (the paper's: 8)")
     p.add_argument("--seg-iters", type=int, default=0,
-                   help="stage 3's optimiser steps (0, the default: no stage 3; the README's demo section says why)")
-    p.add_argument("--seg-lr", type=float, default=0.001, help="stage 3's learning rate (x10, x20 for the head)")
+                   help="stage 3's optimiser steps (0, the default: no stage 3, which does not fit the demo's 8 "
+                        "minutes; 600 take its labels' mIoU and 3 minutes: the README's demo section)")
+    p.add_argument("--seg-lr", type=float, default=0.002, help="stage 3's learning rate (x10, x20 for the head)")
+    p.add_argument("--seg-warmup", type=int, default=50,
+                   help="stage 3's steps of linear warm-up (without, lr 0.002 makes the head collapse to background)")
+    p.add_argument("--seg-crf-rgb", type=float, default=15,
+                   help="the colour std of stage 3's CRF (deeplab-pytorch's: 3)")
     p.add_argument("--seg-crop", type=int, default=64,
                    help="stage 3's crops (64 of the 96 px images: more steps in the time than whole images)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))

@@ -177,6 +177,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--seg_weight_decay", type=float, default=5e-4)
     a("--seg_poly_power", type=float, default=0.9)
     a("--seg_lr_decay", type=int, default=10, help="the poly rate is updated every N steps (LR_DECAY)")
+    a("--seg_warmup_iters", type=int, default=0,
+      help="ramp the rate up linearly over the first N steps (0: none, the reference's); lets short schedules "
+           "use higher rates without the head blowing up in its first steps (the demo's)")
     a("--seg_save_iters", type=int, default=1000, help="the train state is saved every N steps (for resume)")
     a("--seg_log_iters", type=int, default=100, help="log line and TensorBoard scalars every N steps")
     a("--seg_crf", type=str2bool, default=True,

@@ -42,10 +42,15 @@ from wavecam.multi_stage.workspace import resume_path, seg_labels, tensorboard_d
 log = logging.getLogger("wavecam")
 
 
-def poly_every(max_iters: int, power: float, every: int):
+def poly_every(max_iters: int, power: float, every: int, warmup: int = 0):
     """deeplab-pytorch's PolynomialLR as a factor of step t (0-based): (1 - t' / max_iters) ** power,
-    t' being t rounded down to a multiple of `every` (its rate changes every LR_DECAY steps)."""
-    return lambda t: (1 - every * (t // every) / max_iters) ** power
+    t' being t rounded down to a multiple of `every` (its rate changes every LR_DECAY steps); with
+    `warmup` > 0 the factor is also scaled by (t + 1) / warmup over the first `warmup` steps (the
+    reference has none; torchvision's segmentation reference offers the same linear ramp)."""
+    def factor(t: int) -> float:
+        ramp = min(1.0, (t + 1) / warmup) if warmup > 0 else 1.0
+        return ramp * (1 - every * (t // every) / max_iters) ** power
+    return factor
 
 
 def run(args) -> None:
@@ -65,16 +70,16 @@ def run(args) -> None:
     opt = torch.optim.SGD(param_groups(net, args.seg_learning_rate, args.seg_weight_decay),
                           lr=args.seg_learning_rate, momentum=args.seg_momentum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_every(args.seg_num_iters, args.seg_poly_power,
-                                                              args.seg_lr_decay))
+                                                              args.seg_lr_decay, args.seg_warmup_iters))
     model = wrap_ddp(place(net, ctx, args.channels_last), ctx)
     set_cudnn(args.cudnn_benchmark, args.deterministic)  # fixed crops: cuDNN may time its algorithms once
     scaler = loss_scaler(ctx.device, amp_dtype(args.amp, ctx.device))
 
     state = TrainState(resume_path(args.work_space, "train_seg"), {k: str(v) for k, v in {
         "network": args.seg_network, "blocks": args.seg_n_blocks, "block": args.seg_block, "train_ids": len(ids),
-        "labels": labels,
-        "batch": plan.global_batch, "iters": args.seg_num_iters, "lr": args.seg_learning_rate,
-        "crop": args.seg_crop_size, "seed": args.seed, "world": ctx.world_size}.items()},
+        "labels": labels, "batch": plan.global_batch, "iters": args.seg_num_iters, "lr": args.seg_learning_rate,
+        "warmup": args.seg_warmup_iters, "crop": args.seg_crop_size, "seed": args.seed,
+        "world": ctx.world_size}.items()},
         name="train_seg", restart_hint="pass --force True to start over")
     if (args.force or not args.resume) and ctx.is_main:
         state.remove()
