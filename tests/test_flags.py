@@ -61,6 +61,16 @@ def test_cam_writers_conflict(passes):
     parse("voc", f"--work_space WS --{passes[0]}_pass True")
 
 
+@pytest.mark.parametrize("flag,bad,good", [("seg_warmup_iters", -1, 0), ("seg_num_iters", 0, 1),
+                                           ("num_workers", -1, 0)])
+def test_counts_out_of_range_are_refused(flag, bad, good):
+    from wavecam.io import WavecamError
+
+    with pytest.raises(WavecamError, match=f"--{flag} {bad} is out of range"):
+        parse("voc", f"--work_space WS --{flag} {bad}")
+    assert getattr(parse("voc", f"--work_space WS --{flag} {good}"), flag) == good
+
+
 @pytest.mark.parametrize("text,value", [("True", True), ("yes", True), ("1", True), ("False", False),
                                         ("no", False), ("0", False)])
 def test_booleans(text, value):

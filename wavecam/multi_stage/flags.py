@@ -249,8 +249,8 @@ def check_conflicts(args: argparse.Namespace) -> None:
                            f"{args.irn_path_radius}: the crop must be at least {8 * args.irn_path_radius} pixels")
     for flag in ("cam_batch_size", "recam_batch_size", "wavecam_batch_size", "irn_batch_size", "num_workers",
                  "cam_infer_batch", "seg_batch_size", "seg_iter_size", "seg_num_iters", "seg_save_iters",
-                 "seg_log_iters", "seg_lr_decay"):
-        if getattr(args, flag) < (0 if flag in ("num_workers", "cam_infer_batch") else 1):
+                 "seg_log_iters", "seg_lr_decay", "seg_warmup_iters"):
+        if getattr(args, flag) < (0 if flag in ("num_workers", "cam_infer_batch", "seg_warmup_iters") else 1):
             raise WavecamError(f"--{flag} {getattr(args, flag)} is out of range")
 
 
