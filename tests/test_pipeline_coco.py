@@ -119,7 +119,7 @@ def test_make_pass_kernel(coco_root, tmp_path, monkeypatch, method, kernel):
         extra = {"wave.w1.weight": torch.zeros(80, 80, 1)} if method == "wavecam" else {}
         save_checkpoint(predictor_path, {**predictor.state_dict(), **extra})
     seen = {}
-    monkeypatch.setattr(make_pass, "write_cams", lambda args, model, weight, desc: seen.update(weight=weight))
+    monkeypatch.setattr(make_pass, "write_cams", lambda args, model, weight, desc, weights: seen.update(weight=weight))
     make_pass.run(args)
 
     expected = fine_tuned.classifier.weight

@@ -19,7 +19,14 @@ from wavecam.data.datasets import InferenceDataset, split_ids
 from wavecam.engine import runtime
 from wavecam.io import save_cam
 from wavecam.models import CAMNet
-from wavecam.multi_stage.common import loader_options, make_source, pending, skip_bad_image
+from wavecam.multi_stage.common import (
+    claim_outputs,
+    data_identity,
+    loader_options,
+    make_source,
+    pick,
+    skip_bad_image,
+)
 from wavecam.multi_stage.workspace import CAMS
 
 log = logging.getLogger("wavecam")
@@ -48,11 +55,15 @@ def same_size_batches(source, ids: list[str], batch: int) -> list[list[int]]:
     return [group[k:k + batch] for group in by_size.values() for k in range(0, len(group), batch)]
 
 
-def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str) -> None:
-    """CAMs of every pending id of --train_list with the 1x1 kernel `weight` (C, D, 1, 1)."""
+def write_cams(args, model: CAMNet, weight: torch.Tensor, desc: str, weights: dict) -> None:
+    """CAMs of every pending id of --train_list with the 1x1 kernel `weight` (C, D, 1, 1); `weights`
+    identifies the files the network and kernel come from (engine.provenance), so that cam_mask/ made
+    by another pass or from other weights is redone."""
     ctx = runtime.init(args.device)
     source = make_source(args)
-    ids = pending(split_ids(source, args.train_list), CAMS.folder(args), CAMS.suffix, args, ctx)
+    maker = {"pass": desc, **data_identity(args), **weights,
+             **pick(args, "cam_network", "cam_scales", "cam_resample", "amp")}
+    ids = claim_outputs(split_ids(source, args.train_list), CAMS.folder(args), CAMS.suffix, maker, args, ctx, desc)
     log.info("%s: %d images to do", desc, len(ids))
     runtime.place(model, ctx, args.channels_last).eval()
     weight = weight.detach().to(ctx.device)

@@ -5,10 +5,12 @@ training loop are the engine's (wavecam.engine)."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from pathlib import Path
 
 from wavecam.data.voc import VOC12
+from wavecam.engine.provenance import claim_folder, file_identity
 from wavecam.engine.runtime import Context, barrier, shard
 from wavecam.io import BadFileError, DatasetRootError, WavecamError, is_complete
 from wavecam.multi_stage.workspace import CAMS, skipped_images_path
@@ -38,18 +40,43 @@ def loader_options(args, ctx: Context, workers: int | None = None, reused: bool 
             "persistent_workers": args.persistent_workers and reused and workers > 0}
 
 
-def pending(ids: list[str], out_dir: str, suffix: str, args, ctx: Context) -> list[str]:
-    """This rank's share of ids whose output is not complete yet (all of them with --force), so
-    a killed pass resumes where it stopped. Temporary files a killed run left are removed first."""
+def claim_outputs(ids: list[str], out_dir: str, suffix: str, maker: dict, args, ctx: Context, what: str) -> list[str]:
+    """This rank's share of ids whose output in `out_dir` is still to write, once the folder is claimed
+    for `maker` (engine.provenance.claim_folder: the files of another maker are removed, so they are
+    redone). With --force all of them. Temporary files a killed run left are removed first."""
     out = Path(out_dir)
-    if ctx.is_main and out.is_dir():
-        for tmp in out.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
-    barrier(ctx)  # no rank starts writing before the clean-up is over
+    if ctx.is_main:
+        if out.is_dir():
+            for tmp in out.glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
+        claim_folder(out, suffix, maker, args.force, what)
+    barrier(ctx)  # no rank looks at the folder before the clean-up is over
     ids = shard(ids, ctx)
     if args.force:
         return ids
     return [i for i in ids if not is_complete(out / f"{i}{suffix}")]
+
+
+def pick(args, *flags: str) -> dict:
+    """The named flags' values, for a maker (engine.provenance): the settings that change an output."""
+    return {flag: getattr(args, flag) for flag in flags}
+
+
+def data_identity(args) -> dict:
+    """The dataset an output is made from: its root and the options that change its labels."""
+    if args.dataset == "voc":
+        return {"voc12_root": str(Path(args.voc12_root).resolve()), "voc12_label_source": args.voc12_label_source}
+    return {"mscoco_root": str(Path(args.mscoco_root).resolve()), **pick(args, "coco_split_images", "coco_crowd")}
+
+
+def ids_identity(ids: list[str]) -> str:
+    """A hash of an id list: a training run on other images is another run."""
+    return hashlib.sha1("\n".join(ids).encode()).hexdigest()
+
+
+def weights_identity(value: str | None) -> str | None:
+    """--pretrained-style values: 'imagenet' or None as they are, a file by its content."""
+    return file_identity(value) if value and Path(value).is_file() else value
 
 
 def read_cam(args, image_id: str, produced_by: str = "--make_wavecam_pass (or --make_cam_pass)") -> dict:

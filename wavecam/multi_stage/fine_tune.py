@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wavecam.data.datasets import ClassificationDataset, split_ids
+from wavecam.engine.provenance import file_identity, record_file
 from wavecam.engine.runtime import autocast, barrier, place, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import save_checkpoint
@@ -30,7 +31,7 @@ from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
 from wavecam.models.resnet import checkpoint_follows
-from wavecam.multi_stage.common import make_source
+from wavecam.multi_stage.common import data_identity, ids_identity, make_source, pick, weights_identity
 from wavecam.multi_stage.training import begin, train_epochs
 from wavecam.multi_stage.workspace import fine_tune_checkpoints
 from wavecam.optim import poly_sgd
@@ -79,11 +80,19 @@ def split_state(net: WaveCAMNet, predictor: ClassPredictor) -> tuple[dict, dict]
 
 def train(args, method: Method) -> None:
     name = f"train_{method.name}"
-    ctx = begin(args, name, list(fine_tune_checkpoints(args, method.name)))
-    if ctx is None:
-        return
     source = make_source(args)
     ids = split_ids(source, args.train_list)
+    outputs = list(fine_tune_checkpoints(args, method.name))
+    maker = {"pass": name, **data_identity(args), "train_ids": ids_identity(ids),
+             "cam_weights": file_identity(args.cam_weights_name), "pretrained": weights_identity(args.pretrained),
+             **pick(args, "cam_network", "cam_crop_size", "cam_resize_long", "cam_weight_decay", "sgd_momentum",
+                    "seed", "amp"),
+             "batch_size": method.flag(args, "batch_size"), "num_epoches": method.flag(args, "num_epoches"),
+             "learning_rate": method.flag(args, "learning_rate"), "loss_weight": method.flag(args, "loss_weight"),
+             "wave": method.wave(args)}
+    ctx = begin(args, name, outputs, maker)
+    if ctx is None:
+        return
     dataset = ClassificationDataset(source, ids, crop_size=args.cam_crop_size,
                                     resize_long=tuple(args.cam_resize_long), hflip=True)
     batch, epochs = method.flag(args, "batch_size"), method.flag(args, "num_epoches")
@@ -123,6 +132,7 @@ def train(args, method: Method) -> None:
         "train_ids": len(ids), "batch": batch, "epochs": epochs, "lr": lr, "loss_weight": loss_weight,
         "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size, "wave": wave}, end_of_epoch)
     if ctx.is_main:
+        record_file(outputs[0], maker)
         state.remove()
     barrier(ctx)
 
@@ -139,12 +149,15 @@ def cam_kernel(args, method: Method, model: CAMNet, predictor_path: str) -> torc
     return cam_weight(model.classifier.weight, predictor.classifier.weight)
 
 
-def fine_tuned_cam(args, method: Method) -> tuple[CAMNet, torch.Tensor]:
+def fine_tuned_cam(args, method: Method) -> tuple[CAMNet, torch.Tensor, dict]:
     """The network of the method's last epoch (ours, or ReCAM's own `res50_recam_*.pth` with its
-    aliases) and its CAM kernel, for cams.write_cams."""
+    aliases), its CAM kernel and the identity of the files they come from, for cams.write_cams."""
     source = make_source(args)
     net_path, predictor_path = fine_tune_checkpoints(args, method.name)
     with checkpoint_follows():
         model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, net_path, cam_only=True)
-    return model, cam_kernel(args, method, model, predictor_path)
+    kernel = method.flag(args, "kernel")
+    weights = {"weights": file_identity(net_path), "kernel": kernel,
+               "predictor": file_identity(predictor_path) if kernel == "product" else None}
+    return model, cam_kernel(args, method, model, predictor_path), weights

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from wavecam.engine.loop import Hook, fit
+from wavecam.engine.provenance import forget_file, trained_by
 from wavecam.engine.runtime import Context, amp_dtype, barrier, init, loss_scaler, seed_everything, set_cudnn
 from wavecam.engine.sampling import BatchPlan, epoch_steps, train_loader
 from wavecam.engine.state import TrainState
@@ -29,13 +30,22 @@ log = logging.getLogger("wavecam")
 LossFn = Callable[[dict], dict[str, torch.Tensor]]  # batch -> losses, "loss" is minimised
 
 
-def begin(args, name: str, outputs: list[str]) -> Context | None:
+def begin(args, name: str, outputs: list[str], maker: dict) -> Context | None:
     """The context of the training pass `name`, its random generators seeded; None when all its
-    `outputs` exist already (--force True retrains)."""
+    `outputs` exist already and were trained by the same `maker` or by a run that left no record
+    (engine.provenance.trained_by). Outputs that are retrained (--force True, another maker) are
+    removed first; the pass records `maker` once it has written them (record_file)."""
     ctx = init(args.device)
-    if all(is_complete(p) for p in outputs) and not args.force:
-        log.info("%s exists: skipping %s (--force True to retrain)", outputs[0], name)
-        return None
+    if all(is_complete(p) for p in outputs):
+        why = None if args.force else trained_by(outputs[0], maker)
+        if why is None and not args.force:
+            log.info("%s exists: skipping %s (--force True to retrain)", outputs[0], name)
+            return None
+        log.warning("%s: retraining %s: %s", name, outputs[0], why or "--force True")
+        if ctx.is_main:
+            for path in outputs:
+                forget_file(path)
+    barrier(ctx)  # no rank decides on the outputs while they are being removed
     seed_everything(args.seed, ctx.rank)
     return ctx
 

@@ -13,9 +13,10 @@ from wavecam.data.classes import IGNORE_INDEX
 from wavecam.data.datasets import split_ids
 from wavecam.engine import runtime
 from wavecam.engine.parallel import map_images
+from wavecam.engine.provenance import folder_identity
 from wavecam.io import save_png
-from wavecam.multi_stage.common import load_image_or_skip, make_source, pending, read_cam
-from wavecam.multi_stage.workspace import IR_LABELS
+from wavecam.multi_stage.common import claim_outputs, data_identity, load_image_or_skip, make_source, pick, read_cam
+from wavecam.multi_stage.workspace import CAMS, IR_LABELS
 
 log = logging.getLogger("wavecam")
 
@@ -49,7 +50,10 @@ def write_ir_label(image_id: str, args, source) -> None:
 def run(args) -> None:
     ctx = runtime.init(args.device)
     source = make_source(args)
-    ids = pending(split_ids(source, args.train_list), IR_LABELS.folder(args), IR_LABELS.suffix, args, ctx)
+    maker = {"pass": "cam_to_ir_label", **data_identity(args), "cams": folder_identity(CAMS.folder(args)),
+             **pick(args, "conf_fg_thres", "conf_bg_thres")}
+    ids = claim_outputs(split_ids(source, args.train_list), IR_LABELS.folder(args), IR_LABELS.suffix, maker, args,
+                        ctx, "cam_to_ir_label")
     log.info("cam_to_ir_label: %d images to do", len(ids))
     map_images(functools.partial(write_ir_label, args=args, source=source), ids, args.num_workers, "cam_to_ir_label",
                show=ctx.is_main)

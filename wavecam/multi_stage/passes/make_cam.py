@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from wavecam.engine.provenance import file_identity
 from wavecam.models import CAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.resnet import checkpoint_follows
@@ -15,4 +16,5 @@ def run(args) -> None:
     with checkpoint_follows():
         model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, args.cam_weights_name)
-    write_cams(args, model, cam_weight(model.classifier.weight), "make_cam")
+    write_cams(args, model, cam_weight(model.classifier.weight), "make_cam",
+               {"cam_weights": file_identity(args.cam_weights_name)})

@@ -10,5 +10,5 @@ from wavecam.multi_stage.fine_tune import RECAM, fine_tuned_cam
 
 
 def run(args) -> None:
-    model, kernel = fine_tuned_cam(args, RECAM)
-    write_cams(args, model, kernel, "make_recam")
+    model, kernel, weights = fine_tuned_cam(args, RECAM)
+    write_cams(args, model, kernel, "make_recam", weights)

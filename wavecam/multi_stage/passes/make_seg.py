@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,10 +23,11 @@ from wavecam.crf import crf_inference_deeplab
 from wavecam.data.datasets import split_ids
 from wavecam.data.voc import VOC12
 from wavecam.engine.parallel import BackgroundPool
+from wavecam.engine.provenance import file_identity
 from wavecam.engine.runtime import autocast, barrier, init, place
 from wavecam.io import DatasetRootError, save_png
 from wavecam.models.deeplab import SegNetwork, build_seg_network
-from wavecam.multi_stage.common import load_image_or_skip, make_source, pending
+from wavecam.multi_stage.common import claim_outputs, load_image_or_skip, make_source, pick
 from wavecam.multi_stage.workspace import seg_predictions, voc_server_dir
 
 log = logging.getLogger("wavecam")
@@ -94,13 +96,20 @@ def run(args) -> None:
         except DatasetRootError as e:
             raise DatasetRootError(f"--voc12_test_root: {e}") from None
         sets.append(("test", test_images, [str(voc_server_dir(args.work_space))]))
+    maker = {"pass": "make_seg", "seg_weights": file_identity(args.seg_weights_name),
+             **pick(args, "seg_network", "seg_n_blocks", "seg_block", "seg_msc_scales", "amp")}
+    crf_maker = {**maker, "crf": crf_settings(args), **pick(args, "seg_crf_image")}
     for name, images, extra in sets:
-        folders = [seg_predictions(args, name, crf=False)]
+        of_images = {"images": str(Path(images.root).resolve())}
+        folders = [(seg_predictions(args, name, crf=False), {**maker, **of_images})]
         if args.seg_crf:
-            folders.append(seg_predictions(args, name, crf=True))
-        folders += extra
-        # The last folder is written last: an image is done once its file there is complete.
-        ids = pending(split_ids(images, name), folders[-1], ".png", args, ctx)
-        log.info("make_seg: %d %s images to predict into %s", len(ids), name, ", ".join(folders))
-        predict(net, images, ids, folders, args)
+            folders.append((seg_predictions(args, name, crf=True), {**crf_maker, **of_images}))
+        folders += [(folder, {**(crf_maker if args.seg_crf else maker), **of_images}) for folder in extra]
+        all_ids = split_ids(images, name)
+        todo = set()
+        for folder, folder_maker in folders:
+            todo |= set(claim_outputs(all_ids, folder, ".png", folder_maker, args, ctx, "make_seg"))
+        ids = [i for i in all_ids if i in todo]
+        log.info("make_seg: %d %s images to predict into %s", len(ids), name, ", ".join(f for f, _ in folders))
+        predict(net, images, ids, [f for f, _ in folders], args)
     barrier(ctx)

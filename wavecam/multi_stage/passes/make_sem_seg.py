@@ -24,10 +24,19 @@ from tqdm import tqdm
 from wavecam.data.datasets import InferenceDataset, split_ids
 from wavecam.engine import runtime
 from wavecam.engine.parallel import map_images
+from wavecam.engine.provenance import file_identity, folder_identity
 from wavecam.io import save_npz, save_png
 from wavecam.models.irn import EdgeDisplacement
-from wavecam.multi_stage.common import loader_options, make_source, pending, read_cam, skip_bad_image
-from wavecam.multi_stage.workspace import SEM_SEG, SEM_SEG_SCORES
+from wavecam.multi_stage.common import (
+    claim_outputs,
+    data_identity,
+    loader_options,
+    make_source,
+    pick,
+    read_cam,
+    skip_bad_image,
+)
+from wavecam.multi_stage.workspace import CAMS, SEM_SEG, SEM_SEG_SCORES
 from wavecam.randomwalk import propagate, rw_to_label
 
 log = logging.getLogger("wavecam")
@@ -38,9 +47,15 @@ def run(args) -> None:
     ctx = runtime.init(args.device)
     source = make_source(args)
     ids = split_ids(source, args.infer_list)
-    todo = set(pending(ids, SEM_SEG.folder(args), SEM_SEG.suffix, args, ctx))
+    # The walked scores do not depend on the background threshold; the labels do.
+    scores_maker = {"pass": "make_sem_seg", **data_identity(args), "cams": folder_identity(CAMS.folder(args)),
+                    "irn_weights": file_identity(args.irn_weights_name),
+                    **pick(args, "irn_network", "irn_crop_size", "irn_pad_to_crop", "beta", "exp_times")}
+    todo = set(claim_outputs(ids, SEM_SEG.folder(args), SEM_SEG.suffix,
+                             {**scores_maker, **pick(args, "sem_seg_bg_thres")}, args, ctx, "make_sem_seg"))
     if args.sem_seg_eval_sweep:  # labels written before the sweep was asked for get their scores now
-        todo |= set(pending(ids, SEM_SEG_SCORES.folder(args), SEM_SEG_SCORES.suffix, args, ctx))
+        todo |= set(claim_outputs(ids, SEM_SEG_SCORES.folder(args), SEM_SEG_SCORES.suffix, scores_maker, args, ctx,
+                                  "make_sem_seg"))
     ids = [i for i in ids if i in todo]
     log.info("make_sem_seg: %d images to do", len(ids))
     cores = max(1, _cores() // ctx.world_size)  # torchrun's CPU ranks share the machine

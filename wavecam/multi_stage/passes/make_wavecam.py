@@ -8,5 +8,5 @@ from wavecam.multi_stage.fine_tune import WAVECAM, fine_tuned_cam
 
 
 def run(args) -> None:
-    model, kernel = fine_tuned_cam(args, WAVECAM)
-    write_cams(args, model, kernel, "make_wavecam")
+    model, kernel, weights = fine_tuned_cam(args, WAVECAM)
+    write_cams(args, model, kernel, "make_wavecam", weights)

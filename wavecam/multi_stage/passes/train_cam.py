@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from wavecam.data.datasets import ClassificationDataset, split_ids
+from wavecam.engine.provenance import record_file
 from wavecam.engine.runtime import autocast, barrier, place, shard, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import save_checkpoint
 from wavecam.models import CAMNet
-from wavecam.multi_stage.common import loader_options, make_source
+from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import begin, train_epochs
 from wavecam.optim import poly_sgd
 
@@ -33,11 +34,15 @@ def validate(model, loader, args, ctx) -> float:
 
 
 def run(args) -> None:
-    ctx = begin(args, "train_cam", [args.cam_weights_name])
-    if ctx is None:
-        return
     source = make_source(args)
     train_ids = split_ids(source, args.train_list)
+    maker = {"pass": "train_cam", **data_identity(args), "train_ids": ids_identity(train_ids),
+             "pretrained": weights_identity(args.pretrained),
+             **pick(args, "cam_network", "cam_crop_size", "cam_resize_long", "cam_batch_size", "cam_num_epoches",
+                    "cam_learning_rate", "cam_weight_decay", "sgd_momentum", "seed", "amp")}
+    ctx = begin(args, "train_cam", [args.cam_weights_name], maker)
+    if ctx is None:
+        return
     train_set = ClassificationDataset(source, train_ids, crop_size=args.cam_crop_size,
                                       resize_long=tuple(args.cam_resize_long), hflip=True)
     val_set = ClassificationDataset(source, shard(split_ids(source, args.val_list), ctx),
@@ -71,6 +76,7 @@ def run(args) -> None:
 
     if ctx.is_main:
         save_checkpoint(args.cam_weights_name, unwrap(model).state_dict())
+        record_file(args.cam_weights_name, maker)
         state.remove()
         log.info("wrote %s", args.cam_weights_name)
     barrier(ctx)

@@ -13,12 +13,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset, split_ids
+from wavecam.engine.provenance import file_identity, folder_identity, record_file
 from wavecam.engine.runtime import autocast, barrier, place, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import WavecamError, save_checkpoint
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
-from wavecam.multi_stage.common import loader_options, make_source
+from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import begin, train_epochs
 from wavecam.optim import poly_sgd
 from wavecam.randomwalk import PathIndex
@@ -58,11 +59,17 @@ def backbone_weights(args):
 
 
 def run(args) -> None:
-    ctx = begin(args, "train_irn", [args.irn_weights_name])
-    if ctx is None:
-        return
     source = make_source(args)
     ids = split_ids(source, args.train_list)
+    maker = {"pass": "train_irn", **data_identity(args), "train_ids": ids_identity(ids),
+             "ir_labels": folder_identity(args.ir_label_out_dir),
+             "backbone": weights_identity(args.pretrained) if args.pretrained is not None
+             else file_identity(args.cam_weights_name),
+             **pick(args, "irn_network", "irn_crop_size", "irn_rescale", "irn_batch_size", "irn_path_radius",
+                    "irn_num_epoches", "irn_learning_rate", "irn_weight_decay", "sgd_momentum", "seed", "amp")}
+    ctx = begin(args, "train_irn", [args.irn_weights_name], maker)
+    if ctx is None:
+        return
     side = args.irn_crop_size // 4  # flags.check_conflicts made sure the radius fits
     path_index = PathIndex(args.irn_path_radius, (side, side))
     dataset = AffinityDataset(source, ids, args.ir_label_out_dir, path_index, crop_size=args.irn_crop_size,
@@ -93,6 +100,7 @@ def run(args) -> None:
         net = unwrap(model).net
         net.mean_shift.running_mean.copy_(displacement_mean(net, source, ids, args, ctx))
         save_checkpoint(args.irn_weights_name, net.state_dict())
+        record_file(args.irn_weights_name, maker)
         state.remove()
         log.info("wrote %s", args.irn_weights_name)
     barrier(ctx)

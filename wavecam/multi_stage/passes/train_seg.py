@@ -20,6 +20,7 @@ from wavecam.data.datasets import prepare_gt, split_ids
 from wavecam.data.seg_train import SegTrainDataset
 from wavecam.engine.logging import MetricLogger, add_scalars, tensorboard
 from wavecam.engine.loop import Hook, fit
+from wavecam.engine.provenance import folder_identity, record_file
 from wavecam.engine.runtime import (
     amp_dtype,
     autocast,
@@ -35,7 +36,7 @@ from wavecam.engine.sampling import batch_plan, train_loader
 from wavecam.engine.state import TrainState
 from wavecam.io import save_checkpoint
 from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
-from wavecam.multi_stage.common import loader_options, make_source
+from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import begin
 from wavecam.multi_stage.workspace import resume_path, seg_labels, tensorboard_dir
 
@@ -54,12 +55,19 @@ def poly_every(max_iters: int, power: float, every: int, warmup: int = 0):
 
 
 def run(args) -> None:
-    ctx = begin(args, "train_seg", [args.seg_weights_name])
-    if ctx is None:
-        return
     source = make_source(args)
     ids = split_ids(source, args.seg_train_list)
     labels = seg_labels(args)
+    maker = {"pass": "train_seg", **data_identity(args), "train_ids": ids_identity(ids),
+             "labels": "gt" if labels is None else folder_identity(labels),
+             "seg_pretrained": weights_identity(args.seg_pretrained),
+             **pick(args, "seg_network", "seg_n_blocks", "seg_block", "seg_msc_scales", "seg_batch_size",
+                    "seg_iter_size", "seg_crop_size", "seg_scales", "seg_num_iters", "seg_learning_rate",
+                    "seg_momentum", "seg_weight_decay", "seg_poly_power", "seg_lr_decay", "seg_warmup_iters",
+                    "seed", "amp")}
+    ctx = begin(args, "train_seg", [args.seg_weights_name], maker)
+    if ctx is None:
+        return
     if labels is None:
         prepare_gt(source, ids)
     net = build_seg_network(args.seg_network, source.num_classes + 1, pretrained=args.seg_pretrained,
@@ -115,6 +123,7 @@ def run(args) -> None:
         writer.close()
     if ctx.is_main:
         save_checkpoint(args.seg_weights_name, unwrap(model).state_dict())
+        record_file(args.seg_weights_name, maker)
         state.remove()
         log.info("wrote %s", args.seg_weights_name)
     barrier(ctx)
