@@ -118,8 +118,8 @@ def test_masks_match_annToMask_pixel_for_pixel(root, crowd):
     assert ds.prepare_masks(ids) == len(ids)
     for image_id in ids:
         split, n = image_id.split("_")[1].removesuffix("2014"), int(image_id.split("_")[2])
-        path = root.parent / "cache" / f"coco_masks_crowd_{crowd}" / split / f"{image_id}.png"
-        assert path.is_file()
+        path = ds.mask_path(image_id)
+        assert path.is_relative_to(root.parent / "cache" / f"coco_masks_crowd_{crowd}") and path.is_file()
         np.testing.assert_array_equal(load_png(path), expected_mask(root, split, n, crowd), err_msg=image_id)
     gt = ds.load_gt(coco_id("train", 9))
     assert gt[10, 10] == INDEX[DOG] + 1  # the dog alone
@@ -170,6 +170,23 @@ def test_second_run_does_no_work(root, monkeypatch):
     assert again.prepare_masks(ids) == 0
     assert {p: p.stat().st_mtime_ns for p in ds.rendered_mask_dir.rglob("*.png")} == stamps
     again.load_gt(ids[0])
+
+
+def test_an_edited_annotation_file_is_indexed_and_rendered_again(root):
+    cache = root.parent / "cache"
+    ids = COCO2014(root, cache_dir=cache, jobs=1).split("train_all")
+    dog_image = coco_id("train", 39)
+    first = COCO2014(root, cache_dir=cache, jobs=1)
+    assert first.labels([dog_image])[0, INDEX[DOG]] == 1
+    first.prepare_masks(ids)
+    path = root / "annotations" / "instances_train2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"] = [a for a in data["annotations"] if not (a["image_id"] == 39 and a["category_id"] == DOG)]
+    path.write_text(json.dumps(data))
+    again = COCO2014(root, cache_dir=cache, jobs=1)
+    assert again.labels([dog_image])[0, INDEX[DOG]] == 0
+    assert again.prepare_masks(ids) == len(ids), "masks of the old file are not read"
+    np.testing.assert_array_equal(again.load_gt(dog_image), expected_mask(root, "train", 39))
 
 
 def test_load_gt_renders_one_missing_mask(root):

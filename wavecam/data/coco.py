@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wavecam.data.classes import COCO_CATEGORIES, IGNORE_INDEX
-from wavecam.data.voc import default_cache_dir, load_image, read_id_list
+from wavecam.data.voc import default_cache_dir, file_stamp, load_image, read_id_list
 from wavecam.io import BadFileError, DatasetRootError, WavecamError, is_complete, load_npz, load_png, save_npz, save_png
 
 log = logging.getLogger("wavecam")
@@ -113,28 +113,34 @@ def _parallel_map(fn: Callable, items: list, jobs: int, desc: str) -> list:
 class _SplitIndex:
     """What labels and split lists need of one split, cached as one npz. It holds every image with
     its `annotated` flag and labels that count crowds under either policy, so it does not depend on
-    `split_images` or `crowd`: switching them can never meet a stale index."""
+    `split_images` or `crowd`: switching them can never meet a stale index. `sources` are the stamps
+    (size, modification time) of the files it was derived from, so an edited annotation file or mask
+    is indexed again."""
 
-    def __init__(self, ids: list[str], labels: np.ndarray, annotated: np.ndarray):
+    def __init__(self, ids: list[str], labels: np.ndarray, annotated: np.ndarray, sources: np.ndarray):
         # annotated: the image has a non-crowd annotation (official layout) or a foreground pixel (VOC-style).
         self.ids, self.labels, self.annotated = ids, labels, annotated
+        self.sources = np.asarray(sources, dtype=np.int64).reshape(-1, 2)
         self.row = {image_id: i for i, image_id in enumerate(ids)}
 
     def save(self, path: Path) -> None:
         try:
-            save_npz(path, ids=np.array(self.ids, dtype=str), labels=self.labels, annotated=self.annotated)
+            save_npz(path, ids=np.array(self.ids, dtype=str), labels=self.labels, annotated=self.annotated,
+                     sources=self.sources)
         except OSError:
             pass  # an unwritable cache folder costs time on the next run, nothing else
 
     @classmethod
-    def load(cls, path: Path) -> _SplitIndex | None:
+    def load(cls, path: Path, sources: np.ndarray) -> _SplitIndex | None:
+        """The cached index, if it was derived from files with these stamps."""
         if not path.is_file():
             return None
         try:
             data = load_npz(path)
-            return cls(data["ids"].tolist(), data["labels"], data["annotated"])
+            index = cls(data["ids"].tolist(), data["labels"], data["annotated"], data["sources"])
         except (BadFileError, KeyError):
             return None  # a bad cache is only a cache: rebuild it
+        return index if np.array_equal(index.sources, np.asarray(sources).reshape(-1, 2)) else None
 
 
 class COCO2014:
@@ -167,6 +173,7 @@ class COCO2014:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
         self.jobs = jobs or os.cpu_count() or 1
         self._index: dict[str, _SplitIndex] = {}
+        self._mask_folder: dict[str, str] = {}
         self._api: dict[str, tuple] = {}
 
     # --- files -------------------------------------------------------------------------------
@@ -189,11 +196,16 @@ class COCO2014:
         return self.cache_dir / f"coco_masks_crowd_{self.crowd}"
 
     def mask_path(self, image_id: str) -> Path:
-        """The VOC-style layout's mask, or where the official layout's rendered mask is cached."""
+        """The VOC-style layout's mask, or where the official layout's rendered mask is cached: in a
+        folder named for the split and the stamp of its annotation file, so that masks rendered from
+        an older annotation file are never read."""
         split = split_of(image_id)
         if self.layout == "voc":
             return self.root / "SegmentationClass" / split / f"{image_id}.png"
-        return self.rendered_mask_dir / split / f"{image_id}.png"
+        if split not in self._mask_folder:
+            size, mtime = file_stamp(self._annotation_file(split))
+            self._mask_folder[split] = f"{split}_{size}_{mtime}"
+        return self.rendered_mask_dir / self._mask_folder[split] / f"{image_id}.png"
 
     def load_gt(self, image_id: str) -> np.ndarray:
         """Ground-truth label map (0 background, 1..80; crowds 0 or 255 as `crowd` says); rendered
@@ -275,23 +287,32 @@ class COCO2014:
     def _split_index(self, split: str) -> _SplitIndex:
         if split not in self._index:
             cache = self.cache_dir / f"coco_{split}_index.npz"
-            index = _SplitIndex.load(cache)
+            index = _SplitIndex.load(cache, self._index_sources(split)[1])
             if index is None:
                 index = self._build_index(split)
                 index.save(cache)
             self._index[split] = index
         return self._index[split]
 
-    def _build_index(self, split: str) -> _SplitIndex:
+    def _index_sources(self, split: str) -> tuple[list[Path], np.ndarray]:
+        """The files a split's index is derived from, and their stamps: the VOC-style layout's masks,
+        or the official layout's annotation file."""
         if self.layout == "voc":
             folder = self.root / "SegmentationClass" / split
             if not folder.is_dir():
                 raise WavecamError(f"{folder} not found: labels of the {split} split come from it. {COCO_LAYOUT_HELP}")
             paths = sorted(folder.glob("*.png"))
+        else:
+            paths = [self._annotation_file(split)]
+        return paths, np.array([file_stamp(p) for p in paths], dtype=np.int64).reshape(-1, 2)
+
+    def _build_index(self, split: str) -> _SplitIndex:
+        paths, sources = self._index_sources(split)
+        if self.layout == "voc":
             labels = _parallel_map(_mask_label, paths, self.jobs, f"COCO {split} labels")
             ids = [p.stem for p in paths]
             labels = np.stack(labels) if labels else np.zeros((0, self.num_classes), np.uint8)
-            return _SplitIndex(ids, labels, labels.any(axis=1))
+            return _SplitIndex(ids, labels, labels.any(axis=1), sources)
         api, image_of = self._coco_api(split)
         ids = sorted(image_of)
         labels = np.zeros((len(ids), self.num_classes), np.uint8)
@@ -300,7 +321,7 @@ class COCO2014:
             for ann in api.imgToAnns[image_of[image_id]]:
                 labels[n, CATEGORY_INDEX[ann["category_id"]]] = 1
                 annotated[n] |= not ann.get("iscrowd")
-        return _SplitIndex(ids, labels, annotated)
+        return _SplitIndex(ids, labels, annotated, sources)
 
     # --- the annotation files ------------------------------------------------------------------
     def _annotation_file(self, split: str) -> Path:

@@ -6,7 +6,9 @@ minus `val`, and labels come from `Annotations/*.xml` as the reference's `cls_la
 (every object named there, `difficult` and `truncated` ones included). `label_source="mask"`
 takes them from the masks instead (the XML where an image has none); the two differ where an
 annotated object is too small or too occluded to have pixels in the mask.
-Labels are cached per dataset root and source, outside the root (datasets are often read-only).
+Labels are cached per dataset root and source, outside the root (datasets are often read-only),
+each with the size and modification time of the file it came from: an edited XML or mask is read
+again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,16 @@ LABEL_SOURCES = ("xml", "mask")
 def default_cache_dir(root: Path) -> Path:
     base = Path(os.environ.get("WAVECAM_CACHE", Path.home() / ".cache" / "wavecam"))
     return base / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, modification time in ns) of a cache's source file; (-1, -1) for none. A cached value
+    whose source's stamp changed is derived again."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
@@ -84,7 +96,7 @@ class VOC12:
         if not (self.root / "JPEGImages").is_dir():
             raise DatasetRootError(f"VOC 2012 root {self.root}: no JPEGImages folder. {VOC_LAYOUT_HELP}")
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
-        self._labels: dict[str, np.ndarray] | None = None
+        self._labels: dict[str, tuple[np.ndarray, tuple[int, int]]] | None = None
 
     # --- files -------------------------------------------------------------------------------
     def image_path(self, image_id: str) -> Path:
@@ -141,14 +153,22 @@ class VOC12:
 
     # --- image-level labels --------------------------------------------------------------------
     def labels(self, ids: list[str]) -> np.ndarray:
-        """(N, 20) float32 multi-hot labels, computed once per image and cached."""
+        """(N, 20) float32 multi-hot labels, computed once per image and cached until the file it
+        comes from changes."""
         cache = self._load_label_cache()
-        todo = [i for i in ids if i not in cache]
+        stamps = {i: file_stamp(self._label_file(i)) for i in ids}
+        todo = [i for i in ids if i not in cache or cache[i][1] != stamps[i]]
         if todo:
             for i in tqdm(todo, desc="image labels", disable=len(todo) < 200, leave=False):
-                cache[i] = self._label_of(i)
+                cache[i] = (self._label_of(i), stamps[i])
             self._save_label_cache(cache)
-        return np.stack([cache[i] for i in ids]).astype(np.float32) if ids else np.zeros((0, self.num_classes))
+        return np.stack([cache[i][0] for i in ids]).astype(np.float32) if ids else np.zeros((0, self.num_classes))
+
+    def _label_file(self, image_id: str) -> Path:
+        """The file an image's label comes from: its XML, or with the label source `mask` its mask
+        where it has one."""
+        mask = self.mask_path(image_id) if self.label_source == "mask" else None
+        return mask if mask is not None else self.root / "Annotations" / f"{image_id}.xml"
 
     def _label_of(self, image_id: str) -> np.ndarray:
         label = np.zeros(self.num_classes, dtype=np.uint8)
@@ -183,22 +203,25 @@ class VOC12:
     def _cache_file(self) -> Path:
         return self.cache_dir / f"voc12_labels_{self.label_source}.npz"
 
-    def _load_label_cache(self) -> dict[str, np.ndarray]:
+    def _load_label_cache(self) -> dict[str, tuple[np.ndarray, tuple[int, int]]]:
+        """id -> (label, stamp of its source file)."""
         if self._labels is None:
             self._labels = {}
             f = self._cache_file()
             if f.is_file():
                 try:
                     data = load_npz(f)
-                    self._labels = dict(zip(data["ids"].tolist(), data["labels"]))
+                    stamps = [tuple(int(v) for v in row) for row in data["stamps"]]
+                    self._labels = dict(zip(data["ids"].tolist(), zip(data["labels"], stamps)))
                 except (BadFileError, KeyError):
-                    self._labels = {}  # a bad cache is only a cache: rebuild it
+                    self._labels = {}  # a bad cache (or one without stamps) is only a cache: rebuild it
         return self._labels
 
-    def _save_label_cache(self, cache: dict[str, np.ndarray]) -> None:
+    def _save_label_cache(self, cache: dict[str, tuple[np.ndarray, tuple[int, int]]]) -> None:
         ids = sorted(cache)
         try:
-            save_npz(self._cache_file(), ids=np.array(ids, dtype=str), labels=np.stack([cache[i] for i in ids]))
+            save_npz(self._cache_file(), ids=np.array(ids, dtype=str), labels=np.stack([cache[i][0] for i in ids]),
+                     stamps=np.array([cache[i][1] for i in ids], dtype=np.int64).reshape(-1, 2))
         except OSError:
             pass  # an unwritable cache folder costs time on the next run, nothing else
 
