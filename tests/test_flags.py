@@ -63,11 +63,11 @@ def test_cam_writers_conflict(passes):
 
 @pytest.mark.parametrize("flag,bad,good", [("seg_warmup_iters", -1, 0), ("seg_num_iters", 0, 1),
                                            ("num_workers", -1, 0)])
-def test_counts_out_of_range_are_refused(flag, bad, good):
-    from wavecam.io import WavecamError
-
-    with pytest.raises(WavecamError, match=f"--{flag} {bad} is out of range"):
+def test_counts_out_of_range_are_refused(flag, bad, good, capsys):
+    with pytest.raises(SystemExit) as e:
         parse("voc", f"--work_space WS --{flag} {bad}")
+    assert e.value.code == 2
+    assert f"argument --{flag}: '{bad}' is not an integer >= {good}" in capsys.readouterr().err
     assert getattr(parse("voc", f"--work_space WS --{flag} {good}"), flag) == good
 
 

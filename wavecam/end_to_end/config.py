@@ -14,17 +14,28 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from wavecam.io import WavecamError
+from wavecam.ranges import Range, nonneg_float, nonneg_int, pos_float, pos_int, unit_float
 
 REFERENCE = "end_to_end/configs/voc.yaml"
+# torch's Adam refuses a beta of 1 or more: a moving average that never forgets.
+ADAM_BETA = Range(float, low=0, high=1, high_open=True)
+
+
+def ranged(values: Range) -> Any:
+    """A key without a default whose value, or each value of a list, must lie in `values` (None, where
+    the key allows it, means off): load_config refuses anything else, so that a batch of 0 or a negative
+    scale stops the run before it starts, not as a traceback or a NaN loss hours in."""
+    return field(default=MISSING, metadata={"range": values})
 
 
 @dataclass
@@ -37,8 +48,8 @@ class DatasetConfig:
     # images without annotations, hence `annotated`; crowds are `ignore`d, as this trainer always had it.
     coco_split_images: str = "annotated"
     coco_crowd: str = "ignore"
-    crop_size: int = MISSING
-    scale_range: list[float] | None = MISSING  # random rescale before the crop; null: none
+    crop_size: int = ranged(pos_int)
+    scale_range: list[float] | None = ranged(pos_float)  # random rescale before the crop; null: none
     resample: str = MISSING  # pil_bilinear or cv2_bicubic
     pad: str = MISSING  # black or mean
 
@@ -47,70 +58,70 @@ class DatasetConfig:
 class ModelConfig:
     backbone: str = MISSING
     pretrained: str | None = MISSING  # null: random initialisation
-    stride: list[int] = MISSING
-    embedding_dim: int = MISSING
+    stride: list[int] = ranged(pos_int)
+    embedding_dim: int = ranged(pos_int)
     pooling: str = MISSING
-    drop_path_rate: float = MISSING
+    drop_path_rate: float = ranged(unit_float)
 
 
 @dataclass
 class TrainConfig:
     seed: int = MISSING
-    batch_size: int = MISSING  # global, over all processes
-    micro_batch: int = MISSING  # images per forward pass of one process at most
-    max_iters: int = MISSING
-    cam_iters: int = MISSING
-    prop_label_iters: int = MISSING
+    batch_size: int = ranged(pos_int)  # global, over all processes
+    micro_batch: int = ranged(pos_int)  # images per forward pass of one process at most
+    max_iters: int = ranged(pos_int)
+    cam_iters: int = ranged(nonneg_int)
+    prop_label_iters: int = ranged(nonneg_int)
     aff_from_seg_target: bool = MISSING
-    eval_iters: int = MISSING
-    log_iters: int = MISSING
-    tb_image_every: int = MISSING
-    num_workers: int = MISSING
+    eval_iters: int = ranged(pos_int)
+    log_iters: int = ranged(pos_int)
+    tb_image_every: int = ranged(nonneg_int)  # 0: no image panels
+    num_workers: int = ranged(nonneg_int)
     amp: bool = MISSING
     deterministic: bool = MISSING
 
 
 @dataclass
 class CamConfig:
-    scales: list[float] = MISSING
-    bkg_score: float = MISSING
-    high_thre: float = MISSING
-    low_thre: float = MISSING
-    radius: int = MISSING
+    scales: list[float] = ranged(pos_float)
+    bkg_score: float = ranged(unit_float)
+    high_thre: float = ranged(unit_float)
+    low_thre: float = ranged(unit_float)
+    radius: int = ranged(pos_int)
     decoder_statistics: bool = MISSING
 
 
 @dataclass
 class ParConfig:
-    num_iter: int = MISSING
-    dilations: list[int] = MISSING
+    num_iter: int = ranged(nonneg_int)
+    dilations: list[int] = ranged(pos_int)
 
 
 @dataclass
 class LossConfig:
-    seg_weight: float = MISSING
-    aff_weight: float = MISSING
+    seg_weight: float = ranged(nonneg_float)
+    aff_weight: float = ranged(nonneg_float)
 
 
 @dataclass
 class WavecamConfig:
-    loss_weight: float = MISSING
-    start_iter: int = MISSING
-    cams_iter: int = MISSING
+    loss_weight: float = ranged(nonneg_float)
+    start_iter: int = ranged(nonneg_int)
+    cams_iter: int = ranged(nonneg_int)
 
 
 @dataclass
 class OptimizerConfig:
-    learning_rate: float = MISSING
-    betas: list[float] = MISSING
-    weight_decay: float = MISSING
+    learning_rate: float = ranged(pos_float)
+    betas: list[float] = ranged(ADAM_BETA)
+    weight_decay: float = ranged(nonneg_float)
 
 
 @dataclass
 class SchedulerConfig:
-    warmup_iter: int = MISSING
-    warmup_ratio: float = MISSING
-    power: float = MISSING
+    warmup_iter: int = ranged(nonneg_int)
+    warmup_ratio: float = ranged(nonneg_float)
+    power: float = ranged(nonneg_float)
 
 
 @dataclass
@@ -122,11 +133,11 @@ class ValConfig:
 class TestConfig:
     after_training: bool = MISSING
     eval_set: str = MISSING
-    scales: list[float] = MISSING
+    scales: list[float] = ranged(pos_float)
     flip: bool = MISSING
-    resize_long: int | None = MISSING
+    resize_long: int | None = ranged(pos_int)
     crf: bool = MISSING
-    crf_workers: int = MISSING
+    crf_workers: int = ranged(nonneg_int)
     evaluate: bool = MISSING
 
 
@@ -189,7 +200,25 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     missing = missing_keys(cfg)
     if missing:
         raise WavecamError(f"{path}: missing config key(s) {', '.join(missing)}; compare with {REFERENCE}")
-    return OmegaConf.to_object(cfg)
+    config = OmegaConf.to_object(cfg)
+    for key, value, values in out_of_range(config):
+        # the last --set of the key gave the value, if one did; the file otherwise
+        where = next((f"--set {item!r}" for item in reversed(overrides) if item.partition("=")[0].strip() == key),
+                     str(path))
+        raise WavecamError(f"{where}: {key}: {value!r} is not {values}")
+    return config
+
+
+def out_of_range(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, Range]]:
+    """(dotted key, value, range) of each value outside the range its key declares (`ranged`)."""
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            yield from out_of_range(value, f"{prefix}{f.name}.")
+        elif "range" in f.metadata and value is not None:
+            for item in value if isinstance(value, list) else [value]:
+                if not f.metadata["range"].holds(item):
+                    yield f"{prefix}{f.name}", item, f.metadata["range"]
 
 
 def override(item: str) -> dict:

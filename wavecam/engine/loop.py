@@ -144,4 +144,6 @@ def _divergence(name: str, losses: dict[str, torch.Tensor], t: int, steps_per_ep
         where += f" (epoch {t // steps_per_epoch + 1}, step {t % steps_per_epoch + 1})"
     parts = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items() if k != "loss")
     return (f"the loss became {losses['loss'].item()} {where} of {name}" + (f" ({parts})" if parts else "")
-            + f"; {kept() if kept else 'nothing was saved'}. Lower the learning rate and re-run.")
+            + f"; {kept() if kept else 'nothing was saved'}. Likely causes: a learning rate or a loss weight too "
+            "high, input scales or a crop size that leave a batch without labelled pixels, or fp16 autocast "
+            "(--amp, train.amp end to end); lower the learning rate first, check the others, then re-run.")

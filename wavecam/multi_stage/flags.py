@@ -17,6 +17,7 @@ from wavecam.models.deeplab import SEG_BLOCKS, SEG_NETWORKS
 from wavecam.models.resnet import resolve_arch, stage_channels
 from wavecam.multi_stage.passes import ORDER
 from wavecam.multi_stage.workspace import PATH_FLAGS, join_paths
+from wavecam.ranges import Range, nonneg_float, nonneg_int, pos_float, pos_int, unit_float
 
 # The passes that write --cam_out_dir: one of them per work space (or per --cam_out_dir).
 CAM_WRITERS = ("make_cam_pass", "make_recam_pass", "make_wavecam_pass")
@@ -55,6 +56,40 @@ def str2bool(v: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"boolean value expected (True/False/yes/no/1/0), got {v!r}")
 
 
+def momentum(text: str) -> float | str:
+    """--sgd_momentum: 'reference' (the paper code's momentum, see wavecam.optim) or a number >= 0."""
+    if text == "reference":
+        return text
+    try:
+        return nonneg_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'reference' nor {nonneg_float}") from None
+
+
+class TypedTuple(argparse.Action):
+    """An option of one value per type in `types`, each converted and range-checked by its own: the
+    values of one flag can differ in range (a CRF term's weight may be 0, its standard deviations not).
+    The error names the offending value by its metavar."""
+
+    def __init__(self, option_strings, dest, types: tuple[Range, ...], metavar: tuple[str, ...], **kwargs):
+        super().__init__(option_strings, dest, nargs=len(types), metavar=metavar, **kwargs)
+        self.types = types
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        converted = []
+        for convert, name, text in zip(self.types, self.metavar, values):
+            try:
+                converted.append(convert(text))
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentError(self, f"{name} {e}") from None
+        setattr(namespace, self.dest, tuple(converted))
+
+
+# START and STOP are background thresholds; that START <= STOP relates two values, so check_conflicts
+# checks it.
+SWEEP = (unit_float, unit_float, pos_float)
+
+
 def build_parser(dataset: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"WaveCAM multi-stage weakly-supervised segmentation on {dataset.upper()}.",
@@ -62,7 +97,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     )
     a = p.add_argument
     # Environment
-    a("--num_workers", type=int, default=min(12, os.cpu_count() or 1))
+    a("--num_workers", type=nonneg_int, default=min(12, os.cpu_count() or 1))
     if dataset == "voc":
         a("--voc12_root", default="../VOCdevkit/VOC2012/", help="VOC 2012 root holding JPEGImages/ etc.")
         a("--voc12_label_source", choices=("xml", "mask"), default="xml",
@@ -89,35 +124,35 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     # Class Activation Map
     a("--cam_network", default="net.resnet50_cam",
       help="backbone: net.resnet50_cam (= resnet50, the paper's), resnet18, resnet34 or resnet101")
-    a("--feature_dim", type=int, default=2048, help="kept for compatibility: taken from --cam_network")
-    a("--cam_crop_size", type=int, default=512)
-    a("--cam_resize_long", type=int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"))
-    a("--cam_batch_size", type=int, default=16, help="global batch size (split across torchrun ranks)")
-    a("--cam_num_epoches", type=int, default=5)
-    a("--cam_learning_rate", type=float, default=0.1)
-    a("--cam_weight_decay", type=float, default=1e-4)
-    a("--sgd_momentum", default="reference",
+    a("--feature_dim", type=pos_int, default=2048, help="kept for compatibility: taken from --cam_network")
+    a("--cam_crop_size", type=pos_int, default=512)
+    a("--cam_resize_long", type=pos_int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"))
+    a("--cam_batch_size", type=pos_int, default=16, help="global batch size (split across torchrun ranks)")
+    a("--cam_num_epoches", type=pos_int, default=5)
+    a("--cam_learning_rate", type=pos_float, default=0.1)
+    a("--cam_weight_decay", type=nonneg_float, default=1e-4)
+    a("--sgd_momentum", type=momentum, default="reference",
       help="'reference' reproduces the paper code's SGD (momentum = weight decay); or a number like 0.9")
-    a("--cam_eval_thres", type=float, default=0.21)
-    a("--cam_eval_sweep", type=float, nargs=3, default=None, metavar=("START", "STOP", "STEP"),
+    a("--cam_eval_thres", type=unit_float, default=0.21)
+    a("--cam_eval_sweep", action=TypedTuple, types=SWEEP, default=None, metavar=("START", "STOP", "STEP"),
       help="also evaluate background thresholds START..STOP by STEP and report the best")
-    a("--cam_scales", type=float, nargs="+", default=(1.0, 0.5, 1.5, 2.0), help="multi-scale inference")
+    a("--cam_scales", type=pos_float, nargs="+", default=(1.0, 0.5, 1.5, 2.0), help="multi-scale inference")
     a("--cam_resample", choices=("pil", "torch"), default="pil",
       help="make_cam's scales: PIL bicubic on the uint8 image in the loader (the reference's), or torch "
            "bilinear on the normalised tensor on the pass's device (no loader work)")
     # ReCAM (its run_sample.py; VOC's train_recam takes --cam_batch_size, COCO's --recam_batch_size)
-    a("--recam_num_epoches", type=int, default=4)
-    a("--recam_learning_rate", type=float, default=0.0005)
-    a("--recam_loss_weight", type=float, default=1.0)
-    a("--recam_batch_size", type=int, default=None, help="default: --cam_batch_size")
+    a("--recam_num_epoches", type=pos_int, default=4)
+    a("--recam_learning_rate", type=pos_float, default=0.0005)
+    a("--recam_loss_weight", type=nonneg_float, default=1.0)
+    a("--recam_batch_size", type=pos_int, default=None, help="default: --cam_batch_size")
     a("--recam_weight_dir", default=PATH_FLAGS["recam_weight_dir"])
     a("--recam_kernel", choices=("product", "classifier"), default="product",
       help="make_recam's CAM kernel, as --wavecam_kernel")
     # WaveCAM
-    a("--wavecam_num_epoches", type=int, default=4)
-    a("--wavecam_learning_rate", type=float, default=0.0005)
-    a("--wavecam_loss_weight", type=float, default=1.0)
-    a("--wavecam_batch_size", type=int, default=None, help="default: --cam_batch_size")
+    a("--wavecam_num_epoches", type=pos_int, default=4)
+    a("--wavecam_learning_rate", type=pos_float, default=0.0005)
+    a("--wavecam_loss_weight", type=nonneg_float, default=1.0)
+    a("--wavecam_batch_size", type=pos_int, default=None, help="default: --cam_batch_size")
     a("--wavecam_weight_dir", default=PATH_FLAGS["wavecam_weight_dir"])
     a("--wavecam_kernel", choices=("product", "classifier"), default="product",
       help="make_wavecam's CAM kernel: the predictor's weight times the fine-tuned classifier's (ReCAM's "
@@ -126,31 +161,31 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
       help="the wave module in train_wavecam; False fuses nothing into the class features, which is "
            "ReCAM's computation under the wavecam_* flags and file names (ablation)")
     # Mining inter-pixel relations
-    a("--conf_fg_thres", type=float, default=0.35)
-    a("--conf_bg_thres", type=float, default=0.1)
+    a("--conf_fg_thres", type=unit_float, default=0.35)
+    a("--conf_bg_thres", type=unit_float, default=0.1)
     # IRN
     a("--irn_network", default="net.resnet50_irn", help="IRN backbone: net.resnet50_irn (= resnet50), or as above")
-    a("--irn_crop_size", type=int, default=512)
-    a("--irn_rescale", type=float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
-    a("--irn_batch_size", type=int, default=32)
-    a("--irn_path_radius", type=int, default=10, help="pair radius of IRN's training labels, at stride 4")
-    a("--irn_num_epoches", type=int, default=3)
-    a("--irn_learning_rate", type=float, default=0.1)
-    a("--irn_weight_decay", type=float, default=1e-4)
+    a("--irn_crop_size", type=pos_int, default=512)
+    a("--irn_rescale", type=pos_float, nargs=2, default=(0.5, 1.5), metavar=("MIN", "MAX"))
+    a("--irn_batch_size", type=pos_int, default=32)
+    a("--irn_path_radius", type=pos_int, default=10, help="pair radius of IRN's training labels, at stride 4")
+    a("--irn_num_epoches", type=pos_int, default=3)
+    a("--irn_learning_rate", type=pos_float, default=0.1)
+    a("--irn_weight_decay", type=nonneg_float, default=1e-4)
     a("--irn_pad_to_crop", type=str2bool, default=False,
       help="make_sem_seg zero-pads each image to --irn_crop_size as IRN does (ReCAM, hence WaveCAM, does not)")
     # Random walk
-    a("--beta", type=float, default=10)
-    a("--exp_times", type=int, default=8, help="the random walk takes 2^exp_times steps")
-    a("--sem_seg_bg_thres", type=float, default=0.28)
-    a("--sem_seg_eval_sweep", type=float, nargs=3, default=None, metavar=("START", "STOP", "STEP"),
+    a("--beta", type=pos_float, default=10)
+    a("--exp_times", type=nonneg_int, default=8, help="the random walk takes 2^exp_times steps")
+    a("--sem_seg_bg_thres", type=unit_float, default=0.28)
+    a("--sem_seg_eval_sweep", action=TypedTuple, types=SWEEP, default=None, metavar=("START", "STOP", "STEP"),
       help="make_sem_seg also keeps each image's walked scores (--sem_seg_score_dir) and eval_sem_seg scores "
            "the pseudo labels at every background threshold of the sweep, as --cam_eval_sweep does the seeds")
     # Stage 3: a fully supervised segmenter trained on the pseudo labels, with deeplab-pytorch's settings
     # (configs/voc12.yaml; COCO: configs/coco.yaml's schedule)
     a("--seg_network", choices=SEG_NETWORKS, default="deeplabv2_resnet101_msc",
       help="DeepLab-v2 ResNet-101 with multi-scale inputs (the paper's), or torchvision's DeepLab-v3")
-    a("--seg_n_blocks", type=int, nargs=4, default=(3, 4, 23, 3), metavar=("L1", "L2", "L3", "L4"),
+    a("--seg_n_blocks", type=pos_int, nargs=4, default=(3, 4, 23, 3), metavar=("L1", "L2", "L3", "L4"),
       help="DeepLab-v2's blocks per stage (deeplab-pytorch's N_BLOCKS; ResNet-101's by default)")
     a("--seg_block", choices=SEG_BLOCKS, default="bottleneck",
       help="DeepLab-v2's ResNet blocks: bottleneck (ResNet-50/101, the paper's) or basic (ResNet-18/34, "
@@ -163,31 +198,34 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
            "for the ground truth (the fully supervised upper bound), or a folder of <id>.png")
     a("--seg_train_list", default="train_aug")
     a("--seg_eval_set", default="val")
-    a("--seg_batch_size", type=int, default=5, help="images per forward (deeplab-pytorch's BATCH_SIZE.TRAIN)")
-    a("--seg_iter_size", type=int, default=2,
+    a("--seg_batch_size", type=pos_int, default=5, help="images per forward (deeplab-pytorch's BATCH_SIZE.TRAIN)")
+    a("--seg_iter_size", type=pos_int, default=2,
       help="forwards accumulated per optimiser step (ITER_SIZE): the global batch is batch size x iter size, "
            "split over torchrun processes")
-    a("--seg_crop_size", type=int, default=321)
-    a("--seg_scales", type=float, nargs="+", default=(0.5, 0.75, 1.0, 1.25, 1.5), help="random rescaling")
-    a("--seg_msc_scales", type=float, nargs="*", default=(0.5, 0.75),
+    a("--seg_crop_size", type=pos_int, default=321)
+    a("--seg_scales", type=pos_float, nargs="+", default=(0.5, 0.75, 1.0, 1.25, 1.5), help="random rescaling")
+    a("--seg_msc_scales", type=pos_float, nargs="*", default=(0.5, 0.75),
       help="DeepLab-v2's extra input scales (max-fused with the full one, a loss on each)")
-    a("--seg_num_iters", type=int, default=20000, help="optimiser steps (ITER_MAX)")
-    a("--seg_learning_rate", type=float, default=2.5e-4, help="x10 for the head's weights, x20 its biases")
-    a("--seg_momentum", type=float, default=0.9)
-    a("--seg_weight_decay", type=float, default=5e-4)
-    a("--seg_poly_power", type=float, default=0.9)
-    a("--seg_lr_decay", type=int, default=10, help="the poly rate is updated every N steps (LR_DECAY)")
-    a("--seg_warmup_iters", type=int, default=0,
+    a("--seg_num_iters", type=pos_int, default=20000, help="optimiser steps (ITER_MAX)")
+    a("--seg_learning_rate", type=pos_float, default=2.5e-4, help="x10 for the head's weights, x20 its biases")
+    a("--seg_momentum", type=nonneg_float, default=0.9)
+    a("--seg_weight_decay", type=nonneg_float, default=5e-4)
+    a("--seg_poly_power", type=nonneg_float, default=0.9)
+    a("--seg_lr_decay", type=pos_int, default=10, help="the poly rate is updated every N steps (LR_DECAY)")
+    a("--seg_warmup_iters", type=nonneg_int, default=0,
       help="ramp the rate up linearly over the first N steps (0: none, the reference's); lets short schedules "
            "use higher rates without the head blowing up in its first steps (the demo's)")
-    a("--seg_save_iters", type=int, default=1000, help="the train state is saved every N steps (for resume)")
-    a("--seg_log_iters", type=int, default=100, help="log line and TensorBoard scalars every N steps")
+    a("--seg_save_iters", type=pos_int, default=1000, help="the train state is saved every N steps (for resume)")
+    a("--seg_log_iters", type=pos_int, default=100, help="log line and TensorBoard scalars every N steps")
     a("--seg_crf", type=str2bool, default=True,
       help="make_seg also writes the dense-CRF predictions; eval_seg reports both, the CRF ones first")
-    a("--seg_crf_iters", type=int, default=DEEPLAB_CRF["t"], help="the CRF's mean-field iterations")
-    a("--seg_crf_pos", type=float, nargs=2, default=(DEEPLAB_CRF["pos_w"], DEEPLAB_CRF["pos_xy_std"]),
+    # 0 is allowed: the CRF then hands back the network's probabilities, its starting point.
+    a("--seg_crf_iters", type=nonneg_int, default=DEEPLAB_CRF["t"], help="the CRF's mean-field iterations")
+    # A weight of 0 switches its term off; a standard deviation divides the features, so it cannot be 0.
+    a("--seg_crf_pos", action=TypedTuple, types=(nonneg_float, pos_float),
+      default=(DEEPLAB_CRF["pos_w"], DEEPLAB_CRF["pos_xy_std"]),
       metavar=("W", "XY_STD"), help="the CRF's Gaussian (smoothness) term")
-    a("--seg_crf_bi", type=float, nargs=3,
+    a("--seg_crf_bi", action=TypedTuple, types=(nonneg_float, pos_float, pos_float),
       default=(DEEPLAB_CRF["bi_w"], DEEPLAB_CRF["bi_xy_std"], DEEPLAB_CRF["bi_rgb_std"]),
       metavar=("W", "XY_STD", "RGB_STD"), help="the CRF's bilateral (appearance) term")
     a("--seg_crf_image", choices=("reference", "raw"), default="reference",
@@ -227,7 +265,7 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--pin_memory", type=str2bool, default=True, help="page-locked loader batches for faster copies to CUDA")
     a("--persistent_workers", type=str2bool, default=True,
       help="training loaders keep their --num_workers processes between epochs")
-    a("--cam_infer_batch", type=int, default=0,
+    a("--cam_infer_batch", type=nonneg_int, default=0,
       help="images of one size per forward in make_cam/make_recam/make_wavecam; 0: 8 on CUDA, 1 on CPU")
     # Passes
     for name in ORDER:
@@ -237,7 +275,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 
 
 def check_conflicts(args: argparse.Namespace) -> None:
-    """Flag combinations that cannot both hold, refused before any pass runs."""
+    """Flag combinations that cannot both hold, refused before any pass runs. Each value's own range
+    is its flag's `type=` (build_parser); the checks here relate several values."""
     writers = [f"--{flag}" for flag in CAM_WRITERS if getattr(args, flag)]
     if len(writers) > 1:
         names = f"{', '.join(writers[:-1])} and {writers[-1]}"
@@ -247,11 +286,18 @@ def check_conflicts(args: argparse.Namespace) -> None:
     if args.train_irn_pass and args.irn_crop_size < 8 * args.irn_path_radius:
         raise WavecamError(f"--irn_crop_size {args.irn_crop_size} is too small for --irn_path_radius "
                            f"{args.irn_path_radius}: the crop must be at least {8 * args.irn_path_radius} pixels")
-    for flag in ("cam_batch_size", "recam_batch_size", "wavecam_batch_size", "irn_batch_size", "num_workers",
-                 "cam_infer_batch", "seg_batch_size", "seg_iter_size", "seg_num_iters", "seg_save_iters",
-                 "seg_log_iters", "seg_lr_decay", "seg_warmup_iters"):
-        if getattr(args, flag) < (0 if flag in ("num_workers", "cam_infer_batch", "seg_warmup_iters") else 1):
-            raise WavecamError(f"--{flag} {getattr(args, flag)} is out of range")
+    # DeepLab-v2 resizes its input by each MSC scale, flooring the size: a crop must keep a pixel.
+    msc = args.seg_network == "deeplabv2_resnet101_msc" and args.seg_msc_scales
+    if args.train_seg_pass and msc and int(args.seg_crop_size * min(args.seg_msc_scales)) < 1:
+        raise WavecamError(f"--seg_crop_size {args.seg_crop_size} is too small for --seg_msc_scales "
+                           f"{min(args.seg_msc_scales):g}: the scaled crop would have no pixel")
+    for flag, (low, high) in (("--cam_resize_long", args.cam_resize_long), ("--irn_rescale", args.irn_rescale)):
+        if low > high:
+            raise WavecamError(f"{flag} {low:g} {high:g}: MIN is above MAX; give the smaller value first")
+    for flag, sweep in (("--cam_eval_sweep", args.cam_eval_sweep), ("--sem_seg_eval_sweep", args.sem_seg_eval_sweep)):
+        if sweep and sweep[0] > sweep[1]:
+            raise WavecamError(f"{flag} {sweep[0]:g} {sweep[1]:g} {sweep[2]:g}: START is above STOP; "
+                               "give the lower threshold first")
 
 
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
