@@ -17,6 +17,7 @@ import argparse
 import csv
 import html
 import io
+import json
 import math
 import re
 import sys
@@ -34,7 +35,8 @@ from wavecam.cam import seeds
 from wavecam.data.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from wavecam.data.coco import COCO2014, COCO_CLASSES
 from wavecam.data.voc import VOC12
-from wavecam.io import WavecamError, atomic_path, load_cam, load_json, load_png, save_png
+from wavecam.engine.cli import run_cli
+from wavecam.io import BadFileError, WavecamError, atomic_path, load_cam, load_json, load_png, save_png
 from wavecam.metrics import ConfusionMatrix
 from wavecam.multi_stage.workspace import default_path, results_path
 
@@ -65,12 +67,79 @@ class Run:
         return self.cam or self.sem_seg or self.seg
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _score(v) -> bool:
+    """An mIoU: a fraction, or NaN where the pass scored no pixel (json writes nanmean's NaN as is)."""
+    return _number(v) and (0 <= v <= 1 or math.isnan(v))
+
+
+def _per_class(v) -> bool:
+    """A per-class list of fractions, null for a class absent from both prediction and ground truth."""
+    return isinstance(v, list) and all(x is None or (_number(x) and 0 <= x <= 1) for x in v)
+
+
+def _sweep(v) -> bool:
+    return isinstance(v, list) and all(isinstance(s, dict) and _number(s.get("threshold")) and _score(s.get("miou"))
+                                       for s in v)
+
+
+RESULT_KEYS = ("miou", "iou", "n_images")
+# key -> (test, what it must be) for every value the report renders: one that is not what the eval
+# pass writes would otherwise end as a traceback deep in the formatting, or as a plausible number.
+# Keys beyond RESULT_KEYS may be absent or null (that pass does not record them).
+RESULT_VALUES = {
+    "miou": (_score, "a number in 0..1"),
+    "iou": (_per_class, "a list of numbers in 0..1 or null"),
+    "n_images": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "precision": (_per_class, "a list of numbers in 0..1 or null"),
+    "recall": (_per_class, "a list of numbers in 0..1 or null"),
+    "best_miou": (_score, "a number in 0..1"),
+    "threshold": (_number, "a number"),
+    "best_threshold": (_number, "a number"),
+    "sem_seg_bg_thres": (_number, "a number"),
+    "sweep": (_sweep, "a list of {threshold, miou} objects"),
+    "dataset": (lambda v: isinstance(v, str), "a string"),
+    "eval_set": (lambda v: isinstance(v, str), "a string"),
+}
+JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def result_problems(result) -> list[str]:
+    """What keeps `result` from being an eval pass's results; empty when it is one."""
+    expected = f"expected a JSON object with {', '.join(RESULT_KEYS)}"
+    if not isinstance(result, dict):
+        return [f"{expected}, found a JSON {JSON_TYPES.get(type(result), type(result).__name__)}"]
+    missing = [k for k in RESULT_KEYS if k not in result]
+    problems = [f"{expected}, found one without {', '.join(missing)}"] if missing else []
+    for key, (test, what) in RESULT_VALUES.items():
+        value = result.get(key)
+        if key in result and (value is not None or key in RESULT_KEYS) and not test(value):
+            shown = json.dumps(value)
+            problems.append(f"{key} is {shown if len(shown) <= 40 else shown[:37] + '...'}, expected {what}")
+    return problems
+
+
+def load_result(work_space: Path, stage: str) -> dict | None:
+    """results/<stage>.json of a work space, checked; None where the pass has not run."""
+    path = results_path(work_space, stage)
+    if not path.is_file():
+        return None
+    result = load_json(path)
+    problems = result_problems(result)
+    if problems:
+        raise BadFileError(f"{path}: not a results file of {stage}: {'; '.join(problems)}; re-run the eval pass that "
+                           f"writes it (--{stage}_pass True on {work_space}) or leave this work space out")
+    return result
+
+
 def load_run(work_space: str | Path, name: str) -> Run:
     ws = Path(work_space)
     if not ws.is_dir():
         raise WavecamError(f"work space {ws} not found")
-    found = {stage: load_json(p) if (p := results_path(ws, stage)).is_file() else None
-             for stage in ("eval_cam", "eval_sem_seg", "eval_seg")}
+    found = {stage: load_result(ws, stage) for stage in ("eval_cam", "eval_sem_seg", "eval_seg")}
     if not any(found.values()):
         raise WavecamError(f"{ws}: no results/eval_cam.json, results/eval_sem_seg.json or results/eval_seg.json; "
                            "run --eval_cam_pass True (and --eval_sem_seg_pass True) on it first")
@@ -91,8 +160,10 @@ def load_runs(work_spaces: Sequence[str | Path], names: Sequence[str] | None = N
 
 def fg_precision_recall(result: dict) -> tuple[float, float]:
     """Class-balanced foreground precision and recall (see FG_NOTE); recall is null exactly for the
-    classes absent from the ground truth, precision for those never predicted."""
-    pairs = [(p or 0.0, r) for p, r in zip(result["precision"][1:], result["recall"][1:]) if r is not None]
+    classes absent from the ground truth, precision for those never predicted. NaN for results that
+    record neither."""
+    precision, recall = result.get("precision") or [], result.get("recall") or []
+    pairs = [(p or 0.0, r) for p, r in zip(precision[1:], recall[1:]) if r is not None]
     if not pairs:
         return math.nan, math.nan
     p, r = np.array(pairs).T
@@ -468,13 +539,25 @@ def write_gallery(runs: Sequence[Run], out: Path, n: int) -> None:
 
 # --- entry points ------------------------------------------------------------------------------------
 
+def check_out(out: Path) -> None:
+    """--out must be a folder or a path where one can be made; checked before anything is read or
+    written, so that a wrong --out costs no work and leaves no half-written report."""
+    if out.exists() and not out.is_dir():
+        raise WavecamError(f"--out {out}: is a file, not a folder; choose another --out (a new or existing folder)")
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise WavecamError(f"--out {out}: {blocker} is a file, so no folder can be made under it; choose another "
+                           "--out (a new or existing folder)")
+
+
 def report(work_spaces: Sequence[str | Path], out: str | Path, gallery: int = 0,
            names: Sequence[str] | None = None) -> list[Path]:
     """Write the report of `work_spaces` under `out`; return the files written at its top level."""
     if not work_spaces:
         raise WavecamError("give at least one work space")
-    runs = load_runs(work_spaces, names)
     out = Path(out)
+    check_out(out)
+    runs = load_runs(work_spaces, names)
     rows = [summary_row(r) for r in runs]
     write_text(out / "results.md", markdown(runs, rows) + "\n")
     write_csv(out / "results.csv", rows)
@@ -500,14 +583,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also write gallery.html with N images: best, median and worst by per-image mIoU")
     p.add_argument("--names", nargs="+", help="run names, one per work space (default: the folder names)")
     a = p.parse_args(argv)
-    try:
+
+    def job() -> None:
         written = report(a.work_spaces, a.out, a.gallery, a.names)
-    except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(Path(a.out, "results.md").read_text())
-    print("wrote " + ", ".join(str(w) for w in written))
-    return 0
+        print(Path(a.out, "results.md").read_text())
+        print("wrote " + ", ".join(str(w) for w in written))
+
+    return run_cli(job, "--out")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 from wavecam.end_to_end.config import Config, as_dict, config_changes
@@ -14,6 +15,9 @@ from wavecam.models.e2e import load_wave_afa_weights
 
 log = logging.getLogger("wavecam")
 
+RESUME_FIX = ("Give --resume a checkpoint of a run with this config's model.backbone and dataset, or set them to the "
+              "checkpoint's (--set model.backbone=...).")
+
 
 def train_state(cfg: Config) -> TrainState:
     """The trainer's state, saved to `checkpoints/iter_<t>.pth` every `train.eval_iters` iterations (no
@@ -21,7 +25,8 @@ def train_state(cfg: Config) -> TrainState:
     resumed with another config (more iterations, say): the differences are logged. The model loads
     through load_wave_afa_weights, which also takes AFA's key layout."""
     return TrainState(checkpoint_path(cfg.work_dir, cfg.train.max_iters), as_dict(cfg), strict=False,
-                      name="end_to_end/train.py", load_model=load_wave_afa_weights,
+                      name="end_to_end/train.py",
+                      load_model=partial(load_wave_afa_weights, name="the --resume checkpoint", fix=RESUME_FIX),
                       changes=lambda saved, current: config_changes(saved, cfg),
                       restart_hint="to start from other weights set model.pretrained, to score it use evaluate.py")
 

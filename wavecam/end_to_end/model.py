@@ -16,6 +16,9 @@ from wavecam.models.e2e import WaveAFA, load_pretrained, load_wave_afa_weights
 
 log = logging.getLogger("wavecam")
 
+CHECKPOINT_FIX = ("Give --checkpoint one written by a run of this config's model.backbone and dataset, or "
+                  "set them to the checkpoint's (--set model.backbone=...).")
+
 
 def build_model(cfg: Config, num_classes: int) -> WaveAFA:
     """WaveAFA for `num_classes` foreground classes (the network counts the background too), started
@@ -60,5 +63,5 @@ def load_trained(cfg: Config, num_classes: int, checkpoint: str | os.PathLike, d
     evaluate.py: (network on `device`, the parts the checkpoint held, its iteration if it says)."""
     net = build_model(cfg, num_classes).to(device)
     ckpt = load_checkpoint(checkpoint)
-    parts = load_wave_afa_weights(net, ckpt)
+    parts = load_wave_afa_weights(net, ckpt, name=str(checkpoint), fix=CHECKPOINT_FIX)
     return net, parts, ckpt.get("iteration") if isinstance(ckpt, dict) else None

@@ -40,6 +40,7 @@ def load_weights(
     strict: bool = True,
     *,
     name: str | None = None,
+    network: str | None = None,
     hint: str = "Is it the right network and class count (--cam_network, dataset) for this pass?",
 ) -> tuple[list[str], list[str]]:
     """Load `checkpoint` (a path or a state dict) into `model`.
@@ -47,7 +48,9 @@ def load_weights(
     `key_map` renames each checkpoint key to the model's name, or drops it by returning None
     (aliases such as ReCAM's `backbone.*` copies). With `strict`, missing/unexpected keys and
     shape mismatches raise one BadFileError that lists them, then `hint`. `name` is what the error
-    calls a state dict passed in memory (by default its path, or "state dict").
+    calls a state dict passed in memory (by default its path, or "state dict"), `network` what it
+    calls the model (by default its class, which tells a user little where the model is a view of
+    some parts of a bigger one).
     Returns (missing, unexpected).
     """
     source, sd = read_state_dict(checkpoint)
@@ -69,7 +72,7 @@ def load_weights(
         if mapped[k].shape != own[k].shape
     ]
     if strict and (missing or unexpected or mismatched):
-        lines = [f"{source} does not fit {type(model).__name__}:"]
+        lines = [f"{source} does not fit {network or type(model).__name__}:"]
         for title, items in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)):
             if items:
                 shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")

@@ -35,7 +35,7 @@ from torch import nn
 from wavecam.io import WavecamError, load_checkpoint
 from wavecam.models.cam import cam_weight, class_features, normalised_cams, wave_features, wave_grid_size
 from wavecam.models.checkpoints import _as_state_dict, load_weights
-from wavecam.models.mit import mit, nvlabs_imagenet_key
+from wavecam.models.mit import CONFIGS, mit, nvlabs_imagenet_key
 from wavecam.models.wave import ClassPredictor, WaveModeling
 
 WAVECAM_PARTS = ("wave", "predictor")
@@ -232,20 +232,67 @@ def load_pretrained(model: WaveAFA, path: str | os.PathLike) -> str:
     return f"encoder and decoder from {path} (SegFormer checkpoint){note}"
 
 
-def load_wave_afa_weights(model: WaveAFA, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]
-                          ) -> tuple[str, ...]:
+def mit_variant(dims: Sequence[int], depths: Sequence[int]) -> str | None:
+    """The name (mit_b0 .. mit_b5) of the MiT with these stage widths and block counts, if any."""
+    return next((n for n, c in CONFIGS.items() if c.embed_dims == tuple(dims) and c.depths == tuple(depths)), None)
+
+
+def _shown(variant: str) -> str:
+    return "MiT-" + variant.removeprefix("mit_").upper()
+
+
+def held_network(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """One sentence on what a state dict in our names holds, as far as its keys and shapes tell: the
+    MiT variant of its encoder and its class count; for the error of a checkpoint that does not fit."""
+    if not any(k.startswith("encoder.") for k in state_dict):
+        return ("It holds no MiT encoder (no encoder.* or backbone.* keys): it is not a checkpoint of the "
+                "end-to-end network (a multi-stage pass's CAM network, say).")
+    depths = [len({k.split(".")[2] for k in state_dict if k.startswith(f"encoder.block{s}.")}) for s in range(1, 5)]
+    dims = [state_dict[f"encoder.norm{s}.weight"].shape[0] if f"encoder.norm{s}.weight" in state_dict else 0
+            for s in range(1, 5)]
+    variant = mit_variant(dims, depths)
+    if "classifier.weight" in state_dict:
+        classes = f" and {state_dict['classifier.weight'].shape[0] + 1} classes"
+    elif "decoder.linear_pred.weight" in state_dict:
+        classes = f" and {state_dict['decoder.linear_pred.weight'].shape[0]} classes"
+    else:
+        classes = ""
+    if variant is None:
+        return f"It holds a MiT encoder of stage widths {dims} and depths {depths}, which is no MiT-B0..B5{classes}."
+    return f"It holds a {_shown(variant)} encoder (model.backbone {variant}){classes}."
+
+
+WEIGHTS_FIX = ("Give a checkpoint written by a run of this config's model.backbone and dataset, or set them to the "
+               "checkpoint's (--set model.backbone=...).")
+
+
+def load_wave_afa_weights(model: WaveAFA, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                          name: str | None = None, fix: str = WEIGHTS_FIX) -> tuple[str, ...]:
     """Load one of our checkpoints (strictly), one of AFA's (`wetr_iter_*.pth`, strictly into the
     parts it has, leaving `wave.*` and `predictor.*` as they are) or a SegFormer checkpoint of mmseg's
     layout (strictly into encoder and decoder, class count included). Returns the parts loaded;
-    raises BadFileError on a mismatch."""
-    source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
+    raises BadFileError on a mismatch. The error calls the checkpoint `name` (default: its path, or
+    "state dict") and names the network and key layout it was loaded as, what the checkpoint holds
+    instead and then `fix`, the way out at the caller's front door: a `_Parts` view's class name
+    would tell the user neither the file nor the network."""
+    source = name or (str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict")
     sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     sd = _as_state_dict(sd, source)
+    variant = mit_variant(model.encoder.embed_dims, model.encoder.depths)
+    network = (f"the end-to-end WaveCAM network on {_shown(variant) if variant else 'MiT'} with "
+               f"{model.num_classes} classes")
     if is_segformer(sd):
-        load_weights(_Parts(model, SEGFORMER_PARTS), _segformer_state(sd))
+        mapped = _segformer_state(sd)
+        load_weights(_Parts(model, SEGFORMER_PARTS), mapped, name=source, hint=f"{held_network(mapped)} {fix}",
+                     network=f"the encoder and decoder of {network}, in mmseg's SegFormer layout "
+                             "(backbone.*, decode_head.*)")
         return SEGFORMER_PARTS
-    if any(k.removeprefix("module.").split(".", 1)[0] in WAVECAM_PARTS for k in sd):
-        load_weights(model, sd)
-        return AFA_PARTS + WAVECAM_PARTS
-    load_weights(_Parts(model, AFA_PARTS), sd)
-    return AFA_PARTS
+    ours = {k.removeprefix("module."): v for k, v in sd.items()}
+    parts = AFA_PARTS + WAVECAM_PARTS if any(k.split(".", 1)[0] in WAVECAM_PARTS for k in ours) else AFA_PARTS
+    keys = ", ".join(f"{part}.*" for part in parts)
+    if parts == AFA_PARTS:
+        load_weights(_Parts(model, AFA_PARTS), ours, name=source, hint=f"{held_network(ours)} {fix}",
+                     network=f"{network} ({keys}; wave.* and predictor.* may be absent, as in AFA's checkpoints)")
+    else:
+        load_weights(model, ours, name=source, hint=f"{held_network(ours)} {fix}", network=f"{network} ({keys})")
+    return parts
