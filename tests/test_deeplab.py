@@ -394,8 +394,13 @@ def test_input_conventions():
 # --- training data -------------------------------------------------------------------------------
 
 class _Source:
+    num_classes = C - 1
+
     def __init__(self, img, gt):
         self.img, self.gt = img, gt
+
+    def mask_path(self, image_id):
+        return f"{image_id}.png"
 
     def load_image(self, image_id):
         return self.img

@@ -2,15 +2,19 @@
 
 Every writer goes through `atomic_path`: the data lands in a temporary file in the target's
 folder, is fsynced, then renamed over the target, so a reader (or a resumed pass) never sees a
-half-written file. Every reader refuses pickles.
+half-written file; a write that fails (a full or read-only disk) is a `WriteError` naming the
+target. Every reader refuses pickles, and label maps are checked where they are read
+(`load_label_map`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -21,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wavecam.data.classes import voc_palette
+from wavecam.data.classes import IGNORE_INDEX, voc_palette
 
 
 class WavecamError(Exception):
@@ -37,25 +41,61 @@ class BadFileError(WavecamError):
     """A file exists but cannot be used (corrupt, wrong format, wrong shape)."""
 
 
+class WriteError(WavecamError):
+    """A file that could not be written: `path` is the target (never the temp file beside it, which
+    the user has never heard of), `reason` what the system said, `disk_full` whether freeing space
+    would help. The arguments are kept as the exception's args so that it survives the pickling of a
+    process pool."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, disk_full: bool):
+        super().__init__(str(path), reason, disk_full)
+        self.path, self.reason, self.disk_full = Path(path), reason, disk_full
+
+    def message(self, place: str = "another folder") -> str:
+        """The user's line; `place` is where else to write (a front door names its option)."""
+        fix = f"free some space there or choose {place}" if self.disk_full else f"choose {place}"
+        return f"cannot write {self.path}: {self.reason}; {fix}, then re-run: finished outputs are kept"
+
+    def __str__(self) -> str:
+        return self.message()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`."""
+    """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`. Any
+    OSError on the way, the caller's writing included, becomes a WriteError naming `path`; the temp
+    file is removed whatever happens."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The suffix is kept so writers that infer the format from the name (PIL, np.savez) still work.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The suffix is kept so writers that infer the format from the name (PIL, np.savez) still work.
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         # mkstemp creates files readable by the owner only; give the output the usual permissions.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(path, _write_failure(path, e), e.errno in (errno.ENOSPC, errno.EDQUOT)) from e
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def _write_failure(path: Path, e: OSError) -> str:
+    """Why writing `path` failed, in the user's terms: a file standing where a folder of the path
+    should be is named, since the system's 'File exists' / 'Not a directory' does not say which."""
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on its device"
+    return e.strerror or str(e)
 
 
 def _umask() -> int:
@@ -100,6 +140,48 @@ def load_png(path: str | os.PathLike) -> np.ndarray:
         raise
     except OSError as e:
         raise BadFileError(f"{path}: unreadable PNG ({e}); replace the file or re-run the pass that writes it") from e
+
+
+def load_label_map(path: str | os.PathLike, num_classes: int, *, size: tuple[int, int] | None = None,
+                   size_of: str = "its image", ignore: bool = True, what: str = "label map",
+                   fix: str = "re-run the pass that writes it") -> np.ndarray:
+    """Read a label PNG and check it (`check_label_map`): (H, W) uint8."""
+    return check_label_map(load_png(path), path, num_classes, size=size, size_of=size_of, ignore=ignore, what=what,
+                           fix=fix)
+
+
+def check_label_map(label: np.ndarray, path: str | os.PathLike, num_classes: int, *,
+                    size: tuple[int, int] | None = None, size_of: str = "its image", ignore: bool = True,
+                    what: str = "label map", fix: str = "re-run the pass that writes it") -> np.ndarray:
+    """A label map read from `path` as (H, W) uint8, refused unless it is one channel of integers in
+    0 (background), 1..num_classes (classes) or, with `ignore`, 255 (ignored; a prediction being
+    scored has none), and (H, W) == `size` where given (`size_of` says whose size that is). A value
+    beyond the classes would otherwise train silently, stop cross_entropy with an index error, or
+    stop an evaluation inside the confusion matrix, each far from the file. `what` names the kind of
+    file and `fix` what the user should do, in the message."""
+    label = np.asarray(label)
+    if label.ndim != 2 or label.dtype.kind not in "biu":
+        raise BadFileError(f"{what} {path} is not a one-channel 8-bit label map (shape {label.shape}, "
+                           f"{label.dtype}); {fix}")
+    if size is not None and label.shape != tuple(size):
+        raise BadFileError(f"{what} {path} is {label.shape[0]}x{label.shape[1]} but {size_of} is "
+                           f"{size[0]}x{size[1]}; {fix}")
+    if label.dtype == np.uint8:  # the PNG case: one bincount, no sort
+        counts = np.bincount(label.ravel(), minlength=256)
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    else:
+        values, counts = np.unique(label, return_counts=True)
+    bad = (values < 0) | (values > num_classes)
+    if ignore:
+        bad &= values != IGNORE_INDEX
+    if bad.any():
+        first, n_first = int(values[bad][0]), int(counts[bad][0])
+        others = f" ({int(counts[bad].sum())} pixels of {int(bad.sum())} bad values in all)" if bad.sum() > 1 else ""
+        valid = f"0 background, 1..{num_classes} classes" + (f", {IGNORE_INDEX} ignore" if ignore else "")
+        raise BadFileError(f"{what} {path}: value {first} at {n_first} pixel{'s' * (n_first != 1)}{others} is "
+                           f"not a label (valid: {valid}); {fix}")
+    return label.astype(np.uint8, copy=False)
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -174,9 +256,22 @@ def is_complete(path: str | os.PathLike) -> bool:
 
 # --- checkpoints -------------------------------------------------------------------------------
 
+# Below this much free space a failed write is taken for a full disk (a block or two may be left).
+_NEARLY_FULL = 1 << 20
+
+
 def save_checkpoint(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save, atomically. Torch's zip writer reports a write that fails half-way as a RuntimeError
+    with no errno ('unexpected pos ...', even when writing through a Python file); the free space left
+    on the device then tells a full disk from anything else."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            said = str(e).splitlines()[0]
+            if shutil.disk_usage(tmp.parent).free < _NEARLY_FULL:
+                raise WriteError(path, f"no space left on its device (torch: {said})", True) from e
+            raise WriteError(path, f"torch could not write it ({said})", False) from e
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from wavecam.data import transforms as T
 from wavecam.engine.sampling import SampleKey, sample_generator
-from wavecam.io import BadFileError, WavecamError, load_png
+from wavecam.io import BadFileError, WavecamError, check_label_map, load_label_map
 from wavecam.randomwalk import affinity_labels, downsample_label
 
 log = logging.getLogger("wavecam")
@@ -30,6 +30,7 @@ class Source(Protocol):
     def load_image(self, image_id: str) -> np.ndarray: ...
     def labels(self, ids: list[str]) -> np.ndarray: ...
     def load_gt(self, image_id: str) -> np.ndarray: ...
+    def mask_path(self, image_id: str) -> Path | None: ...
     def split(self, name_or_path: str) -> list[str]: ...
     def check_ids(self, ids: list[str]) -> None: ...
 
@@ -47,6 +48,14 @@ def split_ids(source: Source, name: str) -> list[str]:
         raise WavecamError(f"the id list {name} is empty")
     source.check_ids(ids)
     return ids
+
+
+def checked_gt(source: Source, image_id: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """`source.load_gt(image_id)` as (H, W) uint8, checked as every label map is (`check_label_map`):
+    a mask of another dataset or one converted to colours would otherwise train on, or be scored
+    against, values that are no class. `size` is its image's, where the caller has the image."""
+    return check_label_map(source.load_gt(image_id), source.mask_path(image_id), source.num_classes, size=size,
+                           what="ground truth", fix="check the dataset: put its original mask back")
 
 
 def prepare_gt(source: Source, ids: list[str]) -> None:
@@ -139,7 +148,9 @@ class AffinityDataset(Dataset):
         i, rng = sample_generator(key)
         image_id = self.ids[i]
         img = self.source.load_image(image_id)
-        label = load_png(Path(self.label_dir) / f"{image_id}.png")
+        label = load_label_map(Path(self.label_dir) / f"{image_id}.png", self.source.num_classes,
+                               size=img.shape[:2], what="ir_label",
+                               fix="delete it and re-run --cam_to_ir_label_pass")
         img, label = T.segmentation_transform(img, label, self.rescale, self.hflip, self.crop_size, rng)
         bg_pos, fg_pos, neg = affinity_labels(downsample_label(label, self.stride), self.path_index)
         return {"name": image_id, "img": img, "bg_pos": bg_pos, "fg_pos": fg_pos, "neg": neg}
@@ -233,8 +244,9 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image_id = self.ids[i]
-        item = {"name": image_id, "img": T.hwc_to_chw(T.normalize(self.source.load_image(image_id)))}
+        img = self.source.load_image(image_id)
+        item = {"name": image_id, "img": T.hwc_to_chw(T.normalize(img))}
         if self.with_gt:
-            item["gt"] = torch.from_numpy(self.source.load_gt(image_id).astype(np.int64))
+            item["gt"] = torch.from_numpy(checked_gt(self.source, image_id, size=img.shape[:2]).astype(np.int64))
             item["label"] = self.label[i]
         return item

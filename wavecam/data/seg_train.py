@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import Dataset
 
 from wavecam.data.classes import IGNORE_INDEX
-from wavecam.data.datasets import Source
+from wavecam.data.datasets import Source, checked_gt
 from wavecam.data.transforms import randint
 from wavecam.engine.sampling import SampleKey, sample_generator
-from wavecam.io import BadFileError, WavecamError, load_png
+from wavecam.io import WavecamError, load_label_map
 from wavecam.models.deeplab import pil_nearest_indices
 
 VOC_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # configs/voc12.yaml
@@ -71,22 +71,19 @@ class SegTrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load_label(self, image_id: str) -> np.ndarray:
+    def load_label(self, image_id: str, size: tuple[int, int]) -> np.ndarray:
+        """The (H, W) uint8 labels of `image_id`, checked against the classes and `size`, its image's."""
         if self.label_dir is None:
-            return self.source.load_gt(image_id)
-        path = self.label_dir / f"{image_id}.png"
-        label = load_png(path)
-        if label.ndim != 2:
-            raise BadFileError(f"{path}: a label map must be one channel (8-bit grayscale), got shape {label.shape}")
-        return label
+            return checked_gt(self.source, image_id, size=size)
+        return load_label_map(self.label_dir / f"{image_id}.png", self.source.num_classes, size=size,
+                              what="pseudo label", fix="delete it and re-run --make_sem_seg_pass, or train on "
+                              "other labels (--seg_label_dir)")
 
     def __getitem__(self, key: int | SampleKey) -> dict:
         index, rng = sample_generator(key)
         image_id = self.ids[index]
-        img, label = self.source.load_image(image_id), self.load_label(image_id)
-        if label.shape != img.shape[:2]:
-            raise BadFileError(f"label map of {image_id} is {label.shape[0]}x{label.shape[1]} but its image "
-                               f"{img.shape[0]}x{img.shape[1]}; re-create the labels for these images")
+        img = self.source.load_image(image_id)
+        label = self.load_label(image_id, img.shape[:2])
 
         scale = self.scales[randint(0, len(self.scales) - 1, rng)]
         img, label = rescale_pair(img, label, scale)

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 from wavecam.engine.runtime import shutdown
-from wavecam.io import WavecamError
+from wavecam.io import WavecamError, WriteError
 
 
 def run_cli(job: Callable[[], None], work_dir_flag: str) -> int:
@@ -16,8 +16,11 @@ def run_cli(job: Callable[[], None], work_dir_flag: str) -> int:
     (if any) is torn down whatever happens."""
     try:
         job()
+    except WriteError as e:
+        print(f"error: {e.message(f'a writable {work_dir_flag}')}", file=sys.stderr)
+        return 2
     except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: cannot write or read {e.filename or 'a file'}: {e.strerror or e}; free some space or "
@@ -26,3 +29,14 @@ def run_cli(job: Callable[[], None], work_dir_flag: str) -> int:
     finally:
         shutdown()
     return 0
+
+
+def user_message(e: WavecamError) -> str:
+    """The error's own message. torch's DataLoader re-raises an error of a worker process as the same
+    type whose message is the worker's whole traceback ("Caught BadFileError in DataLoader worker
+    process 0.\\nOriginal Traceback ..."), ending in the line `module.Type: message`: the user gets
+    that message alone."""
+    text = str(e)
+    if "\nOriginal Traceback" not in text:
+        return text
+    return text.rstrip().splitlines()[-1].partition(": ")[2]
