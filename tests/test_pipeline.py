@@ -116,7 +116,7 @@ def test_make_sem_seg_over_processes_equals_in_process_and_resumes(workspace, vo
     assert {p: p.stat().st_mtime_ns for p in kept} == kept, "a finished image must not be redone"
     for png in redo:
         np.testing.assert_array_equal(load_png(ws / "sem_seg" / png.name), load_png(png), err_msg=png.name)
-    assert not list((ws / "sem_seg").glob(".*"))  # no temporary file left behind
+    assert not list((ws / "sem_seg").glob(".*.tmp*"))  # no temporary file left behind
 
 
 def test_sem_seg_threshold_sweep_from_kept_scores(workspace, voc_root, tmp_path, capsys):

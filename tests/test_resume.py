@@ -59,7 +59,7 @@ def test_make_cam_killed_part_way_redoes_only_what_is_missing(voc_root, tmp_path
 
     expected = sorted(p.name for p in (tmp_path / "whole" / "cam_mask").glob("*.npz"))
     assert sorted(p.name for p in finished(out)) == expected
-    assert not list(out.glob(".*")), "no temporary file is left behind"
+    assert not list(out.glob(".*.tmp*")), "no temporary file is left behind"
     for name, mtime in done_before.items():
         assert (out / name).stat().st_mtime_ns == mtime, f"{name} was finished and must not be redone"
     for name in expected:

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from tqdm import tqdm
 
 from wavecam.cam import seeds
-from wavecam.data.datasets import prepare_gt, split_ids
+from wavecam.data.datasets import checked_gt, prepare_gt, split_ids
 from wavecam.engine import runtime
-from wavecam.io import save_json
+from wavecam.engine.provenance import folder_maker
+from wavecam.io import BadFileError, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source, read_cam
 from wavecam.multi_stage.evaluation import settings, sweep_line, sweep_summary, sweep_thresholds
-from wavecam.multi_stage.workspace import results_path
+from wavecam.multi_stage.workspace import CAMS, results_path
 
 log = logging.getLogger("wavecam")
+
+
+def cam_file(args, image_id: str) -> Path:
+    """The file read_cam read: ours, or the reference's pickle beside where ours would be."""
+    path = Path(CAMS.path(args, image_id))
+    return path if path.is_file() else path.with_suffix(".npy")
 
 
 def run(args) -> None:
@@ -28,7 +36,11 @@ def run(args) -> None:
     cms = [ConfusionMatrix(source.num_classes + 1) for _ in ts]
     for image_id in tqdm(runtime.shard(ids, ctx), desc="eval_cam", disable=not ctx.is_main):
         cam = read_cam(args, image_id)
-        gt = source.load_gt(image_id)
+        gt = checked_gt(source, image_id)
+        if cam["high_res"].shape[1:] != gt.shape:
+            raise BadFileError(f"CAMs {cam_file(args, image_id)} are {cam['high_res'].shape[1]}x"
+                               f"{cam['high_res'].shape[2]} but its ground truth is {gt.shape[0]}x{gt.shape[1]}; "
+                               "delete it and re-run --make_wavecam_pass (or --make_cam_pass)")
         for t, cm in zip(ts, cms):
             cm.update(seeds(cam, t), gt)
     runtime.sum_confusions(cms, ctx)
@@ -40,6 +52,7 @@ def run(args) -> None:
         "threshold": args.cam_eval_thres,
         **sweep_summary(ts, cms),
         "cam_out_dir": os.path.abspath(args.cam_out_dir),
+        "cams_made_by": folder_maker(args.cam_out_dir),
         **settings(args),
     }
     save_json(results_path(args.work_space, "eval_cam"), result)

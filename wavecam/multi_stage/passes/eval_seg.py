@@ -9,10 +9,11 @@ import os
 
 from tqdm import tqdm
 
-from wavecam.data.datasets import prepare_gt, split_ids
+from wavecam.data.datasets import checked_gt, prepare_gt, split_ids
+from wavecam.engine.provenance import folder_maker
 from wavecam.engine.results import write_result
 from wavecam.engine.runtime import init, shard, sum_confusions
-from wavecam.io import WavecamError, load_png
+from wavecam.io import WavecamError, load_label_map
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source
 from wavecam.multi_stage.evaluation import settings
@@ -30,13 +31,14 @@ def run(args) -> None:
     variants = ("crf", "no_crf") if args.seg_crf else ("no_crf",)
     cms = {v: ConfusionMatrix(source.num_classes + 1) for v in variants}
     for image_id in tqdm(mine, desc="eval_seg", disable=not ctx.is_main):
-        gt = source.load_gt(image_id)
+        gt = checked_gt(source, image_id)
         for variant, cm in cms.items():
             path = os.path.join(seg_predictions(args, args.seg_eval_set, crf=variant == "crf"), f"{image_id}.png")
             if not os.path.isfile(path):
                 raise WavecamError(f"no prediction for id {image_id} ({path}); run --make_seg_pass first with the "
                                    "same --seg_eval_set and --seg_crf")
-            cm.update(load_png(path), gt)
+            cm.update(load_label_map(path, source.num_classes, size=gt.shape, size_of="its ground truth",
+                                     ignore=False, what="prediction", fix="delete it and re-run --make_seg_pass"), gt)
     sum_confusions(list(cms.values()), ctx)
     if not ctx.is_main:
         return
@@ -49,5 +51,7 @@ def run(args) -> None:
     record = write_result(results_path(args.work_space, "eval_seg"), {
         **summaries[variants[0]], "crf": variants[0] == "crf", "variants": summaries,
         "seg_network": args.seg_network, "seg_weights": os.path.abspath(args.seg_weights_name),
-        "seg_out_dir": os.path.abspath(args.seg_out_dir)}, {**settings(args), "eval_set": args.seg_eval_set})
+        "seg_out_dir": os.path.abspath(args.seg_out_dir),
+        "predictions_made_by": {v: folder_maker(seg_predictions(args, args.seg_eval_set, crf=v == "crf"))
+                                for v in variants}}, {**settings(args), "eval_set": args.seg_eval_set})
     log.info("eval_seg: mIoU %.4f (%s) on %d images", record["miou"], variants[0], record["n_images"])

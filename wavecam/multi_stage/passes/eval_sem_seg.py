@@ -10,9 +10,10 @@ import os
 from tqdm import tqdm
 
 from wavecam.data.classes import IGNORE_INDEX
-from wavecam.data.datasets import prepare_gt, split_ids
+from wavecam.data.datasets import checked_gt, prepare_gt, split_ids
 from wavecam.engine import runtime
-from wavecam.io import BadFileError, WavecamError, load_npz, load_png, save_json
+from wavecam.engine.provenance import folder_maker
+from wavecam.io import BadFileError, WavecamError, load_label_map, load_npz, save_json
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source
 from wavecam.multi_stage.evaluation import settings, sweep_line, sweep_summary, sweep_thresholds
@@ -47,12 +48,18 @@ def run(args) -> None:
         if not os.path.isfile(path):
             raise WavecamError(f"no pseudo label for id {image_id} ({path}); run --make_sem_seg_pass first "
                                "with --infer_list covering the evaluation set")
-        pred = load_png(path).copy()
+        gt = checked_gt(source, image_id)
+        pred = load_label_map(path, source.num_classes, size=gt.shape, size_of="its ground truth",
+                              what="pseudo label", fix="delete it and re-run --make_sem_seg_pass").copy()
         pred[pred == IGNORE_INDEX] = 0
-        gt = source.load_gt(image_id)
         cm.update(pred, gt)
         if ts:
             scores = read_scores(args, image_id)
+            if tuple(scores["size"]) != gt.shape:
+                raise BadFileError(f"walked scores {SEM_SEG_SCORES.path(args, image_id)} are for "
+                                   f"{scores['size'][0]}x{scores['size'][1]} but its ground truth is "
+                                   f"{gt.shape[0]}x{gt.shape[1]}; delete it and re-run --make_sem_seg_pass "
+                                   "with --sem_seg_eval_sweep")
             for t, sweep_cm in zip(ts, sweep_cms):
                 sweep_cm.update(rw_to_label(scores["rw"], scores["keys"], t, scores["size"]), gt)
     runtime.sum_confusions([cm, *sweep_cms], ctx)
@@ -60,7 +67,8 @@ def run(args) -> None:
         return
     result = {**cm.summary(), "sem_seg_bg_thres": args.sem_seg_bg_thres, "beta": args.beta,
               "exp_times": args.exp_times, "sem_seg_out_dir": os.path.abspath(args.sem_seg_out_dir),
-              "cam_out_dir": os.path.abspath(args.cam_out_dir), **settings(args)}
+              "cam_out_dir": os.path.abspath(args.cam_out_dir),
+              "sem_seg_made_by": folder_maker(args.sem_seg_out_dir), **settings(args)}
     if ts:
         result.update(sweep_summary(ts, sweep_cms))
     save_json(results_path(args.work_space, "eval_sem_seg"), result)
