@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from wavecam.multi_stage.workspace import settings_path
+
 DEMO = Path(__file__).resolve().parents[1] / "multi_stage" / "run_demo.py"
 
 
@@ -22,9 +26,13 @@ def test_quick_demo_runs_the_chain(tmp_path):
     # Every pass starts from the pretraining's file, as the paper's start from ImageNet's.
     pretrained = list((out / "pretrained").glob("resnet18_scenes*.pth"))
     assert len(pretrained) == 1
-    log = (out / "ws_wavecam" / "sample_train_eval.log").read_text()
-    assert "'exp_times': 1" in log and "'irn_path_radius': 5" in log
-    assert f"'pretrained': '{pretrained[0]}'" in log
-    seg_log = (out / "ws_cam" / "sample_train_eval.log").read_text()
-    assert f"'seg_pretrained': '{pretrained[0]}'" in seg_log and "'seg_block': 'basic'" in seg_log
-    assert "'seg_warmup_iters': 2" in seg_log and "'seg_crf_bi': [4.0, 67.0, 15.0]" in seg_log
+    # Each work space's latest run: IRN on the WaveCAM seeds, stage 3 on the CAM ones. Its recipe's
+    # settings and the demo's own both reach the passes.
+    wave = yaml.safe_load(settings_path(out / "ws_wavecam").read_text())
+    assert (wave["exp_times"], wave["irn_path_radius"], wave["irn_learning_rate"]) == (1, 5, 0.05)
+    assert wave["pretrained"] == str(pretrained[0]) and wave["make_sem_seg_pass"] is True
+    seg = yaml.safe_load(settings_path(out / "ws_cam").read_text())
+    assert seg["seg_pretrained"] == str(pretrained[0]) and seg["seg_block"] == "basic"
+    assert (seg["seg_warmup_iters"], seg["seg_crf_bi"], seg["seg_batch_size"]) == (2, [4.0, 67.0, 15.0], 8)
+    assert seg["train_seg_pass"] is True and seg["cam_eval_thres"] == 0.5
+    assert "'exp_times': 1" in (out / "ws_wavecam" / "sample_train_eval.log").read_text()

@@ -101,3 +101,32 @@ def test_no_pass_imports_another():
         imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
         imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
         assert not [name for name in imported if name and name.startswith("wavecam.multi_stage.passes")], module
+
+
+def test_fine_tune_settings_are_read_once_from_their_flags():
+    from wavecam.multi_stage.flags import FineTune
+
+    a = parse("voc", "--work_space WS --cam_batch_size 8 --recam_num_epoches 2 --wavecam_learning_rate 0.01 "
+                     "--wavecam_kernel classifier")
+    assert a.fine_tune["recam"] == FineTune(name="recam", num_epoches=2, learning_rate=0.0005, loss_weight=1.0,
+                                            batch_size=8, weight_dir=os.path.join("WS", "recam_weight"),
+                                            kernel="product", wave=False)
+    assert a.fine_tune["wavecam"] == FineTune(name="wavecam", num_epoches=4, learning_rate=0.01, loss_weight=1.0,
+                                              batch_size=8, weight_dir=os.path.join("WS", "wavecam_weight"),
+                                              kernel="classifier", wave=True)
+    assert parse("voc", "--wavecam_wave False").fine_tune["wavecam"].wave is False
+    c = parse("coco", "")
+    assert (c.fine_tune["recam"].batch_size, c.fine_tune["wavecam"].loss_weight) == (6, 0.1)
+
+
+def test_no_setting_is_read_by_a_built_name():
+    """grep must find every reader of a flag: no `getattr(args, f"{name}_...")` in the library."""
+    import re
+    from pathlib import Path
+
+    import wavecam
+
+    built = re.compile(r"getattr\(\s*args\s*,\s*f[\"']")
+    hits = [f"{path}:{number}" for path in Path(wavecam.__file__).parent.rglob("*.py")
+            for number, line in enumerate(path.read_text().splitlines(), 1) if built.search(line)]
+    assert not hits

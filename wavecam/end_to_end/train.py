@@ -40,9 +40,10 @@ from wavecam.end_to_end.panels import TrainPanels, write_panels
 from wavecam.end_to_end.preflight import preflight
 from wavecam.engine import runtime
 from wavecam.engine.cli import run_cli
-from wavecam.engine.logging import DATED, MetricLogger, add_scalars, setup_logging, tensorboard
-from wavecam.engine.loop import Hook, fit
+from wavecam.engine.logging import DATED, add_scalars, setup_logging
+from wavecam.engine.loop import Hook
 from wavecam.engine.sampling import BatchPlan, batch_plan
+from wavecam.engine.trainer import Trainer
 from wavecam.io import atomic_path, load_json, save_json
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA
@@ -203,15 +204,21 @@ def train(cfg: Config, resume: str | None, ctx: runtime.Context) -> None:
     net = setup_model(cfg, source.num_classes, ctx)
     opt, sched = poly_warmup_adamw(net, cfg)
     scaler = runtime.loss_scaler(ctx.device, runtime.amp_dtype(t_cfg.amp, ctx.device))
-    state = train_state(cfg)
-    start = state.restore(net, opt, sched, scaler, path=found) if found else 0
+
+    def kept() -> str:
+        last = latest_checkpoint(work_dir)
+        return f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
+
     model = runtime.wrap_ddp(net, ctx)
+    # Checkpoints are written by the evaluation hook, beside its results: the trainer saves none itself.
+    trainer = Trainer("train", ctx, model, opt, sched, scaler, train_state(cfg), stop=t_cfg.max_iters, plan=plan,
+                      seed=t_cfg.seed, log_iters=t_cfg.log_iters, tb_dir=work_dir / "tb", kept=kept)
+    start = trainer.resume(found)
     if ctx.is_main:
         text = config_yaml(cfg)
         with atomic_path(work_dir / "config.yaml") as tmp:
             tmp.write_text(text)
         log.info("config:\n%s", text)
-    writer = tensorboard(work_dir / "tb", ctx)
 
     par = PAR(cfg.par.dilations, cfg.par.num_iter).to(ctx.device)
     aff_mask = lab.radius_mask(*grid_size((data.crop_size,) * 2), cfg.cam.radius, ctx.device)
@@ -219,34 +226,26 @@ def train(cfg: Config, resume: str | None, ctx: runtime.Context) -> None:
     shown: list[TrainPanels] = []
 
     def loss_of(chunk: dict, t: int, k: int) -> dict[str, torch.Tensor]:
-        show = writer is not None and image_iters > 0 and (t + 1) % image_iters == 0 and k == 0
+        show = trainer.writer is not None and image_iters > 0 and (t + 1) % image_iters == 0 and k == 0
         return micro_batch_losses(model, par, chunk, t, cfg, ctx, aff_mask, shown if show else None)
 
-    def log_scalars(t: int, values: dict[str, float]) -> None:
-        add_scalars(writer, "train", values, t)
+    def log_panels(t: int, values: dict[str, float]) -> None:
         while shown:
-            write_panels(writer, shown.pop(), t)
+            write_panels(trainer.writer, shown.pop(), t)
 
     def evaluate_and_save(t: int, values: dict[str, float]) -> None:
         cms = validate(net, val_loader, cfg, ctx, source.num_classes)
         if ctx.is_main:
-            report_validation(cms, t, cfg, writer)
-        state.save(ctx, t, net, opt, sched, scaler, path=checkpoint_path(work_dir, t))
-
-    def kept() -> str:
-        last = latest_checkpoint(work_dir)
-        return f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
+            report_validation(cms, t, cfg, trainer.writer)
+        trainer.save(t, path=checkpoint_path(work_dir, t))
 
     loader = train_loader(train_set, plan, cfg, ctx, start)
-    meter = MetricLogger(start, t_cfg.max_iters, plan.global_batch, t_cfg.log_iters)
-    fit("train", model, opt, sched, scaler, loader, start, t_cfg.max_iters, loss_of, plan, ctx, t_cfg.seed,
-        hooks=[Hook(t_cfg.log_iters, log_scalars, at_end=False), Hook(t_cfg.eval_iters, evaluate_and_save)],
-        meter=meter, kept=kept)
+    trainer.fit(loader, loss_of, hooks=[Hook(t_cfg.log_iters, log_panels, at_end=False),
+                                        Hook(t_cfg.eval_iters, evaluate_and_save)])
 
     if cfg.test.after_training:
         run_test(net, cfg, ctx, work_dir, checkpoint_path(work_dir, t_cfg.max_iters), t_cfg.max_iters)
-    if writer is not None:
-        writer.close()
+    trainer.finish(keep_state=True)  # the checkpoints are the run's outputs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """One training loop for every trainer: steps, gradient accumulation, the NaN guard and hooks.
 
-A trainer supplies `loss_of(micro_batch, k) -> {"loss": minimised, ...components}`; the loop runs
+A trainer supplies `loss_of(micro_batch, t, k) -> {"loss": minimised, ...components}` (`LossFn`: the
+losses of micro-batch k of step t; engine.trainer.Trainer is the usual way in); the loop runs
 the optimiser steps from `start` to `stop`, each over this process's micro-batches, steps the
 scheduler, and calls its hooks (logging, evaluation, saving) every so many steps. Before each
 micro-batch's forward, torch's generators are seeded from (seed, step, micro-batch) (see
@@ -23,7 +24,8 @@ from wavecam.engine.runtime import Context
 from wavecam.engine.sampling import BatchPlan, micro_batch_seed
 from wavecam.io import WavecamError
 
-LossFn = Callable[[Any, int], dict[str, torch.Tensor]]
+LossFn = Callable[[Any, int, int], dict[str, torch.Tensor]]  # (micro-batch, step, its index k) -> losses
+ChunkLoss = Callable[[Any, int], dict[str, torch.Tensor]]  # one step's: (micro-batch, k) -> losses
 
 
 class Diverged(Exception):
@@ -35,7 +37,7 @@ class Diverged(Exception):
 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   chunks: Sequence[Any], loss_of: LossFn, seed_of: Callable[[int], int] | None = None
+                   chunks: Sequence[Any], loss_of: ChunkLoss, seed_of: Callable[[int], int] | None = None
                    ) -> list[dict[str, torch.Tensor]]:
     """One optimiser step over this process's micro-batches `chunks`; each one's losses, in order.
 
@@ -85,7 +87,7 @@ class Hook:
 
 
 def fit(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, scaler: torch.amp.GradScaler,
-        batches: Iterable[Any], start: int, stop: int, loss_of: Callable[[Any, int, int], dict[str, torch.Tensor]],
+        batches: Iterable[Any], start: int, stop: int, loss_of: LossFn,
         plan: BatchPlan, ctx: Context, seed: int, hooks: Sequence[Hook] = (), meter=None,
         steps_per_epoch: int | None = None, kept: Callable[[], str] | None = None) -> None:
     """Optimiser steps `start`..`stop`-1, one per batch of `batches` (this process's share of each
@@ -118,7 +120,7 @@ def fit(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, sc
 
 
 def accumulated_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch: Any,
-                     t: int, loss_of: Callable[[Any, int, int], dict[str, torch.Tensor]], plan: BatchPlan,
+                     t: int, loss_of: LossFn, plan: BatchPlan,
                      ctx: Context, seed: int) -> dict[str, float]:
     """Step t over this process's `batch`, cut into `plan.steps` micro-batches, each seeded from
     (seed, t, its index in the global batch); the step's lr and the mean losses over the micro-batches."""

@@ -11,7 +11,8 @@ gallery under `<out>/report/`.
 
 To fit a few minutes on two CPU cores the demo runs small images, ResNet-18 (`--network`; DeepLab-v2
 on ResNet-18's basic blocks), short schedules with conventional momentum, and the random walk and
-IRN's pair radius scaled to its small maps. Every such choice is a flag below; `--network resnet50
+IRN's pair radius scaled to its small maps. Every such choice is a flag below or a setting of its
+recipes, multi_stage/configs/demo.yaml and demo_stage3.yaml; `--network resnet50
 --pretrained-weights FILE` runs the paper's backbone from ImageNet's weights.
 """
 
@@ -35,27 +36,26 @@ SEG_LAYOUT = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 
               "resnet50": ("bottleneck", (3, 4, 6, 3)), "resnet101": ("bottleneck", (3, 4, 23, 3))}
 
 
+# The demo's recipes live with the paper's, in the front doors' folder of the (editable) checkout.
+RECIPES = Path(__file__).resolve().parents[2] / "multi_stage" / "configs"
+DEMO_RECIPE = RECIPES / "demo.yaml"
+STAGE3_RECIPE = RECIPES / "demo_stage3.yaml"
+
+
 def demo_flags(a, weights: Path | None) -> list[str]:
-    """Settings shared by every pass of the demo (sizes scaled to the synthetic images); `weights`
-    is the backbone file every pass starts from, None for random initialisation."""
+    """Flags of every pass of the demo: its recipe, then the settings that the demo's own flags choose
+    (sizes, backbone, schedules), which win over the recipe's. `weights` is the backbone file every
+    pass starts from, None for random initialisation."""
     crop = a.size
     return [
-        "--pretrained", str(weights or "none"), "--num_workers", str(a.workers), "--seed", "0",
+        "--config", str(DEMO_RECIPE),
+        "--pretrained", str(weights or "none"), "--num_workers", str(a.workers),
         "--cam_network", a.network, "--irn_network", a.network,
-        # Seeds and pseudo labels are scored on training images, as the paper's tables are.
-        "--train_list", "train_aug" if a.dataset == "voc" else "train", "--val_list", "val",
-        "--infer_list", "train", "--chainer_eval_set", "train",
         "--cam_crop_size", str(crop), "--cam_resize_long", str(int(crop * 0.8)), str(int(crop * 1.2)),
-        "--cam_batch_size", "16", "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", str(a.cam_lr),
-        "--sgd_momentum", "0.9", "--cam_scales", "1.0", "0.5", "1.5",
-        "--cam_eval_sweep", "0.05", "0.95", "0.05", "--sem_seg_eval_sweep", "0.05", "0.95", "0.05",
+        "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", str(a.cam_lr),
         "--wavecam_num_epoches", str(a.wavecam_epochs), "--wavecam_learning_rate", str(a.wavecam_lr),
-        # At output stride 16 a 96 px image gives 6 x 6 CAMs, whose upsampled maps are broad: their
-        # best background threshold is higher than ImageNet-initialised ResNet-50 CAMs' on VOC, and
-        # IRN's thresholds move with it.
-        "--cam_eval_thres", "0.5", "--conf_fg_thres", "0.5", "--conf_bg_thres", "0.25", "--sem_seg_bg_thres", "0.5",
-        "--irn_crop_size", str(crop), "--irn_batch_size", "16", "--irn_num_epoches", str(a.irn_epochs),
-        "--irn_learning_rate", "0.05", "--irn_path_radius", str(a.irn_path_radius),
+        "--irn_crop_size", str(crop), "--irn_num_epoches", str(a.irn_epochs),
+        "--irn_path_radius", str(a.irn_path_radius),
         # The walk's reach grows with its steps (2^exp_times of radius 5 at stride 4) whatever the image
         # size: 256 steps suit VOC's 125 x 94 maps, while on 24 x 24 maps they spread every class over
         # the whole image (measured in the README's demo section).
@@ -64,20 +64,18 @@ def demo_flags(a, weights: Path | None) -> list[str]:
 
 
 def seg_flags(a, weights: Path | None) -> list[str]:
-    """Stage 3 on the images the table scores (the ones with pseudo labels): DeepLab-v2 (ASPP,
-    output stride 8) on the pretrained backbone, single-scale (MSC would triple its cost)."""
+    """Flags of stage 3, after demo_flags': its recipe (the passes, batches, lists, single scale), then
+    the settings that the demo's own flags choose."""
     block, n_blocks = SEG_LAYOUT[a.network]
     return [
+        "--config", str(STAGE3_RECIPE),
         "--seg_block", block, "--seg_n_blocks", *map(str, n_blocks), "--seg_pretrained", str(weights or "none"),
-        "--seg_train_list", "train", "--seg_eval_set", "train",
-        "--seg_crop_size", str(a.seg_crop), "--seg_batch_size", "8", "--seg_iter_size", "1", "--seg_msc_scales",
-        "--seg_num_iters", str(a.seg_iters), "--seg_learning_rate", str(a.seg_lr), "--seg_lr_decay", "1",
-        "--seg_warmup_iters", str(min(a.seg_warmup, a.seg_iters)),
-        "--seg_log_iters", "20", "--seg_save_iters", str(max(a.seg_iters // 2, 1)),
+        "--seg_crop_size", str(a.seg_crop), "--seg_num_iters", str(a.seg_iters),
+        "--seg_learning_rate", str(a.seg_lr), "--seg_warmup_iters", str(min(a.seg_warmup, a.seg_iters)),
+        "--seg_save_iters", str(max(a.seg_iters // 2, 1)),
         # deeplab-pytorch's CRF but for its colour std: 3 suits photographs; the synthetic objects'
         # noise and textures vary more than that within one object (a sweep on the 64 val images).
         "--seg_crf_bi", str(DEEPLAB_CRF["bi_w"]), str(DEEPLAB_CRF["bi_xy_std"]), str(a.seg_crf_rgb),
-        "--train_seg_pass", "True", "--make_seg_pass", "True", "--eval_seg_pass", "True",
     ]
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from wavecam.data.datasets import ClassificationDataset, split_ids
 from wavecam.engine.provenance import file_identity, record_file
-from wavecam.engine.runtime import autocast, barrier, place, to_device, unwrap, wrap_ddp
+from wavecam.engine.runtime import autocast, place, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.io import save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
@@ -32,7 +32,8 @@ from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
 from wavecam.models.resnet import checkpoint_follows
 from wavecam.multi_stage.common import data_identity, ids_identity, make_source, pick, weights_identity
-from wavecam.multi_stage.training import begin, train_epochs
+from wavecam.multi_stage.flags import FineTune
+from wavecam.multi_stage.training import claim_training, train_epochs
 from wavecam.multi_stage.workspace import fine_tune_checkpoints
 from wavecam.optim import poly_sgd
 
@@ -41,20 +42,17 @@ log = logging.getLogger("wavecam")
 
 @dataclass(frozen=True)
 class Method:
-    """ReCAM or WaveCAM: which flags and files a pass uses, and whether it may build the wave module."""
+    """ReCAM or WaveCAM: the prefix of its files, and the key of its settings in `args.fine_tune`."""
 
-    name: str  # the prefix of its flags and files: "recam" or "wavecam"
-    has_wave: bool  # whether it may build the wave module (switched by --<name>_wave)
+    name: str  # "recam" or "wavecam"
 
-    def flag(self, args, option: str):
-        return getattr(args, f"{self.name}_{option}")
-
-    def wave(self, args) -> bool:
-        return self.has_wave and self.flag(args, "wave")
+    def settings(self, args) -> FineTune:
+        """Its flags' values, read once by flags.finalize (whether it builds the wave module included)."""
+        return args.fine_tune[self.name]
 
 
-RECAM = Method("recam", has_wave=False)
-WAVECAM = Method("wavecam", has_wave=True)
+RECAM = Method("recam")
+WAVECAM = Method("wavecam")
 
 
 class NetWithPredictor(nn.Module):
@@ -82,21 +80,21 @@ def train(args, method: Method) -> None:
     name = f"train_{method.name}"
     source = make_source(args)
     ids = split_ids(source, args.train_list)
+    tuning = method.settings(args)
     outputs = list(fine_tune_checkpoints(args, method.name))
     maker = {"pass": name, **data_identity(args), "train_ids": ids_identity(ids),
              "cam_weights": file_identity(args.cam_weights_name), "pretrained": weights_identity(args.pretrained),
              **pick(args, "cam_network", "cam_crop_size", "cam_resize_long", "cam_weight_decay", "sgd_momentum",
                     "seed", "amp"),
-             "batch_size": method.flag(args, "batch_size"), "num_epoches": method.flag(args, "num_epoches"),
-             "learning_rate": method.flag(args, "learning_rate"), "loss_weight": method.flag(args, "loss_weight"),
-             "wave": method.wave(args)}
-    ctx = begin(args, name, outputs, maker)
+             "batch_size": tuning.batch_size, "num_epoches": tuning.num_epoches,
+             "learning_rate": tuning.learning_rate, "loss_weight": tuning.loss_weight, "wave": tuning.wave}
+    ctx = claim_training(args, name, outputs, maker)
     if ctx is None:
         return
     dataset = ClassificationDataset(source, ids, crop_size=args.cam_crop_size,
                                     resize_long=tuple(args.cam_resize_long), hflip=True)
-    batch, epochs = method.flag(args, "batch_size"), method.flag(args, "num_epoches")
-    lr, loss_weight, wave = method.flag(args, "learning_rate"), method.flag(args, "loss_weight"), method.wave(args)
+    batch, epochs = tuning.batch_size, tuning.num_epoches
+    lr, loss_weight, wave = tuning.learning_rate, tuning.loss_weight, tuning.wave
     plan = batch_plan(batch, ctx.world_size)
 
     # As in train_cam: statistics learned from scratch keep being learned, ImageNet ones stay frozen.
@@ -112,7 +110,7 @@ def train(args, method: Method) -> None:
     )
     model = wrap_ddp(place(NetWithPredictor(net, predictor), ctx, args.channels_last), ctx)
 
-    def step(batch: dict) -> dict:
+    def step(batch: dict, t: int, k: int) -> dict:
         label = batch["label"].to(ctx.device, non_blocking=True)
         with autocast(args.amp, ctx.device):
             logits, loss_ce, acc = model(to_device(batch["img"], ctx, args.channels_last), label)
@@ -128,20 +126,17 @@ def train(args, method: Method) -> None:
             save_checkpoint(pred_path, pred_sd)
             save_checkpoint(net_path, cam_sd)
 
-    state = train_epochs(name, args, ctx, dataset, plan, epochs, model, opt, sched, step, {
+    trainer = train_epochs(name, args, ctx, dataset, plan, epochs, model, opt, sched, step, {
         "train_ids": len(ids), "batch": batch, "epochs": epochs, "lr": lr, "loss_weight": loss_weight,
         "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size, "wave": wave}, end_of_epoch)
-    if ctx.is_main:
-        record_file(outputs[0], maker)
-        state.remove()
-    barrier(ctx)
+    trainer.finish(after_saving=lambda: record_file(outputs[0], maker))  # every epoch wrote its weights
 
 
 def cam_kernel(args, method: Method, model: CAMNet, predictor_path: str) -> torch.Tensor:
     """The (C, D, 1, 1) kernel of --<name>_kernel for the fine-tuned `model`: the predictor's weight
     times the classifier's (`product`, ReCAM's VOC make_recam) or the classifier's alone
     (`classifier`, its COCO make_recam, which never loads the predictor)."""
-    if method.flag(args, "kernel") == "classifier":
+    if method.settings(args).kernel == "classifier":
         return cam_weight(model.classifier.weight)
     predictor = ClassPredictor(model.classifier.out_channels, model.classifier.in_channels)
     # A WaveCAM predictor file also holds the wave module; only its classifier shapes the CAM.
@@ -157,7 +152,7 @@ def fine_tuned_cam(args, method: Method) -> tuple[CAMNet, torch.Tensor, dict]:
     with checkpoint_follows():
         model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, net_path, cam_only=True)
-    kernel = method.flag(args, "kernel")
+    kernel = method.settings(args).kernel
     weights = {"weights": file_identity(net_path), "kernel": kernel,
                "predictor": file_identity(predictor_path) if kernel == "product" else None}
     return model, cam_kernel(args, method, model, predictor_path), weights

@@ -3,18 +3,30 @@
 Flag names and defaults are those of the paper's repository (the ReCAM/IRN `run_sample.py`
 family, `wavecam_*` for the WaveCAM passes); everything added here is an addition, never a
 rename. The VOC and COCO front doors differ only in the dataset flag and a few defaults.
+
+`--config FILE` (timm's pattern) reads a recipe, multi_stage/configs/*.yaml: `flag_name: value`
+lines, the names as the flags' without their dashes, that become the parser's defaults, so the
+command line still wins. Each value goes through its flag's own `type=` and `choices` as the
+command line's would, and a key that names no flag is refused with the closest flag's name. A run
+writes every flag's resolved value to workspace.settings_path, a file that `--config` reads back.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from wavecam.crf import DEEPLAB_CRF
 from wavecam.data.coco import CROWD, SPLIT_IMAGES
-from wavecam.io import WavecamError
+from wavecam.io import WavecamError, atomic_path
 from wavecam.models.deeplab import SEG_BLOCKS, SEG_NETWORKS
-from wavecam.models.resnet import resolve_arch, stage_channels
+from wavecam.models.resnet import resolve_arch
 from wavecam.multi_stage.passes import ORDER
 from wavecam.multi_stage.workspace import PATH_FLAGS, join_paths
 from wavecam.ranges import Range, nonneg_float, nonneg_int, pos_float, pos_int, unit_float
@@ -96,6 +108,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument
+    a("--config", action="append", metavar="FILE",
+      help="a recipe (multi_stage/configs/*.yaml: flag_name: value lines) whose values become the defaults; "
+           "flags given on the command line win; given twice, the later file wins where both set a flag")
     # Environment
     a("--num_workers", type=nonneg_int, default=min(12, os.cpu_count() or 1))
     if dataset == "voc":
@@ -124,7 +139,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     # Class Activation Map
     a("--cam_network", default="net.resnet50_cam",
       help="backbone: net.resnet50_cam (= resnet50, the paper's), resnet18, resnet34 or resnet101")
-    a("--feature_dim", type=pos_int, default=2048, help="kept for compatibility: taken from --cam_network")
+    a("--feature_dim", type=pos_int, default=2048,
+      help="accepted for the reference's command lines and ignored: the backbone (--cam_network) decides the "
+           "feature width")
     a("--cam_crop_size", type=pos_int, default=512)
     a("--cam_resize_long", type=pos_int, nargs=2, default=(320, 640), metavar=("MIN", "MAX"))
     a("--cam_batch_size", type=pos_int, default=16, help="global batch size (split across torchrun ranks)")
@@ -300,6 +317,22 @@ def check_conflicts(args: argparse.Namespace) -> None:
                                "give the lower threshold first")
 
 
+@dataclass(frozen=True)
+class FineTune:
+    """The settings of one fine-tuning method's passes (train_<name>, make_<name>), read from its flags
+    once in `finalize`: the passes read these fields, never a flag name built from the method's, so
+    grep finds every reader of a flag."""
+
+    name: str  # the prefix of its flags and files: "recam" or "wavecam"
+    num_epoches: int
+    learning_rate: float
+    loss_weight: float
+    batch_size: int
+    weight_dir: str  # joined to the work space
+    kernel: str  # make_<name>'s CAM kernel: "product" or "classifier"
+    wave: bool  # whether train_<name> builds the wave module (never for ReCAM)
+
+
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
     join_paths(args)
     for flag in ("recam_batch_size", "wavecam_batch_size"):
@@ -308,6 +341,134 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     args.pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     args.cam_scales = tuple(args.cam_scales)
     args.cam_network, args.irn_network = resolve_arch(args.cam_network), resolve_arch(args.irn_network)
-    args.feature_dim = stage_channels(args.cam_network)[-1]
+    args.fine_tune = {
+        "recam": FineTune(name="recam", num_epoches=args.recam_num_epoches, learning_rate=args.recam_learning_rate,
+                          loss_weight=args.recam_loss_weight, batch_size=args.recam_batch_size,
+                          weight_dir=args.recam_weight_dir, kernel=args.recam_kernel, wave=False),
+        "wavecam": FineTune(name="wavecam", num_epoches=args.wavecam_num_epoches,
+                            learning_rate=args.wavecam_learning_rate, loss_weight=args.wavecam_loss_weight,
+                            batch_size=args.wavecam_batch_size, weight_dir=args.wavecam_weight_dir,
+                            kernel=args.wavecam_kernel, wave=args.wavecam_wave),
+    }
     check_conflicts(args)
     return args
+
+
+def parse_args(dataset: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags of `argv` over the values of its --config recipes (in order: a later file wins) over
+    the parser's defaults. Not finalized: paths are still relative to the work space."""
+    parser = build_parser(dataset)
+    args = parser.parse_args(argv)
+    if args.config:
+        for path in args.config:
+            parser.set_defaults(**read_recipe(parser, path))
+        # Parsed again so that the command line's flags win over the recipes' new defaults.
+        args = parser.parse_args(argv)
+    return args
+
+
+def recipe_flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The flags a recipe may set, by name: all but --help and --config (a recipe names no other)."""
+    # argparse keeps no public list of a parser's actions.
+    return {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+
+
+def read_recipe(parser: argparse.ArgumentParser, path: str | os.PathLike) -> dict[str, Any]:
+    """The values the recipe at `path` gives, by flag name, each as the command line would give it. A key
+    that names no flag is refused, with the closest flag's name: a typo must not silently train with the
+    default. A value is refused by its flag's own range, before any work starts."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise WavecamError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise WavecamError(f"--config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        recipe = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise WavecamError(f"--config {path}: not valid YAML ({yaml_problem(e)})") from None
+    if recipe is None:  # a file of comments only
+        return {}
+    if not isinstance(recipe, dict):
+        raise WavecamError(f"--config {path}: expected `flag_name: value` lines, got a {type(recipe).__name__}")
+    flags = recipe_flags(parser)
+    values = {}
+    for key, value in recipe.items():
+        action = flags.get(str(key))
+        if action is None:
+            close = difflib.get_close_matches(str(key), flags, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "--help lists the flags"
+            raise WavecamError(f"{path}: unknown flag {key!r} ({hint})")
+        try:
+            values[action.dest] = recipe_value(action, value)
+        except argparse.ArgumentTypeError as e:
+            raise WavecamError(f"{path}: {key}: {e}") from None
+    return values
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what, and where in the file (PyYAML's own message spans several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def recipe_value(action: argparse.Action, value: Any) -> Any:
+    """A recipe's `value` for the flag of `action`, converted as the command line converts its text: each
+    item in its command-line form through the flag's `type=` (whose ranges raise ArgumentTypeError) and
+    `choices`; a list for a flag of several values. null only where the flag's default is None."""
+    if value is None:
+        if action.default is None:
+            return None
+        raise argparse.ArgumentTypeError("has no value: give one, or leave the key out for the default")
+    if action.nargs is None:
+        return recipe_item(action, action.type, value)
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"expects a list of values, got {value!r}")
+    if isinstance(action.nargs, int) and len(value) != action.nargs:
+        names = f" ({' '.join(action.metavar)})" if isinstance(action.metavar, tuple) else ""
+        raise argparse.ArgumentTypeError(f"expects {action.nargs} values{names}, got {len(value)}")
+    if action.nargs == "+" and not value:
+        raise argparse.ArgumentTypeError("expects at least one value")
+    if isinstance(action, TypedTuple):
+        items = []
+        for convert, name, item in zip(action.types, action.metavar, value):
+            try:
+                items.append(recipe_item(action, convert, item))
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentTypeError(f"{name} {e}") from None
+        return tuple(items)
+    return [recipe_item(action, action.type, item) for item in value]
+
+
+def recipe_item(action: argparse.Action, convert, value: Any) -> Any:
+    """One value of a recipe through `convert` (the flag's type, or one position's) and the flag's choices."""
+    if isinstance(value, list | dict):
+        raise argparse.ArgumentTypeError(f"expects a single value, got {value!r}")
+    # YAML reads yes/no/on/off as booleans: a flag that takes text would get 'True' for 'yes'.
+    if convert is None and isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f"expects text, got the boolean {value} (quote the value)")
+    text = str(value)
+    try:
+        converted = convert(text) if convert is not None else text
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid {getattr(convert, '__name__', convert)}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise argparse.ArgumentTypeError(f"{converted!r} is not one of {', '.join(map(str, action.choices))}")
+    return converted
+
+
+def resolved_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every flag's value as parsed (recipes and command line resolved; before `finalize` joins the
+    paths to the work space), in a recipe's form: --config on a file of them gives the same flags."""
+    return {key: list(value) if isinstance(value, tuple) else value
+            for key, value in vars(args).items() if key not in ("config", "dataset")}
+
+
+def save_settings(path: str | os.PathLike, dataset: str, settings: dict[str, Any], configs: list[str] | None) -> None:
+    """Write `settings` (resolved_settings) as a recipe, atomically."""
+    sources = f"--config {' '.join(configs)} and the command line" if configs else "the command line"
+    header = (f"# Every flag of a run of run_wavecam_{dataset}.py, from {sources}.\n"
+              f"# `run_wavecam_{dataset}.py --config {path}` runs the same settings again.\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text(header + yaml.safe_dump(settings, sort_keys=False, default_flow_style=None))

@@ -27,15 +27,20 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from wavecam.data.classes import NUM_VOC_CLASSES
 from wavecam.data.synthetic import render_scene
 from wavecam.data.transforms import hwc_to_chw, normalize
-from wavecam.io import save_checkpoint, save_json
+from wavecam.engine import runtime
+from wavecam.engine.loop import Hook
+from wavecam.engine.sampling import batch_plan
+from wavecam.engine.trainer import Trainer
+from wavecam.io import save_json
 from wavecam.models.resnet import resolve_arch
 
 log = logging.getLogger("wavecam")
+
+LOG_ITERS = 50  # a log line and TensorBoard scalars every so many steps
 
 
 @dataclass(frozen=True)
@@ -95,22 +100,26 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, workers: int = 1) 
     # One worker draws the scenes while the main process trains: drawing is ~5% of a step.
     loader = DataLoader(SceneStream(settings.steps * settings.batch, settings.size, settings.seed),
                         batch_size=settings.batch, num_workers=min(workers, 1))
-    start, smoothed = time.perf_counter(), None
-    net.train()
-    with tqdm(loader, desc="pretrain", total=settings.steps) as bar:
-        for x, y in bar:
-            loss = F.binary_cross_entropy_with_logits(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
-            bar.set_postfix(loss=f"{smoothed:.4f}")
+    ctx = runtime.init("cpu")
+    trainer = Trainer("pretrain", ctx, net, opt, sched, runtime.loss_scaler(ctx.device, None), None,
+                      stop=settings.steps, plan=batch_plan(settings.batch, 1), seed=settings.seed,
+                      log_iters=LOG_ITERS, tb_dir=Path(out_dir) / "tb" / path.stem)
+    start, smoothed = time.perf_counter(), {}
+
+    def loss_of(batch: list, t: int, k: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"loss": F.binary_cross_entropy_with_logits(net(x), y)}
+
+    def smooth(t: int, values: dict[str, float]) -> None:
+        loss = values["loss"]
+        smoothed["loss"] = loss if not smoothed else 0.95 * smoothed["loss"] + 0.05 * loss
+
+    trainer.fit(loader, loss_of, hooks=[Hook(1, smooth)])
     accuracy = held_out_accuracy(net, settings)
     seconds = time.perf_counter() - start
     log.info("pretraining: %d steps in %.0f s, loss %.4f, held-out exact-match accuracy %.3f",
-             settings.steps, seconds, smoothed, accuracy)
-    save_checkpoint(path, {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")})
-    save_json(path.with_suffix(".json"), {**asdict(settings), "final_loss": smoothed,
-                                          "held_out_exact_match": accuracy, "seconds": seconds})
+             settings.steps, seconds, smoothed["loss"], accuracy)
+    record = {**asdict(settings), "final_loss": smoothed["loss"], "held_out_exact_match": accuracy, "seconds": seconds}
+    trainer.finish({path: {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}},
+                   after_saving=lambda: save_json(path.with_suffix(".json"), record))
     return path

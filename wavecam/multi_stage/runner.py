@@ -1,7 +1,8 @@
 """The multi-stage runner: the flags switch passes on, and the switched-on passes run in order.
 
 As in IRN's `run_sample.py`, the runner is a list of flags; each pass is a module of
-wavecam.multi_stage.passes exposing `run(args)`.
+wavecam.multi_stage.passes exposing `run(args)`. The flags may come from --config recipes
+(multi_stage/configs/); every run writes its resolved flags to workspace.settings_path.
 """
 
 from __future__ import annotations
@@ -15,20 +16,24 @@ from wavecam.engine import runtime
 from wavecam.engine.cli import run_cli
 from wavecam.engine.logging import setup_logging
 from wavecam.multi_stage import passes
-from wavecam.multi_stage.flags import build_parser, finalize
+from wavecam.multi_stage.flags import finalize, parse_args, resolved_settings, save_settings
+from wavecam.multi_stage.workspace import settings_path
 
 # Flag -> pass module, in the order a full run executes them.
 PASSES = {f"{name}_pass": f"{passes.__name__}.{name}" for name in passes.ORDER}
 
 
 def main(dataset: str, argv: list[str] | None = None) -> int:
-    args = build_parser(dataset).parse_args(argv)
-
     def job() -> None:
+        # A recipe that is missing, not YAML or holds a bad value is a WavecamError: one line, exit 2.
+        args = parse_args(dataset, argv)
+        settings = resolved_settings(args)  # before finalize joins the paths to the work space
         finalize(args)
         os.makedirs(args.work_space, exist_ok=True)
         ctx = runtime.init(args.device)
         setup_logging(args.log_name, ctx)
+        if ctx.is_main:
+            save_settings(settings_path(args.work_space), dataset, settings, args.config)
         if args.deterministic:
             runtime.make_deterministic()
         log = logging.getLogger("wavecam")

@@ -16,6 +16,8 @@ keeps it, as the reference's do):
     results/VOC2012/Segmentation/comp6_test_cls/<id>.png
                                    make_seg on --voc12_test_root: the VOC server's layout
     results/<pass>.json            eval_cam, eval_sem_seg, eval_seg
+    results/settings.yaml          every flag of the latest run, recipes and command line resolved (a
+                                   recipe: --config reads it); the log keeps each run's arguments
     resume/<pass>.pth              a training pass's state after each epoch, until the pass ends
     skipped_images.txt             the images --skip_bad_images skipped, pass by pass
     tb/<pass>/                     TensorBoard scalars of a training pass (train_seg)
@@ -87,16 +89,22 @@ SEM_SEG_SCORES = ImageFiles("sem_seg_score_dir", ".npz")
 
 def fine_tune_checkpoints(args, method: str, epoch: int | None = None) -> tuple[str, str]:
     """(net, predictor) files that train_<method> ("recam" or "wavecam") writes after `epoch`, by
-    default after its last (what make_<method> reads)."""
-    ep = epoch or getattr(args, f"{method}_num_epoches")
-    folder = getattr(args, f"{method}_weight_dir")
-    return (os.path.join(folder, f"res50_{method}_{ep}.pth"),
-            os.path.join(folder, f"{method}_predictor_{ep}.pth"))
+    default after its last (what make_<method> reads); the method's settings are `args.fine_tune`'s
+    (flags.finalize)."""
+    tuning = args.fine_tune[method]
+    ep = epoch or tuning.num_epoches
+    return (os.path.join(tuning.weight_dir, f"res50_{method}_{ep}.pth"),
+            os.path.join(tuning.weight_dir, f"{method}_predictor_{ep}.pth"))
 
 
 def results_path(work_space: str | os.PathLike, name: str) -> Path:
     """What the evaluation pass `name` found, with the settings that produced it."""
     return Path(work_space) / "results" / f"{name}.json"
+
+
+def settings_path(work_space: str | os.PathLike) -> Path:
+    """Every flag of the work space's latest run, as a recipe (flags.save_settings)."""
+    return Path(work_space) / "results" / "settings.yaml"
 
 
 def resume_path(work_space: str | os.PathLike, name: str) -> Path:

@@ -10,12 +10,11 @@ from torch.utils.data import DataLoader
 
 from wavecam.data.datasets import ClassificationDataset, split_ids
 from wavecam.engine.provenance import record_file
-from wavecam.engine.runtime import autocast, barrier, place, shard, to_device, unwrap, wrap_ddp
+from wavecam.engine.runtime import autocast, place, shard, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
-from wavecam.io import save_checkpoint
 from wavecam.models import CAMNet
 from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
-from wavecam.multi_stage.training import begin, train_epochs
+from wavecam.multi_stage.training import claim_training, train_epochs
 from wavecam.optim import poly_sgd
 
 log = logging.getLogger("wavecam")
@@ -40,7 +39,7 @@ def run(args) -> None:
              "pretrained": weights_identity(args.pretrained),
              **pick(args, "cam_network", "cam_crop_size", "cam_resize_long", "cam_batch_size", "cam_num_epoches",
                     "cam_learning_rate", "cam_weight_decay", "sgd_momentum", "seed", "amp")}
-    ctx = begin(args, "train_cam", [args.cam_weights_name], maker)
+    ctx = claim_training(args, "train_cam", [args.cam_weights_name], maker)
     if ctx is None:
         return
     train_set = ClassificationDataset(source, train_ids, crop_size=args.cam_crop_size,
@@ -61,7 +60,7 @@ def run(args) -> None:
     )
     model = wrap_ddp(place(net, ctx, args.channels_last), ctx)
 
-    def step(batch: dict) -> dict:
+    def step(batch: dict, t: int, k: int) -> dict:
         with autocast(args.amp, ctx.device):
             logits = model(to_device(batch["img"], ctx, args.channels_last))
         return {"loss": F.multilabel_soft_margin_loss(logits.float(), batch["label"].to(ctx.device))}
@@ -69,14 +68,9 @@ def run(args) -> None:
     def end_of_epoch(ep: int) -> None:
         log.info("train_cam epoch %d: validation loss %.4f", ep, validate(model, val_loader, args, ctx))
 
-    state = train_epochs("train_cam", args, ctx, train_set, plan, args.cam_num_epoches, model, opt, sched, step, {
+    trainer = train_epochs("train_cam", args, ctx, train_set, plan, args.cam_num_epoches, model, opt, sched, step, {
         "train_ids": len(train_ids), "batch": args.cam_batch_size, "epochs": args.cam_num_epoches,
         "lr": args.cam_learning_rate, "crop": args.cam_crop_size, "seed": args.seed, "world": ctx.world_size},
         end_of_epoch)
-
-    if ctx.is_main:
-        save_checkpoint(args.cam_weights_name, unwrap(model).state_dict())
-        record_file(args.cam_weights_name, maker)
-        state.remove()
-        log.info("wrote %s", args.cam_weights_name)
-    barrier(ctx)
+    trainer.finish({args.cam_weights_name: unwrap(model).state_dict()},
+                   after_saving=lambda: record_file(args.cam_weights_name, maker))

@@ -14,13 +14,13 @@ from torch.utils.data import DataLoader
 
 from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset, split_ids
 from wavecam.engine.provenance import file_identity, folder_identity, record_file
-from wavecam.engine.runtime import autocast, barrier, place, to_device, unwrap, wrap_ddp
+from wavecam.engine.runtime import autocast, place, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
-from wavecam.io import WavecamError, save_checkpoint
+from wavecam.io import WavecamError
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
 from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
-from wavecam.multi_stage.training import begin, train_epochs
+from wavecam.multi_stage.training import claim_training, train_epochs
 from wavecam.optim import poly_sgd
 from wavecam.randomwalk import PathIndex
 
@@ -67,7 +67,7 @@ def run(args) -> None:
              else file_identity(args.cam_weights_name),
              **pick(args, "irn_network", "irn_crop_size", "irn_rescale", "irn_batch_size", "irn_path_radius",
                     "irn_num_epoches", "irn_learning_rate", "irn_weight_decay", "sgd_momentum", "seed", "amp")}
-    ctx = begin(args, "train_irn", [args.irn_weights_name], maker)
+    ctx = claim_training(args, "train_irn", [args.irn_weights_name], maker)
     if ctx is None:
         return
     side = args.irn_crop_size // 4  # flags.check_conflicts made sure the radius fits
@@ -85,22 +85,18 @@ def run(args) -> None:
     trainee = IRNWithLoss(net, AffinityDisplacementLoss(path_index))
     model = wrap_ddp(place(trainee, ctx, args.channels_last), ctx)
 
-    def step(batch: dict) -> dict:
+    def step(batch: dict, t: int, k: int) -> dict:
         inputs = [to_device(batch["img"], ctx, args.channels_last),
                   *(batch[k].to(ctx.device, non_blocking=True) for k in ("bg_pos", "fg_pos", "neg"))]
         with autocast(args.amp, ctx.device):
             losses = model(*inputs)
         return {"loss": losses["total"], **{k: losses[k] for k in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")}}
 
-    state = train_epochs("train_irn", args, ctx, dataset, plan, args.irn_num_epoches, model, opt, sched, step, {
+    trainer = train_epochs("train_irn", args, ctx, dataset, plan, args.irn_num_epoches, model, opt, sched, step, {
         "train_ids": len(ids), "batch": args.irn_batch_size, "epochs": args.irn_num_epoches, "lr": lr,
         "crop": args.irn_crop_size, "radius": args.irn_path_radius, "seed": args.seed, "world": ctx.world_size})
-
+    net = unwrap(model).net
     if ctx.is_main:
-        net = unwrap(model).net
         net.mean_shift.running_mean.copy_(displacement_mean(net, source, ids, args, ctx))
-        save_checkpoint(args.irn_weights_name, net.state_dict())
-        record_file(args.irn_weights_name, maker)
-        state.remove()
-        log.info("wrote %s", args.irn_weights_name)
-    barrier(ctx)
+    trainer.finish({args.irn_weights_name: net.state_dict()},
+                   after_saving=lambda: record_file(args.irn_weights_name, maker))

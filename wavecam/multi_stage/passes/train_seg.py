@@ -18,13 +18,10 @@ from torch.utils.data import DataLoader
 
 from wavecam.data.datasets import prepare_gt, split_ids
 from wavecam.data.seg_train import SegTrainDataset
-from wavecam.engine.logging import MetricLogger, add_scalars, tensorboard
-from wavecam.engine.loop import Hook, fit
 from wavecam.engine.provenance import folder_identity, record_file
 from wavecam.engine.runtime import (
     amp_dtype,
     autocast,
-    barrier,
     loss_scaler,
     place,
     set_cudnn,
@@ -34,10 +31,10 @@ from wavecam.engine.runtime import (
 )
 from wavecam.engine.sampling import batch_plan, train_loader
 from wavecam.engine.state import TrainState
-from wavecam.io import save_checkpoint
+from wavecam.engine.trainer import Trainer
 from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
 from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
-from wavecam.multi_stage.training import begin
+from wavecam.multi_stage.training import claim_training
 from wavecam.multi_stage.workspace import resume_path, seg_labels, tensorboard_dir
 
 log = logging.getLogger("wavecam")
@@ -65,7 +62,7 @@ def run(args) -> None:
                     "seg_iter_size", "seg_crop_size", "seg_scales", "seg_num_iters", "seg_learning_rate",
                     "seg_momentum", "seg_weight_decay", "seg_poly_power", "seg_lr_decay", "seg_warmup_iters",
                     "seed", "amp")}
-    ctx = begin(args, "train_seg", [args.seg_weights_name], maker)
+    ctx = claim_training(args, "train_seg", [args.seg_weights_name], maker)
     if ctx is None:
         return
     if labels is None:
@@ -89,10 +86,10 @@ def run(args) -> None:
         "warmup": args.seg_warmup_iters, "crop": args.seg_crop_size, "seed": args.seed,
         "world": ctx.world_size}.items()},
         name="train_seg", restart_hint="pass --force True to start over")
-    if (args.force or not args.resume) and ctx.is_main:
-        state.remove()
-    barrier(ctx)  # no rank looks for the state while it is being removed
-    start = state.restore(model, opt, sched, scaler) if state.path.is_file() else 0
+    trainer = Trainer("train_seg", ctx, model, opt, sched, scaler, state, stop=args.seg_num_iters, plan=plan,
+                      seed=args.seed, log_iters=args.seg_log_iters, save_iters=args.seg_save_iters,
+                      tb_dir=tensorboard_dir(args.work_space, "train_seg"))
+    start = trainer.open(fresh=args.force or not args.resume)
     loader: DataLoader = train_loader(dataset, plan, ctx.rank, args.seed, start, args.seg_num_iters, "step",
                                       **loader_options(args, ctx))
     log.info("train_seg: %s on %d %s images, %s; %d steps from %d", args.seg_network, len(ids),
@@ -104,26 +101,6 @@ def run(args) -> None:
             logits = model(to_device(batch["img"], ctx, args.channels_last))
         return {"loss": msc_loss([x.float() for x in logits], batch["label"].to(ctx.device, non_blocking=True))}
 
-    writer = tensorboard(tensorboard_dir(args.work_space, "train_seg"), ctx)
-
-    def report(t: int, values: dict[str, float]) -> None:
-        add_scalars(writer, "train_seg", values, t)
-
-    def save(t: int, values: dict[str, float]) -> None:
-        state.save(ctx, t, model, opt, sched, scaler)
-
-    def kept() -> str:
-        return f"the last good state {state.path} is kept" if state.path.exists() else "nothing was saved"
-
-    meter = MetricLogger(start, args.seg_num_iters, plan.global_batch, args.seg_log_iters)
-    fit("train_seg", model, opt, sched, scaler, loader, start, args.seg_num_iters, loss_of, plan, ctx, args.seed,
-        hooks=[Hook(args.seg_log_iters, report), Hook(args.seg_save_iters, save, at_end=False)], meter=meter,
-        kept=kept)
-    if writer is not None:
-        writer.close()
-    if ctx.is_main:
-        save_checkpoint(args.seg_weights_name, unwrap(model).state_dict())
-        record_file(args.seg_weights_name, maker)
-        state.remove()
-        log.info("wrote %s", args.seg_weights_name)
-    barrier(ctx)
+    trainer.fit(loader, loss_of)
+    trainer.finish({args.seg_weights_name: unwrap(model).state_dict()},
+                   after_saving=lambda: record_file(args.seg_weights_name, maker))
