@@ -9,7 +9,7 @@ alone. Every work space then runs eval_cam and IRN (cam_to_ir_label, train_irn, 
 eval_sem_seg), and `wavecam.report` writes `<out>/report/results.md` with one row per method: seeds,
 IRN pseudo labels and, once stage 3 writes results/eval_seg.json, the final segmentation.
 
-The settings and flags are the demo's (wavecam.multi_stage.demo), for the same reason: no ImageNet
+The settings and flags are the demo's (wavecam.demo), for the same reason: no ImageNet
 weights offline, so ResNet-18 started from the demo's pretraining on synthetic scenes (its file under
 `<out>/pretrained/`, reused by the next run), small images, short schedules, conventional momentum,
 and thresholds raised for the broad CAMs of small images. The numbers show that the three rows come
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from wavecam.data.synthetic import make_synthetic_voc
-from wavecam.multi_stage.demo import backbone_weights, demo_flags, parse, regime_parser
+from wavecam.demo import backbone_weights, demo_flags, parse, regime_parser
 from wavecam.multi_stage.runner import main as pipeline_main
 from wavecam.multi_stage.workspace import default_path
 from wavecam.report import report

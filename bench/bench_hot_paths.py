@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavecam.crf import crf_inference_label
+from wavecam.labels.crf import crf_inference_label
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.cam import class_features
 from wavecam.models.wave import ClassPredictor

@@ -60,10 +60,10 @@ def train_case(name: str, variant: str, a, device: torch.device) -> dict:
     # A sibling module: Python puts bench/ on the path of a script run as python bench/<script>.py.
     from bench_hot_paths import plain_class_features, plain_predictor_loss
 
+    from wavecam.labels.randomwalk import PathIndex
     from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
     from wavecam.models import cam as cam_module
     from wavecam.models.irn import AffinityDisplacementLoss, IRNet
-    from wavecam.randomwalk import PathIndex
 
     ours = variant == "ours"
     torch.backends.cudnn.benchmark = ours
@@ -153,7 +153,7 @@ def loader_seconds(name: str, a, resample: str = "pil") -> float:
     from wavecam.data.datasets import AffinityDataset, ClassificationDataset, InferenceDataset
     from wavecam.data.synthetic import make_synthetic_voc
     from wavecam.data.voc import VOC12
-    from wavecam.randomwalk import PathIndex
+    from wavecam.labels.randomwalk import PathIndex
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_loader_"))
     root = make_synthetic_voc(tmp, n_train=a.loader_images, n_val=2, size=max(a.size), seed=0)
@@ -184,7 +184,7 @@ def loader_seconds(name: str, a, resample: str = "pil") -> float:
 def plain_multiscale_cam(features_fn, image, weight, keys, scales):
     """IRN/ReCAM's make_cam for one image: per scale, the image and its flip as a batch of two,
     the CAMs of every class resized, summed, then restricted to the present classes."""
-    from wavecam.cam import _rescale, strided_size, strided_up_size
+    from wavecam.labels.cam import _rescale, strided_size, strided_up_size
 
     size = tuple(image.shape[1:])
     small, up = strided_size(size, 4), strided_up_size(size, 16)
@@ -203,7 +203,7 @@ def plain_multiscale_cam(features_fn, image, weight, keys, scales):
 
 
 def make_wavecam_case(variant: str, a, device: torch.device) -> dict:
-    from wavecam.cam import multiscale_cam_batch
+    from wavecam.labels.cam import multiscale_cam_batch
     from wavecam.models import CAMNet
     from wavecam.models.cam import cam_weight
 
@@ -267,8 +267,8 @@ def _scene_inputs(a):
 
 
 def _plain_confident_label(img, cam, fg_thres, bg_thres):
-    from wavecam.crf import crf_inference_label
-    from wavecam.data.classes import IGNORE_INDEX
+    from wavecam.classes import IGNORE_INDEX
+    from wavecam.labels.crf import crf_inference_label
 
     keys = np.concatenate([[0], cam["keys"] + 1])
     hr = cam["high_res"]
@@ -325,8 +325,8 @@ def make_sem_seg_case(variant: str, a, device: torch.device) -> dict:
 
 
 def _sem_seg_at(size, ours: bool, a, device: torch.device) -> dict:
+    from wavecam.labels.randomwalk import propagate, propagate_dense, rw_to_label
     from wavecam.models.irn import EdgeDisplacement
-    from wavecam.randomwalk import propagate, propagate_dense, rw_to_label
 
     torch.manual_seed(0)
     model = EdgeDisplacement(pretrained=None, crop_size=max(512, *size), arch=a.arch)

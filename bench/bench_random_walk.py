@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from wavecam.randomwalk import _image_pairs, _one_cpu_thread, propagate, propagate_dense, search_directions
+from wavecam.labels.randomwalk import _image_pairs, _one_cpu_thread, propagate, propagate_dense, search_directions
 
 N_CLASSES = 2  # foreground classes of the image: the walk runs on the CAMs of the classes present
 BETA, EXP_TIMES, RADIUS = 10, 8, 5

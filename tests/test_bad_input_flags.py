@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from wavecam.end_to_end.config import Config, load_config
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 from wavecam.multi_stage.flags import TypedTuple, build_parser, finalize, momentum, str2bool
 from wavecam.ranges import Range
 

@@ -19,16 +19,8 @@ from helpers import fails_in_one_line
 
 from wavecam.data.voc import VOC12
 from wavecam.engine.cli import run_cli
-from wavecam.io import (
-    BadFileError,
-    WriteError,
-    check_label_map,
-    save_cam,
-    save_checkpoint,
-    save_json,
-    save_npz,
-    save_png,
-)
+from wavecam.errors import BadFileError, WriteError
+from wavecam.io import check_label_map, save_cam, save_checkpoint, save_json, save_npz, save_png
 from wavecam.models import CAMNet
 
 RUNNER = Path(__file__).resolve().parents[1] / "multi_stage" / "run_wavecam_voc.py"
@@ -301,7 +293,7 @@ def test_checkpoint_on_a_real_full_disk(tmp_path):
     fills it, and nothing but the error is left."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    code = ("import os, sys, torch; from wavecam.io import WriteError, save_checkpoint\n"
+    code = ("import os, sys, torch; from wavecam.errors import WriteError; from wavecam.io import save_checkpoint\n"
             "try:\n    save_checkpoint(os.path.join(sys.argv[1], 'w.pth'), {'w': torch.zeros(1 << 20)})\n"
             "except WriteError as e:\n    print(e)\n"
             "print(os.listdir(sys.argv[1]))")

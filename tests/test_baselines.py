@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from wavecam.io import load_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "baselines.py"
 
 
+@pytest.mark.slow
 def test_quick_baselines_give_three_rows(tmp_path):
     out = tmp_path / "b"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

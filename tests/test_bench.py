@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_end_to_end_at_toy_sizes(tmp_path):
     out = tmp_path / "check.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wavecam.classes import COCO_CATEGORIES, IGNORE_INDEX
 from wavecam.data import coco as coco_module
-from wavecam.data.classes import COCO_CATEGORIES, IGNORE_INDEX
 from wavecam.data.coco import COCO2014, main
 from wavecam.data.synthetic import rle_uncompressed
-from wavecam.io import BadFileError, WavecamError, load_png, save_png
+from wavecam.errors import BadFileError, WavecamError
+from wavecam.io import load_png, save_png
 
 # pycocotools' decoder trips NumPy 2's copy-keyword deprecation; that is its business, not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wavecam.io import WavecamError
-from wavecam.multi_stage import demo
+from wavecam import demo
+from wavecam.errors import WavecamError
 from wavecam.multi_stage.flags import finalize, parse_args
 from wavecam.multi_stage.runner import PASSES, main
 from wavecam.multi_stage.workspace import settings_path

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wavecam.crf import crf_inference_label, crf_inference_labels
+from wavecam.labels.crf import crf_inference_label, crf_inference_labels
 
 
 def scene():

@@ -19,7 +19,8 @@ from wavecam.data import transforms as T
 from wavecam.data.seg_train import SegTrainDataset, rescale_pair
 from wavecam.data.voc import VOC12
 from wavecam.engine.sampling import SampleKey
-from wavecam.io import BadFileError, WavecamError, save_checkpoint, save_png
+from wavecam.errors import BadFileError, WavecamError
+from wavecam.io import save_checkpoint, save_png
 from wavecam.models import deeplab as D
 
 SMALL = (1, 1, 1, 1)
@@ -68,6 +69,7 @@ def deeplab_pytorch_state_dict(n_blocks, num_classes=C, head="aspp", prefix="bas
 
 # --- architecture --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_output_stride_8_and_dilations():
     net = D.DeepLabV2(C, n_blocks=(1, 1, 2, 2)).eval()
     bb = net.backbone
@@ -129,6 +131,7 @@ def test_basic_blocks_take_a_torchvision_resnet18_at_output_stride_8():
         D.DilatedResNet((1, 1, 1, 1), block="wide")
 
 
+@pytest.mark.slow
 def test_msc_train_and_eval_outputs():
     model = small_model()
     randomise_batchnorm(model)
@@ -156,6 +159,7 @@ def test_msc_train_and_eval_outputs():
     assert len(small_model(scales=(0.5,)).train()(x)) == 3
 
 
+@pytest.mark.slow
 def test_batchnorm_frozen_through_a_training_step():
     model = small_model()
     randomise_batchnorm(model)
@@ -214,6 +218,7 @@ def test_deeplab_v1_coco_init_loads_backbone_and_keeps_aspp(tmp_path):
     assert model.convention == D.CAFFE
 
 
+@pytest.mark.slow
 def test_real_resnet101_layouts_map_onto_deeplabv2():
     """ResNet-101's 23-block layer3 through both foreign key maps, shapes and all."""
     ref = deeplab_pytorch_state_dict(D.RESNET101_BLOCKS)
@@ -243,6 +248,7 @@ def test_real_resnet101_layouts_map_onto_deeplabv2():
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
 def test_our_checkpoint_round_trip_restores_the_convention(tmp_path):
     src = small_model()
     D.load_seg_weights(src, deeplab_pytorch_state_dict(SMALL))
@@ -478,7 +484,7 @@ def test_pseudo_label_folder(voc_root, tmp_path):
 # --- CRF -----------------------------------------------------------------------------------------
 
 def test_deeplab_crf_settings_and_reference_image():
-    from wavecam.crf import DEEPLAB_CRF, crf_inference_deeplab, deeplab_reference_crf_image
+    from wavecam.labels.crf import DEEPLAB_CRF, crf_inference_deeplab, deeplab_reference_crf_image
 
     assert DEEPLAB_CRF == {"t": 10, "pos_w": 3, "pos_xy_std": 1, "bi_w": 4, "bi_xy_std": 67, "bi_rgb_std": 3}
     # R 200, G 116, B 100: BGR minus the mean, truncated, wrapped into uint8 as numpy's cast does.

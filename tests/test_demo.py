@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from wavecam.multi_stage.workspace import settings_path
@@ -13,6 +14,7 @@ from wavecam.multi_stage.workspace import settings_path
 DEMO = Path(__file__).resolve().parents[1] / "multi_stage" / "run_demo.py"
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_the_chain(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(DEMO), "--quick", "--out", str(tmp_path / "demo"), "--workers", "0"],

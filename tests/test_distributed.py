@@ -14,6 +14,8 @@ from wavecam.data.voc import VOC12
 from wavecam.io import load_cam, load_checkpoint, save_checkpoint
 from wavecam.models.resnet import build_resnet
 
+pytestmark = pytest.mark.slow  # torchrun
+
 RUNNER = Path(__file__).resolve().parents[1] / "multi_stage" / "run_wavecam_voc.py"
 # What is tested is the distributed machinery, whatever the depth. ResNet-50 from random weights
 # amplifies the float rounding of batches of 2 against batches of 4 into differences of 5e-6 on some

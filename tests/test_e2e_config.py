@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from wavecam.end_to_end.config import Config, as_dict, config_changes, config_yaml, load_config
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 
 E2E = Path(__file__).resolve().parents[1] / "end_to_end"
 VOC = E2E / "configs" / "voc.yaml"
@@ -109,6 +109,7 @@ def test_config_changes_count_a_key_an_older_checkpoint_lacks_as_its_default():
                           cfg) == ["dataset.coco_crowd", "train.max_iters"]
 
 
+@pytest.mark.slow
 def test_a_wrong_override_at_the_front_door_is_one_error_line(tmp_path):
     proc = subprocess.run([sys.executable, str(E2E / "train.py"), "--config", str(VOC), "--work_dir", "w",
                            "--set", "train.max_iter=5"], cwd=tmp_path, capture_output=True, text=True, timeout=300)

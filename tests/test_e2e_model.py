@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from wavecam import e2e_labels as lab
-from wavecam.data.classes import IGNORE_INDEX
-from wavecam.io import BadFileError, WavecamError, save_checkpoint
+from wavecam.classes import IGNORE_INDEX
+from wavecam.errors import BadFileError, WavecamError
+from wavecam.io import save_checkpoint
+from wavecam.labels import afa
+from wavecam.labels.par import PAR
 from wavecam.models.e2e import WaveAFA, load_pretrained, load_wave_afa_weights
 from wavecam.models.mit import mit
-from wavecam.par import PAR
 
 AFA_STRIDE = (4, 2, 2, 1)
 
@@ -143,9 +144,9 @@ def test_wave_afa_forward_shapes(net, cls_labels):
 
 def test_wave_afa_state_dict_is_afa_plus_wavecam(net):
     sd = net.state_dict()
-    afa = [(k, s) for k, s in _shapes(sd) if not k.startswith(("wave.", "predictor."))]
+    afa_keys = [(k, s) for k, s in _shapes(sd) if not k.startswith(("wave.", "predictor."))]
     encoder = [("encoder." + k, s) for k, s in nvlabs_mit_keys((64, 128, 320, 512), (2, 2, 2, 2))]
-    assert afa == encoder + afa_head_keys()
+    assert afa_keys == encoder + afa_head_keys()
     assert any(k.startswith("wave.") for k in sd) and "predictor.classifier.weight" in sd
 
 
@@ -176,8 +177,8 @@ def test_load_afa_and_own_checkpoints(net, tmp_path):
     fresh = WaveAFA("mit_b1", stride=AFA_STRIDE)
     wave_before = fresh.wave.fc_h.weight.clone()
     # An AFA checkpoint, saved from DDP: no WaveCAM parts, `module.` prefixes.
-    afa = {"module." + k: v for k, v in net.state_dict().items() if not k.startswith(("wave.", "predictor."))}
-    save_checkpoint(tmp_path / "wetr_iter_2000.pth", afa)
+    afa_sd = {"module." + k: v for k, v in net.state_dict().items() if not k.startswith(("wave.", "predictor."))}
+    save_checkpoint(tmp_path / "wetr_iter_2000.pth", afa_sd)
     load_wave_afa_weights(fresh, tmp_path / "wetr_iter_2000.pth")
     assert torch.equal(fresh.decoder.linear_pred.weight, net.decoder.linear_pred.weight)
     assert torch.equal(fresh.wave.fc_h.weight, wave_before)
@@ -185,9 +186,9 @@ def test_load_afa_and_own_checkpoints(net, tmp_path):
     load_wave_afa_weights(fresh, {"model": net.state_dict()})
     assert torch.equal(fresh.predictor.classifier.weight, net.predictor.classifier.weight)
 
-    del afa["module.attn_proj.bias"]
+    del afa_sd["module.attn_proj.bias"]
     with pytest.raises(BadFileError, match="attn_proj.bias"):
-        load_wave_afa_weights(fresh, afa)
+        load_wave_afa_weights(fresh, afa_sd)
 
 
 def test_losses_are_finite_and_reach_every_branch(net, cls_labels):
@@ -199,9 +200,9 @@ def test_losses_are_finite_and_reach_every_branch(net, cls_labels):
     label = torch.randint(0, 21, (2, 64, 64))
     label[:, :8] = IGNORE_INDEX
     seg = torch.nn.functional.interpolate(out.seg, size=(64, 64), mode="bilinear", align_corners=False)
-    aff_target = lab.affinity_label(label, (4, 4), lab.radius_mask(4, 4, 2))
+    aff_target = afa.affinity_label(label, (4, 4), afa.radius_mask(4, 4, 2))
     losses = [torch.nn.functional.multilabel_soft_margin_loss(out.logits, cls_labels), out.wave_loss,
-              lab.seg_loss(seg, label), lab.affinity_loss(out.attn_pred, aff_target)]
+              afa.seg_loss(seg, label), afa.affinity_loss(out.attn_pred, aff_target)]
     assert all(torch.isfinite(x) for x in losses)
     sum(losses).backward()
     for part in (net.encoder.patch_embed1, net.decoder, net.attn_proj, net.classifier, net.wave, net.predictor):
@@ -330,40 +331,40 @@ def test_affinity_label_on_a_hand_made_label():
     # Grid cells in raster order: top-left 1, top-right 1, bottom-left 0, bottom-right unsure.
     i = IGNORE_INDEX
     expected = torch.tensor([[1, 1, 0, i], [1, 1, 0, i], [0, 0, 1, i], [i, i, i, i]])
-    assert torch.equal(lab.affinity_label(label, (2, 2))[0], expected)
+    assert torch.equal(afa.affinity_label(label, (2, 2))[0], expected)
 
-    diagonal_only = lab.radius_mask(2, 2, radius=0)
+    diagonal_only = afa.radius_mask(2, 2, radius=0)
     assert torch.equal(diagonal_only, torch.eye(4, dtype=torch.bool))
     expected_masked = torch.where(torch.eye(4, dtype=torch.bool), expected, i)
-    assert torch.equal(lab.affinity_label(label, (2, 2), diagonal_only)[0], expected_masked)
+    assert torch.equal(afa.affinity_label(label, (2, 2), diagonal_only)[0], expected_masked)
 
 
 def test_affinity_loss_is_zero_for_a_perfect_prediction():
     target = torch.tensor([[[1, 0, IGNORE_INDEX], [0, 1, 1], [IGNORE_INDEX, 1, 1]]])
     perfect = (target == 1).float()
-    assert lab.affinity_loss(perfect, target) == 0
-    assert lab.affinity_loss(1 - perfect, target) > 0.4
+    assert afa.affinity_loss(perfect, target) == 0
+    assert afa.affinity_loss(1 - perfect, target) > 0.4
 
 
 def test_seg_loss_balances_background_and_foreground():
     pred = torch.zeros(1, 3, 2, 2, requires_grad=True)
     label = torch.tensor([[[0, 0], [0, 2]]])
-    loss = lab.seg_loss(pred, label)
+    loss = afa.seg_loss(pred, label)
     torch.testing.assert_close(loss, torch.log(torch.tensor(3.0)))  # uniform logits: log C on each part
     loss.backward()
     assert pred.grad[0, :, 1, 1].abs().sum() > pred.grad[0, :, 0, 0].abs().sum()  # the lone fg pixel weighs more
     only_ignored = torch.full((1, 2, 2), IGNORE_INDEX)
-    assert lab.seg_loss(pred, only_ignored) == 0
+    assert afa.seg_loss(pred, only_ignored) == 0
 
 
 def test_cam_to_label_thresholds_and_box():
     cams = torch.tensor([0.2, 0.4, 0.5, 0.9]).view(1, 1, 1, 4).repeat(1, 2, 1, 1)
     cams[:, 0] = 1.0  # an absent class scoring high must not win
     labels = torch.tensor([[0.0, 1.0]])
-    assert lab.cam_to_label(cams, labels, bg_thres=0.45).tolist() == [[[0, 0, 2, 2]]]
-    banded = lab.cam_to_label(cams, labels, bg_thres=0.35, high_thre=0.55)
+    assert afa.cam_to_label(cams, labels, bg_thres=0.45).tolist() == [[[0, 0, 2, 2]]]
+    banded = afa.cam_to_label(cams, labels, bg_thres=0.35, high_thre=0.55)
     assert banded.tolist() == [[[0, IGNORE_INDEX, IGNORE_INDEX, 2]]]
-    boxed = lab.cam_to_label(cams, labels, bg_thres=0.35, high_thre=0.55, img_box=[(0, 1, 0, 2)])
+    boxed = afa.cam_to_label(cams, labels, bg_thres=0.35, high_thre=0.55, img_box=[(0, 1, 0, 2)])
     assert boxed.tolist() == [[[0, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]]
 
 
@@ -371,21 +372,21 @@ def test_online_pseudo_labels_end_to_end(net, cls_labels):
     torch.manual_seed(0)
     images = torch.randn(2, 3, 64, 64)
     box = torch.tensor([[0, 64, 0, 48], [8, 64, 0, 64]])
-    ms = lab.multi_scale_cams(net.cams_and_affinity, images, scales=(1.0, 0.5, 1.5))
+    ms = afa.multi_scale_cams(net.cams_and_affinity, images, scales=(1.0, 0.5, 1.5))
     assert ms.cams.shape == (2, 20, 64, 64) and ms.cams.min() >= 0 and ms.cams.max() <= 1
     assert ms.aff_size == (6, 6) and ms.aff.shape == (2, 36, 36)  # from the 96 x 96 scale
 
     par = PAR(num_iter=2)
     allowed = [{0, 4, IGNORE_INDEX}, {0, 5, 8, IGNORE_INDEX}]  # background, present classes + 1, unsure
-    refined = lab.refine_cams_with_bkg(par, images, ms.cams, cls_labels, img_box=box)
-    propagated = lab.propagated_label(par, images, ms, cls_labels, lab.radius_mask(*ms.aff_size, 8), img_box=box)
+    refined = afa.refine_cams_with_bkg(par, images, ms.cams, cls_labels, img_box=box)
+    propagated = afa.propagated_label(par, images, ms, cls_labels, afa.radius_mask(*ms.aff_size, 8), img_box=box)
     for label in (refined, propagated):
         assert label.shape == (2, 64, 64) and label.dtype == torch.long
         for i in range(2):
             assert set(label[i].unique().tolist()) <= allowed[i]
         assert (label[0, :, 48:] == IGNORE_INDEX).all() and (label[1, :8] == IGNORE_INDEX).all()
 
-    probs = lab.propagate_cams(ms.cams[:, :, ::11, ::11], ms.aff, cls_labels, 0.45)
+    probs = afa.propagate_cams(ms.cams[:, :, ::11, ::11], ms.aff, cls_labels, 0.45)
     assert probs.shape == (2, 21, 6, 6)
     absent = torch.ones(2, 21, dtype=torch.bool)
     absent[:, 0] = False

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from wavecam import e2e_labels as lab
 from wavecam.end_to_end.config import Config, as_dict, load_config
 from wavecam.end_to_end.data import make_source, train_dataset, train_loader
 from wavecam.end_to_end.evaluation import settings
@@ -24,8 +23,10 @@ from wavecam.engine import runtime
 from wavecam.engine.loop import accumulated_step, optimizer_step
 from wavecam.engine.runtime import loss_scaler
 from wavecam.engine.sampling import ShuffledBatches, batch_plan
-from wavecam.io import WavecamError, load_checkpoint
-from wavecam.par import PAR
+from wavecam.errors import WavecamError
+from wavecam.io import load_checkpoint
+from wavecam.labels import afa
+from wavecam.labels.par import PAR
 
 ROOT = Path(__file__).resolve().parents[1]
 E2E = ROOT / "end_to_end"
@@ -107,6 +108,7 @@ def test_seed_install_resolves_from_end_to_end():
     assert '"tensorboard>=' in deps
 
 
+@pytest.mark.slow
 def test_one_process_from_end_to_end_logs_plots_and_resumes_exactly(one_process, voc96, tmp_path):
     test = check_run(one_process, "val_crf")
     assert test["crf"] is True and test["iteration"] == 4
@@ -151,6 +153,7 @@ def test_one_process_from_end_to_end_logs_plots_and_resumes_exactly(one_process,
     assert full["scheduler"] == resumed["scheduler"]
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_step_of_one_accumulating(one_process, voc96, tmp_path):
     """The same global batch of 4 on 2 gloo processes (2 images each, no accumulation) trains the
     weights one process accumulating 2 micro-batches of 2 trains. On CPUs every process normalises
@@ -168,6 +171,7 @@ def test_two_processes_take_the_step_of_one_accumulating(one_process, voc96, tmp
             torch.testing.assert_close(two[k], v, rtol=0, atol=1e-7, msg=k)
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_checkpoint_as_training_validated_it(one_process, voc96, tmp_path):
     proc = subprocess.run([sys.executable, "evaluate.py", "--config", "configs/synthetic.yaml", "--device", "cpu",
                            "--checkpoint", str(one_process / "checkpoints" / "iter_0000004.pth"),
@@ -184,6 +188,7 @@ def test_evaluate_scores_a_checkpoint_as_training_validated_it(one_process, voc9
 
 # --- checks before anything is written -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_missing_dataset_root_is_one_readable_error_and_no_log(tmp_path):
     proc = subprocess.run([sys.executable, str(E2E / "train.py"), "--config", str(CONFIG), "--work_dir", "w",
                            "--set", f"dataset.root={tmp_path / 'nowhere'}"], cwd=tmp_path, capture_output=True,
@@ -193,6 +198,7 @@ def test_missing_dataset_root_is_one_readable_error_and_no_log(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
 def test_an_unwritable_work_dir_is_one_readable_error(tmp_path):
     """A work dir that cannot be created (below a file here: unlike a read-only folder, root cannot write
     there either) is one `error:` line naming it, not a traceback."""
@@ -206,6 +212,7 @@ def test_an_unwritable_work_dir_is_one_readable_error(tmp_path):
                                   "choose a writable --work_dir"), proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_weights_are_reported_before_the_coco_masks_are_rendered(tmp_path):
     """The COCO config with a missing mit_b1.pth: the error says where NVlabs' weights come from and
     where they go, and nothing was indexed, rendered or logged before it."""
@@ -284,6 +291,7 @@ def test_accumulated_step_equals_the_step_on_the_whole_batch():
     assert not torch.allclose(halved[0].weight.grad, whole[0].weight.grad, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96):
     """The trainer's own iteration (WaveAFA, multi-scale CAMs, PAR, propagated labels, every loss on):
     one process accumulating the global batch of 4 as 2 micro-batches of 2 gets the gradient DDP gives
@@ -300,7 +308,7 @@ def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96):
     torch.manual_seed(0)
     net = build_model(cfg, source.num_classes)
     par = PAR(cfg.par.dilations, cfg.par.num_iter)
-    aff_mask = lab.radius_mask(*grid_size((64, 64)), cfg.cam.radius)
+    aff_mask = afa.radius_mask(*grid_size((64, 64)), cfg.cam.radius)
 
     def run(world: int, rank: int):
         ctx = runtime.Context(rank, world, rank, torch.device("cpu"))
@@ -376,6 +384,7 @@ def test_configs_default_to_afas_published_runs():
 
 # --- the rest ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_diverging_loss_stops_with_the_iteration(voc96, tmp_path):
     proc = launch(1, "--work_dir", str(tmp_path / "nan"), "--set", f"dataset.root={voc96}", *TINY,
                   "optimizer.learning_rate=1e30", check=False)
@@ -384,6 +393,7 @@ def test_diverging_loss_stops_with_the_iteration(voc96, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_crf_workers_give_the_predictions_of_the_main_process(tmp_path):
     """The test's CRF in a BackgroundPool beside the network: same labels and files as inline, in order."""
     code = f"""

@@ -17,7 +17,7 @@ from wavecam.engine.sampling import (
     sample_generator,
 )
 from wavecam.engine.state import TrainState
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 
 
 def keys_of(n, batch, world, rank, seed, start, stop, keying):

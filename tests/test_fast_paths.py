@@ -77,6 +77,7 @@ def trained(voc_root, tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [("--channels_last", "True", "--cam_infer_batch", "1"),
                                    ("--channels_last", "False", "--cam_infer_batch", "4")])
 def test_fast_make_cam_matches_the_plain_one(voc_root, trained, flags):
@@ -89,23 +90,45 @@ def test_fast_make_cam_matches_the_plain_one(voc_root, trained, flags):
             np.testing.assert_allclose(fast[name][k], plain[name][k], atol=2e-4, err_msg=f"{name} {k}")
 
 
-def test_channels_last_training_matches_nchw(voc_root, trained):
-    from wavecam.io import load_checkpoint
+@pytest.mark.slow
+def test_channels_last_training_matches_nchw(voc_root, tmp_path, monkeypatch):
+    """train_cam with --channels_last True ends with the weights of NCHW training, compared in float64.
 
+    NHWC and NCHW convolutions sum their products in different orders, so in float32 the two runs
+    differ by rounding (~1e-7 relative) from the first step, and each optimiser step feeds that back
+    into the next batch's activations and BatchNorm statistics: after the pass's 6 momentum steps
+    running statistics of order 1 differed by up to 2.6e-4 (about 4000 float32 epsilons), by an
+    amount that depends on the CPU's kernels and thread count, so no float32 tolerance is both safe
+    and tight. In float64 (the default dtype while the pass runs, so the model is built in it; the
+    images are cast to it keeping their layout) the same amplification of an epsilon of 2.2e-16
+    stays near 1e-12 (measured: 4e-15 with 1 to 3 threads), far under the tolerance of 1e-9, while a
+    real layout mistake is far over it (an NHWC batch read as NCHW, measured: every trained tensor
+    off by at least 4e-5, the worst by 1.0)."""
+    from wavecam.engine import runtime
+    from wavecam.io import load_checkpoint
+    from wavecam.multi_stage.passes import train_cam
+
+    monkeypatch.setattr(train_cam, "to_device", lambda images, ctx, channels_last=False: runtime.to_device(
+        images, ctx, channels_last).to(torch.float64))  # .to(dtype) preserves the memory format
     ws = {}
-    for fmt in ("True", "False"):
-        ws[fmt] = trained / f"train_cl_{fmt}"
-        argv = f"--voc12_root {voc_root} --work_space {ws[fmt]} {FLAGS} --train_cam_pass True".split()
-        assert main("voc", [*argv, "--channels_last", fmt]) == 0
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for fmt in ("True", "False"):
+            ws[fmt] = tmp_path / f"train_cl_{fmt}"
+            argv = f"--voc12_root {voc_root} --work_space {ws[fmt]} {FLAGS} --train_cam_pass True".split()
+            assert main("voc", [*argv, "--channels_last", fmt]) == 0
+    finally:
+        torch.set_default_dtype(dtype)
     a, b = (load_checkpoint(ws[f] / "res50_cam.pth") for f in ("True", "False"))
     for k in b:
         if b[k].is_floating_point():
-            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+            torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-9, msg=k)
 
 
 def test_cudnn_benchmark_only_for_the_fixed_crops_of_training(voc_root, tmp_path, monkeypatch):
     """Image-wise passes see a new shape per image size and scale: cuDNN's autotuning is off there."""
-    from wavecam.multi_stage import training
+    from wavecam.engine import trainer
     from wavecam.multi_stage.passes import eval_cam
 
     seen = []
@@ -119,7 +142,7 @@ def test_cudnn_benchmark_only_for_the_fixed_crops_of_training(voc_root, tmp_path
         seen.append(torch.backends.cudnn.benchmark)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "fit", record)
+    monkeypatch.setattr(trainer, "fit", record)
     for deterministic in ("False", "True"):
         argv = f"--voc12_root {voc_root} --work_space {tmp_path / deterministic} {FLAGS} --train_cam_pass True"
         with pytest.raises(KeyboardInterrupt):

@@ -52,7 +52,7 @@ def test_recam_passes_and_their_order():
 @pytest.mark.parametrize("passes", [("make_cam", "make_recam"), ("make_recam", "make_wavecam"),
                                     ("make_cam", "make_recam", "make_wavecam")])
 def test_cam_writers_conflict(passes):
-    from wavecam.io import WavecamError
+    from wavecam.errors import WavecamError
 
     line = " ".join(f"--{p}_pass True" for p in passes)
     with pytest.raises(WavecamError, match=r"both|all") as e:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from wavecam.io import BadFileError, atomic_path, load_cam, load_checkpoint, load_npz, save_cam, save_checkpoint
+from wavecam.errors import BadFileError
+from wavecam.io import atomic_path, load_cam, load_checkpoint, load_npz, save_cam, save_checkpoint
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

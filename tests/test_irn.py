@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from wavecam.io import BadFileError
+from wavecam.errors import BadFileError
+from wavecam.labels.randomwalk import PathIndex, affinity_labels
 from wavecam.models.irn import AffinityDisplacementLoss, EdgeDisplacement, IRNet, load_irn_weights
-from wavecam.randomwalk import PathIndex, affinity_labels
 
 SIZE = 64  # input pixels; features are SIZE // 4
 

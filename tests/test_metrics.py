@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wavecam.data.classes import VOC_CLASSES
+from wavecam.classes import VOC_CLASSES
 from wavecam.metrics import ConfusionMatrix, calc_semantic_segmentation_confusion, format_iou_table, iou_from_confusion
 
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from helpers import randomise_batchnorm
 from torch import nn
 
-from wavecam.cam import multiscale_cam, multiscale_cam_batch
-from wavecam.io import BadFileError, save_checkpoint
+from wavecam.errors import BadFileError
+from wavecam.io import save_checkpoint
+from wavecam.labels.cam import multiscale_cam, multiscale_cam_batch
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet, WaveModeling, cam_weight, load_cam_weights
 from wavecam.models.cam import class_features, normalised_cams, to_reference_layout
 from wavecam.models.resnet import build_resnet50, checkpoint_follows

@@ -14,6 +14,8 @@ from PIL import Image
 from wavecam.io import load_cam, load_checkpoint, load_png
 from wavecam.multi_stage.runner import main
 
+pytestmark = pytest.mark.slow  # the whole pipeline, and its runner in a subprocess
+
 TINY = ("--pretrained none --num_workers 0 --cam_crop_size 64 --cam_resize_long 56 72 --cam_batch_size 4 "
         "--cam_num_epoches 1 --wavecam_num_epoches 2 --irn_crop_size 64 --irn_batch_size 4 --irn_num_epoches 1 "
         "--irn_path_radius 5 --chainer_eval_set train --infer_list train --cam_scales 1.0 0.5 "

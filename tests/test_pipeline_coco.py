@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from wavecam.cam import multiscale_cam_batch
 from wavecam.data.coco import COCO2014
 from wavecam.data.datasets import InferenceDataset
 from wavecam.io import load_cam, load_checkpoint, load_png, save_checkpoint
+from wavecam.labels.cam import multiscale_cam_batch
 from wavecam.models import CAMNet, ClassPredictor
 from wavecam.models.cam import load_cam_weights
 from wavecam.multi_stage.flags import build_parser, finalize
@@ -59,6 +59,7 @@ def test_coco_defaults_are_the_papers():
     assert (voc.wavecam_kernel, voc.recam_kernel) == ("product", "product")
 
 
+@pytest.mark.slow
 def test_both_command_lines_with_default_lists(coco_root, tmp_path):
     ws = tmp_path / "ws"
     common = f"--mscoco_root {coco_root} --work_space {ws} {TINY}".split()
@@ -129,6 +130,7 @@ def test_make_pass_kernel(coco_root, tmp_path, monkeypatch, method, kernel):
     assert torch.equal(seen["weight"], expected)
 
 
+@pytest.mark.slow
 def test_missing_annotation_file_is_named(coco_root, tmp_path):
     import shutil
 

@@ -4,9 +4,10 @@ pass's network takes the file as it takes ImageNet's."""
 import logging
 
 import numpy as np
+import pytest
 import torch
 
-from wavecam.data.classes import NUM_VOC_CLASSES
+from wavecam.classes import NUM_VOC_CLASSES
 from wavecam.data.synthetic import render_scene
 from wavecam.io import load_checkpoint, load_json
 from wavecam.models.cam import CAMNet
@@ -30,6 +31,7 @@ def test_scene_stream_is_a_function_of_seed_and_index():
     assert not torch.equal(SceneStream(10, 48, seed=6)[3][0], img)
 
 
+@pytest.mark.slow
 def test_pretrained_file_starts_every_pass_and_is_reused(tmp_path, caplog):
     path = pretrain(TINY, tmp_path, workers=0)
     assert path.name == TINY.file_name() and path.parent == tmp_path

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from wavecam.randomwalk import (
+from wavecam.labels.randomwalk import (
     PathIndex,
     _image_pairs,
     affinity_labels,

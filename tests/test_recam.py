@@ -14,6 +14,8 @@ from wavecam.models.cam import to_reference_layout
 from wavecam.models.resnet import build_resnet, stage_channels
 from wavecam.multi_stage.runner import main
 
+pytestmark = pytest.mark.slow  # each test runs passes (make_recam, train_recam/train_wavecam)
+
 ATOL = 1e-4  # on maps divided by their maximum: see test_make_recam_on_recam_checkpoint_is_its_formula
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wavecam.data.classes import IGNORE_INDEX, VOC_CLASSES
+from wavecam.classes import IGNORE_INDEX, VOC_CLASSES
 from wavecam.data.synthetic import make_synthetic_voc
 from wavecam.data.voc import VOC12
-from wavecam.io import WavecamError, save_cam, save_json, save_png
+from wavecam.errors import WavecamError
+from wavecam.io import save_cam, save_json, save_png
 from wavecam.report import fg_precision_recall, pick, report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +176,7 @@ def test_three_baseline_rows_and_the_final_segmentation_column(voc, tmp_path):
     assert float(csv_rows["WaveCAM"]["seg_miou"]) == seg["miou"] and csv_rows["ReCAM"]["seg_miou"] == ""
 
 
+@pytest.mark.slow
 def test_cli_and_empty_work_space(work_spaces, tmp_path):
     ws_cam, _ = work_spaces
     cmd = [sys.executable, "-m", "wavecam.report"]

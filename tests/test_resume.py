@@ -6,10 +6,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from helpers import run_killed_when
 
 from wavecam.io import load_cam, load_checkpoint
+
+pytestmark = pytest.mark.slow  # passes in subprocesses, killed with SIGKILL
 
 RUNNER = Path(__file__).resolve().parents[1] / "multi_stage" / "run_wavecam_voc.py"
 TINY = ("--pretrained none --num_workers 0 --cam_crop_size 48 --cam_resize_long 40 56 --cam_batch_size 4 "

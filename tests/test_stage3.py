@@ -36,6 +36,7 @@ def run(root, ws, *flags):
     assert main("voc", ["--voc12_root", str(root), "--work_space", str(ws), *flags]) == 0
 
 
+@pytest.mark.slow
 def test_image_labels_to_the_final_score(voc_root, tmp_path):
     """The two seed command lines and one stage-3 line: pseudo labels in, a scored segmenter out."""
     ws = tmp_path / "ws"
@@ -63,6 +64,7 @@ def test_image_labels_to_the_final_score(voc_root, tmp_path):
     assert "seg mIoU" in (tmp_path / "report" / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_trained_on_ground_truth_it_learns(voc_root, tmp_path):
     """The network can learn the synthetic shapes: 120 steps on the ground truth of 8 images take their
     mIoU to 39% (measured; crops of 32, one scale), against the 7.5% of predicting background
@@ -82,6 +84,7 @@ def test_trained_on_ground_truth_it_learns(voc_root, tmp_path):
     assert result["miou"] > 3 * background.miou(), (result["miou"], background.miou())
 
 
+@pytest.mark.slow
 def test_train_seg_killed_resumes_to_identical_weights(voc_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -101,6 +104,7 @@ def test_train_seg_killed_resumes_to_identical_weights(voc_root, tmp_path):
     assert not state.exists()
 
 
+@pytest.mark.slow
 def test_voc_test_images_in_the_servers_layout(voc_root, tmp_path):
     test_root = tmp_path / "VOC2012_test"
     (test_root / "ImageSets" / "Segmentation").mkdir(parents=True)
@@ -151,7 +155,7 @@ def test_warmup_ramps_the_poly_rate_linearly_then_leaves_it():
 
 
 def test_crf_flags_default_to_deeplab_pytorchs_settings():
-    from wavecam.crf import DEEPLAB_CRF
+    from wavecam.labels.crf import DEEPLAB_CRF
     from wavecam.multi_stage.flags import build_parser
     from wavecam.multi_stage.passes.make_seg import crf_settings
 
@@ -161,6 +165,7 @@ def test_crf_flags_default_to_deeplab_pytorchs_settings():
     assert crf_settings(args) == {**DEEPLAB_CRF, "t": 5, "bi_w": 5, "bi_xy_std": 50, "bi_rgb_std": 4}
 
 
+@pytest.mark.slow
 def test_two_processes_train_seg_as_one_accumulating(voc_root, tmp_path):
     """torchrun with 2 gloo processes, each forwarding 2 crops, takes the step of one process
     accumulating 2 micro-batches of 2 (the global batch of 4 either way): equal to float rounding,

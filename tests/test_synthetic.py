@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wavecam.data.classes import COCO_CATEGORIES, IGNORE_INDEX, VOC_CLASSES, voc_palette
+from wavecam.classes import COCO_CATEGORIES, IGNORE_INDEX, VOC_CLASSES, voc_palette
 from wavecam.data.synthetic import make_synthetic_coco, make_synthetic_voc, rle_uncompressed
 
 # pycocotools' decoder trips NumPy 2's copy-keyword deprecation; that is its business, not ours.

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from wavecam.data.classes import IGNORE_INDEX, VOC_CLASSES
+from wavecam.classes import IGNORE_INDEX, VOC_CLASSES
 from wavecam.data.datasets import ClassificationDataset, InferenceDataset
 from wavecam.data.voc import VOC12, read_id_list
-from wavecam.io import BadFileError, WavecamError, load_png
+from wavecam.errors import BadFileError, WavecamError
+from wavecam.io import load_png
 
 
 def mask_classes(root, image_id):
@@ -133,6 +134,7 @@ def test_user_list_file_with_deeplab_lines(voc_root, tmp_path):
     assert VOC12(voc_root).split(str(f)) == ids
 
 
+@pytest.mark.slow
 def test_cli_summary_and_bad_root(voc_root):
     ok = subprocess.run([sys.executable, "-m", "wavecam.data.voc", "--voc12_root", str(voc_root)],
                         capture_output=True, text=True)

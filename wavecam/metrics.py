@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from wavecam.data.classes import IGNORE_INDEX
+from wavecam.classes import IGNORE_INDEX
 
 
 class ConfusionMatrix:

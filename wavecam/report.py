@@ -31,12 +31,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from wavecam.cam import seeds
-from wavecam.data.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
+from wavecam.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 from wavecam.data.coco import COCO2014, COCO_CLASSES
 from wavecam.data.voc import VOC12
 from wavecam.engine.cli import run_cli
-from wavecam.io import BadFileError, WavecamError, atomic_path, load_cam, load_json, load_png, save_png
+from wavecam.errors import BadFileError, WavecamError
+from wavecam.io import atomic_path, load_cam, load_json, load_png, save_png
+from wavecam.labels.cam import seeds
 from wavecam.metrics import ConfusionMatrix
 from wavecam.multi_stage.workspace import default_path, results_path
 

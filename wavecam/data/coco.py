@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wavecam.data.classes import COCO_CATEGORIES, IGNORE_INDEX
+from wavecam.classes import COCO_CATEGORIES, IGNORE_INDEX
 from wavecam.data.voc import default_cache_dir, file_stamp, load_image, read_id_list
-from wavecam.io import BadFileError, DatasetRootError, WavecamError, is_complete, load_npz, load_png, save_npz, save_png
+from wavecam.errors import BadFileError, DatasetRootError, WavecamError
+from wavecam.io import is_complete, load_npz, load_png, save_npz, save_png
 
 log = logging.getLogger("wavecam")
 

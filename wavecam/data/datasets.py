@@ -16,8 +16,9 @@ from torch.utils.data import Dataset
 
 from wavecam.data import transforms as T
 from wavecam.engine.sampling import SampleKey, sample_generator
-from wavecam.io import BadFileError, WavecamError, check_label_map, load_label_map
-from wavecam.randomwalk import affinity_labels, downsample_label
+from wavecam.errors import BadFileError, WavecamError
+from wavecam.io import check_label_map, load_label_map
+from wavecam.labels.randomwalk import affinity_labels, downsample_label
 
 log = logging.getLogger("wavecam")
 

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wavecam.data.classes import IGNORE_INDEX
+from wavecam.classes import IGNORE_INDEX
 from wavecam.data.datasets import Source, checked_gt
-from wavecam.data.transforms import randint
+from wavecam.data.transforms import pil_nearest_indices, randint
 from wavecam.engine.sampling import SampleKey, sample_generator
-from wavecam.io import WavecamError, load_label_map
-from wavecam.models.deeplab import pil_nearest_indices
+from wavecam.errors import WavecamError
+from wavecam.io import load_label_map
 
 VOC_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # configs/voc12.yaml
 

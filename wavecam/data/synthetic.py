@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from wavecam.data.classes import COCO_CATEGORIES, IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES
+from wavecam.classes import COCO_CATEGORIES, IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES
 from wavecam.io import atomic_path, save_json, save_png
 
 JPEG_QUALITY = 90

@@ -7,12 +7,14 @@ one the global torch generator is used.
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from wavecam.data.classes import IGNORE_INDEX
+from wavecam.classes import IGNORE_INDEX
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -135,3 +137,18 @@ def segmentation_transform(
     if crop_size:
         img, label = random_crop([img, label], crop_size, [0.0, IGNORE_INDEX], rng)
     return hwc_to_chw(img), np.ascontiguousarray(label)
+
+
+@functools.lru_cache(maxsize=256)
+def pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source indices (n_out,) int64 of PIL's NEAREST resize along one axis. PIL walks the output
+    accumulating the scale in double precision (`ImagingScaleAffine`): x_i = int(s/2 + i s),
+    s = n_in / n_out, summed step by step. Its rounding differs from torch's "nearest-exact"
+    (floor((i + 0.5) * s) in float32) in about one case in five, so it is reproduced here."""
+    s = n_in / n_out
+    out = np.empty(n_out, np.int64)
+    x = 0.5 * s
+    for i in range(n_out):
+        out[i] = min(int(x), n_in - 1)
+        x += s
+    return out

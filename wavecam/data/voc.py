@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from wavecam.data.classes import IGNORE_INDEX, VOC_CLASSES
-from wavecam.io import BadFileError, DatasetRootError, WavecamError, load_npz, load_png, save_npz
+from wavecam.classes import IGNORE_INDEX, VOC_CLASSES
+from wavecam.errors import BadFileError, DatasetRootError, WavecamError
+from wavecam.io import load_npz, load_png, save_npz
 
 VOC_LAYOUT_HELP = (
     "Expected the PASCAL VOC 2012 layout: ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClass/<id>.png, "

@@ -23,7 +23,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 from wavecam.ranges import Range, nonneg_float, nonneg_int, pos_float, pos_int, unit_float
 
 REFERENCE = "end_to_end/configs/voc.yaml"

@@ -11,7 +11,7 @@ from wavecam.end_to_end.config import Config
 from wavecam.end_to_end.preflight import check_dataset_root
 from wavecam.engine import runtime, sampling
 from wavecam.engine.sampling import BatchPlan
-from wavecam.io import DatasetRootError, WavecamError
+from wavecam.errors import DatasetRootError, WavecamError
 
 
 def make_source(cfg: Config):

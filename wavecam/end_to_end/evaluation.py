@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wavecam import e2e_labels as lab
-from wavecam.crf import crf_inference_prob
 from wavecam.data.datasets import SegmentationDataset, prepare_gt, split_ids
 from wavecam.end_to_end.config import Config
 from wavecam.end_to_end.data import eval_loader, make_source
@@ -25,6 +23,8 @@ from wavecam.engine import runtime
 from wavecam.engine.parallel import BackgroundPool
 from wavecam.engine.results import run_settings
 from wavecam.io import save_json, save_png
+from wavecam.labels import afa
+from wavecam.labels.crf import crf_inference_prob
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA
 
@@ -45,12 +45,12 @@ def validate(net: WaveAFA, loader: DataLoader, cfg: Config, ctx: runtime.Context
         images, labels, gt = item["img"].to(device), item["label"].to(device), item["gt"][0].numpy()
         with runtime.autocast(cfg.train.amp, device):
             out = net(images)
-            cams = lab.multi_scale_cams(net.cams_and_affinity, images, cam.scales).cams  # (1, C, H, W)
+            cams = afa.multi_scale_cams(net.cams_and_affinity, images, cam.scales).cams  # (1, C, H, W)
         grid = grid_size(images.shape[2:])
-        aff = lab.propagate_cams(F.interpolate(cams, size=grid, mode="bilinear", align_corners=False),
+        aff = afa.propagate_cams(F.interpolate(cams, size=grid, mode="bilinear", align_corners=False),
                                  out.attn_pred.float(), labels, cam.low_thre,
-                                 lab.radius_mask(*grid, cam.radius, device))
-        preds = {"cam": lab.cam_to_label(cams, labels, cam.bkg_score),
+                                 afa.radius_mask(*grid, cam.radius, device))
+        preds = {"cam": afa.cam_to_label(cams, labels, cam.bkg_score),
                  "aff": F.interpolate(aff, size=gt.shape, mode="bilinear", align_corners=False).argmax(1),
                  "seg": F.interpolate(out.seg.float(), size=gt.shape, mode="bilinear", align_corners=False).argmax(1)}
         for k, pred in preds.items():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wavecam.data.classes import voc_palette
+from wavecam.classes import voc_palette
 from wavecam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 QUERY_FRACTIONS = (0.0, 0.3, 0.6, 0.9)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wavecam.end_to_end.config import Config
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 from wavecam.models.e2e import MIT_WEIGHTS
 
 

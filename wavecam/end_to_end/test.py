@@ -25,7 +25,7 @@ from wavecam.end_to_end.preflight import preflight
 from wavecam.engine import runtime
 from wavecam.engine.cli import run_cli
 from wavecam.engine.logging import DATED, setup_logging
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 from wavecam.metrics import format_iou_table
 
 log = logging.getLogger("wavecam")

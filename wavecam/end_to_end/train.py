@@ -30,7 +30,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from wavecam import e2e_labels as lab
 from wavecam.end_to_end.checkpoints import checkpoint_path, latest_checkpoint, resume_path, train_state
 from wavecam.end_to_end.config import Config, config_from_args, config_yaml, front_door_parser
 from wavecam.end_to_end.data import make_source, train_dataset, train_loader, validation_loader
@@ -45,9 +44,10 @@ from wavecam.engine.loop import Hook
 from wavecam.engine.sampling import BatchPlan, batch_plan
 from wavecam.engine.trainer import Trainer
 from wavecam.io import atomic_path, load_json, save_json
+from wavecam.labels import afa
+from wavecam.labels.par import PAR
 from wavecam.metrics import ConfusionMatrix
 from wavecam.models.e2e import WaveAFA
-from wavecam.par import PAR
 
 log = logging.getLogger("wavecam")
 # MiT's depthwise kernels (C, 1, 3, 3) get gradients whose stride along the size-1 axis differs from
@@ -97,7 +97,7 @@ def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, c
                aff_mask: torch.Tensor, panels: bool = False
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, TrainPanels | None]:
     """Every loss of one micro-batch (unweighted), the predictor's accuracy and, with `panels`, what
-    TensorBoard shows of it; the order of wavecam.e2e_labels' docstring. Losses whose weight is still 0
+    TensorBoard shows of it; the order of wavecam.labels.afa' docstring. Losses whose weight is still 0
     are computed all the same: under DistributedDataParallel every parameter must take part in each
     backward."""
     net: WaveAFA = runtime.unwrap(model)
@@ -109,22 +109,22 @@ def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, c
     with runtime.autocast(cfg.train.amp, device):
         out = model(images, labels)
         cam_fn = functools.partial(net.cams_and_affinity, run_decoder=cam.decoder_statistics)
-        ms = lab.multi_scale_cams(cam_fn, images, cam.scales)
+        ms = afa.multi_scale_cams(cam_fn, images, cam.scales)
 
-    pseudo = lab.refine_cams_with_bkg(par, images, ms.cams, labels, cam.high_thre, cam.low_thre, boxes)
+    pseudo = afa.refine_cams_with_bkg(par, images, ms.cams, labels, cam.high_thre, cam.low_thre, boxes)
     if stage.propagated_target:
-        seg_target = lab.propagated_label(par, images, ms, labels, lab.radius_mask(*ms.aff_size, cam.radius, device),
+        seg_target = afa.propagated_label(par, images, ms, labels, afa.radius_mask(*ms.aff_size, cam.radius, device),
                                           cam.high_thre, cam.low_thre, boxes)
     else:
         seg_target = pseudo
     aff_source = seg_target if cfg.train.aff_from_seg_target else pseudo
     grid = grid_size(images.shape[2:])
-    aff_target = lab.affinity_label(aff_source, grid, aff_mask)
+    aff_target = afa.affinity_label(aff_source, grid, aff_mask)
     seg = F.interpolate(out.seg.float(), size=images.shape[2:], mode="bilinear", align_corners=False)
     losses = {"cls": F.multilabel_soft_margin_loss(out.logits.float(), labels),
               "wave": out.wave_loss.float(),
-              "seg": lab.seg_loss(seg, seg_target),
-              "aff": lab.affinity_loss(out.attn_pred.float(), aff_target)}
+              "seg": afa.seg_loss(seg, seg_target),
+              "aff": afa.affinity_loss(out.attn_pred.float(), aff_target)}
     shown = None
     if panels:
         shown = TrainPanels(images.detach(), labels, ms.cams, pseudo, seg_target, seg.detach(),
@@ -221,7 +221,7 @@ def train(cfg: Config, resume: str | None, ctx: runtime.Context) -> None:
         log.info("config:\n%s", text)
 
     par = PAR(cfg.par.dilations, cfg.par.num_iter).to(ctx.device)
-    aff_mask = lab.radius_mask(*grid_size((data.crop_size,) * 2), cfg.cam.radius, ctx.device)
+    aff_mask = afa.radius_mask(*grid_size((data.crop_size,) * 2), cfg.cam.radius, ctx.device)
     image_iters = t_cfg.log_iters * t_cfg.tb_image_every
     shown: list[TrainPanels] = []
 

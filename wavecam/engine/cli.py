@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 from wavecam.engine.runtime import shutdown
-from wavecam.io import WavecamError, WriteError
+from wavecam.errors import WavecamError, WriteError
 
 
 def run_cli(job: Callable[[], None], work_dir_flag: str) -> int:

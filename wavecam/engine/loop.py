@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from wavecam.engine.runtime import Context
 from wavecam.engine.sampling import BatchPlan, micro_batch_seed
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 
 LossFn = Callable[[Any, int, int], dict[str, torch.Tensor]]  # (micro-batch, step, its index k) -> losses
 ChunkLoss = Callable[[Any, int], dict[str, torch.Tensor]]  # one step's: (micro-batch, k) -> losses

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wavecam.io import WavecamError, load_json, save_json
+from wavecam.errors import WavecamError
+from wavecam.io import load_json, save_json
 
 log = logging.getLogger("wavecam")
 

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 
 
 class SampleKey(NamedTuple):

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from wavecam.engine.runtime import Context, barrier, unwrap
-from wavecam.io import WavecamError, load_checkpoint, save_checkpoint
+from wavecam.errors import WavecamError
+from wavecam.io import load_checkpoint, save_checkpoint
 
 log = logging.getLogger("wavecam")
 

@@ -8,7 +8,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from wavecam.io import BadFileError, load_checkpoint
+from wavecam.errors import BadFileError
+from wavecam.io import load_checkpoint
 
 KeyMap = Callable[[str], "str | None"]
 

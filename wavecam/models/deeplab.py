@@ -40,7 +40,6 @@ State-dict layouts (DeepLab-v2):
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -53,9 +52,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
-from wavecam.data.classes import IGNORE_INDEX
-from wavecam.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from wavecam.io import BadFileError, WavecamError
+from wavecam.classes import IGNORE_INDEX
+from wavecam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pil_nearest_indices
+from wavecam.errors import BadFileError, WavecamError
 from wavecam.models.checkpoints import load_weights, read_state_dict
 from wavecam.models.resnet import IMAGENET, _imagenet_state_dict
 
@@ -449,21 +448,6 @@ def _with_batch_counters(state_dict: Mapping[str, torch.Tensor], model: nn.Modul
 
 
 # --- training ------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=256)
-def pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source indices (n_out,) int64 of PIL's NEAREST resize along one axis. PIL walks the output
-    accumulating the scale in double precision (`ImagingScaleAffine`): x_i = int(s/2 + i s),
-    s = n_in / n_out, summed step by step. Its rounding differs from torch's "nearest-exact"
-    (floor((i + 0.5) * s) in float32) in about one case in five, so it is reproduced here."""
-    s = n_in / n_out
-    out = np.empty(n_out, np.int64)
-    x = 0.5 * s
-    for i in range(n_out):
-        out[i] = min(int(x), n_in - 1)
-        x += s
-    return out
-
 
 def resize_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, H, W) integer labels -> (N, h, w) int64, PIL's nearest neighbour (the reference's

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wavecam.io import WavecamError, load_checkpoint
+from wavecam.errors import WavecamError
+from wavecam.io import load_checkpoint
 from wavecam.models.cam import cam_weight, class_features, normalised_cams, wave_features, wave_grid_size
 from wavecam.models.checkpoints import _as_state_dict, load_weights
 from wavecam.models.mit import CONFIGS, mit, nvlabs_imagenet_key

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wavecam.labels.randomwalk import PathIndex, edge_to_affinity
 from wavecam.models import resnet
 from wavecam.models.checkpoints import load_weights
-from wavecam.randomwalk import PathIndex, edge_to_affinity
 
 EPS = 1e-5  # IRN's guard inside logs and label-weighted means
 

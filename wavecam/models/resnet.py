@@ -12,7 +12,7 @@ import os
 from torch import nn
 from torchvision import models
 
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 from wavecam.models.checkpoints import load_weights
 
 log = logging.getLogger(__name__)

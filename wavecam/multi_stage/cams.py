@@ -14,10 +14,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wavecam.cam import multiscale_cam_batch
 from wavecam.data.datasets import InferenceDataset, split_ids
 from wavecam.engine import runtime
 from wavecam.io import save_cam
+from wavecam.labels.cam import multiscale_cam_batch
 from wavecam.models import CAMNet
 from wavecam.multi_stage.common import (
     claim_outputs,

@@ -12,7 +12,8 @@ from pathlib import Path
 from wavecam.data.voc import VOC12
 from wavecam.engine.provenance import claim_folder, file_identity
 from wavecam.engine.runtime import Context, barrier, shard
-from wavecam.io import BadFileError, DatasetRootError, WavecamError, is_complete
+from wavecam.errors import BadFileError, DatasetRootError, WavecamError
+from wavecam.io import is_complete
 from wavecam.multi_stage.workspace import CAMS, skipped_images_path
 
 log = logging.getLogger("wavecam")

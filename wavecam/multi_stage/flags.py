@@ -22,9 +22,10 @@ from typing import Any
 
 import yaml
 
-from wavecam.crf import DEEPLAB_CRF
 from wavecam.data.coco import CROWD, SPLIT_IMAGES
-from wavecam.io import WavecamError, atomic_path
+from wavecam.errors import WavecamError
+from wavecam.io import atomic_path
+from wavecam.labels.crf import DEEPLAB_CRF
 from wavecam.models.deeplab import SEG_BLOCKS, SEG_NETWORKS
 from wavecam.models.resnet import resolve_arch
 from wavecam.multi_stage.passes import ORDER

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader, Dataset
 
-from wavecam.data.classes import NUM_VOC_CLASSES
+from wavecam.classes import NUM_VOC_CLASSES
 from wavecam.data.synthetic import render_scene
 from wavecam.data.transforms import hwc_to_chw, normalize
 from wavecam.engine import runtime

@@ -8,13 +8,14 @@ import logging
 
 import numpy as np
 
-from wavecam.crf import crf_inference_labels
-from wavecam.data.classes import IGNORE_INDEX
+from wavecam.classes import IGNORE_INDEX
 from wavecam.data.datasets import split_ids
 from wavecam.engine import runtime
 from wavecam.engine.parallel import map_images
 from wavecam.engine.provenance import folder_identity
 from wavecam.io import save_png
+from wavecam.labels.cam import channel_classes, threshold_channels
+from wavecam.labels.crf import crf_inference_labels
 from wavecam.multi_stage.common import claim_outputs, data_identity, load_image_or_skip, make_source, pick, read_cam
 from wavecam.multi_stage.workspace import CAMS, IR_LABELS
 
@@ -24,15 +25,11 @@ log = logging.getLogger("wavecam")
 def confident_label(img: np.ndarray, cam: dict, fg_thres: float, bg_thres: float) -> np.ndarray:
     if not len(cam["keys"]):  # an image without classes (COCO has some): confidently background, as in ReCAM
         return np.zeros(img.shape[:2], np.uint8)
-    keys = np.concatenate([[0], cam["keys"] + 1])
+    keys = channel_classes(cam["keys"])
     hr = cam["high_res"]
-
-    def seeds(thres: float) -> np.ndarray:
-        scores = np.concatenate([np.full((1, *hr.shape[1:]), thres, hr.dtype), hr])
-        return scores.argmax(0)
-
     # Both refinements share the image's pairwise terms (see crf_inference_labels).
-    fg, bg = (keys[r] for r in crf_inference_labels(img, [seeds(fg_thres), seeds(bg_thres)], n_labels=len(keys)))
+    fg, bg = (keys[r] for r in crf_inference_labels(img, [threshold_channels(hr, fg_thres),
+                                                          threshold_channels(hr, bg_thres)], n_labels=len(keys)))
     conf = fg.copy()
     conf[fg == 0] = IGNORE_INDEX  # not confidently foreground ...
     conf[(fg == 0) & (bg == 0)] = 0  # ... unless background even at the low threshold

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from wavecam.cam import seeds
 from wavecam.data.datasets import checked_gt, prepare_gt, split_ids
 from wavecam.engine import runtime
 from wavecam.engine.provenance import folder_maker
-from wavecam.io import BadFileError, save_json
+from wavecam.errors import BadFileError
+from wavecam.io import save_json
+from wavecam.labels.cam import seeds
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source, read_cam
 from wavecam.multi_stage.evaluation import settings, sweep_line, sweep_summary, sweep_thresholds

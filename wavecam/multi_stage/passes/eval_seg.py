@@ -13,7 +13,8 @@ from wavecam.data.datasets import checked_gt, prepare_gt, split_ids
 from wavecam.engine.provenance import folder_maker
 from wavecam.engine.results import write_result
 from wavecam.engine.runtime import init, shard, sum_confusions
-from wavecam.io import WavecamError, load_label_map
+from wavecam.errors import WavecamError
+from wavecam.io import load_label_map
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source
 from wavecam.multi_stage.evaluation import settings

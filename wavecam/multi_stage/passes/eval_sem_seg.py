@@ -9,16 +9,17 @@ import os
 
 from tqdm import tqdm
 
-from wavecam.data.classes import IGNORE_INDEX
+from wavecam.classes import IGNORE_INDEX
 from wavecam.data.datasets import checked_gt, prepare_gt, split_ids
 from wavecam.engine import runtime
 from wavecam.engine.provenance import folder_maker
-from wavecam.io import BadFileError, WavecamError, load_label_map, load_npz, save_json
+from wavecam.errors import BadFileError, WavecamError
+from wavecam.io import load_label_map, load_npz, save_json
+from wavecam.labels.randomwalk import rw_to_label
 from wavecam.metrics import ConfusionMatrix, format_iou_table
 from wavecam.multi_stage.common import make_source
 from wavecam.multi_stage.evaluation import settings, sweep_line, sweep_summary, sweep_thresholds
 from wavecam.multi_stage.workspace import SEM_SEG, SEM_SEG_SCORES, results_path
-from wavecam.randomwalk import rw_to_label
 
 log = logging.getLogger("wavecam")
 

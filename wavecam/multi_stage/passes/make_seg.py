@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wavecam.crf import crf_inference_deeplab
 from wavecam.data.datasets import split_ids
 from wavecam.data.voc import VOC12
 from wavecam.engine.parallel import BackgroundPool
 from wavecam.engine.provenance import file_identity
 from wavecam.engine.runtime import autocast, barrier, init, place
-from wavecam.io import DatasetRootError, save_png
+from wavecam.errors import DatasetRootError
+from wavecam.io import save_png
+from wavecam.labels.crf import crf_inference_deeplab
 from wavecam.models.deeplab import SegNetwork, build_seg_network
 from wavecam.multi_stage.common import claim_outputs, load_image_or_skip, make_source, pick
 from wavecam.multi_stage.workspace import seg_predictions, voc_server_dir

@@ -26,6 +26,7 @@ from wavecam.engine import runtime
 from wavecam.engine.parallel import map_images
 from wavecam.engine.provenance import file_identity, folder_identity
 from wavecam.io import save_npz, save_png
+from wavecam.labels.randomwalk import propagate, rw_to_label
 from wavecam.models.irn import EdgeDisplacement
 from wavecam.multi_stage.common import (
     claim_outputs,
@@ -37,7 +38,6 @@ from wavecam.multi_stage.common import (
     skip_bad_image,
 )
 from wavecam.multi_stage.workspace import CAMS, SEM_SEG, SEM_SEG_SCORES
-from wavecam.randomwalk import propagate, rw_to_label
 
 log = logging.getLogger("wavecam")
 

@@ -16,13 +16,13 @@ from wavecam.data.datasets import AffinityDataset, TopLeftCropDataset, split_ids
 from wavecam.engine.provenance import file_identity, folder_identity, record_file
 from wavecam.engine.runtime import autocast, place, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
+from wavecam.labels.randomwalk import PathIndex
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
 from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import claim_training, train_epochs
 from wavecam.optim import poly_sgd
-from wavecam.randomwalk import PathIndex
 
 log = logging.getLogger("wavecam")
 

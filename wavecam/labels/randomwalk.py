@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wavecam.data.classes import IGNORE_INDEX
+from wavecam.classes import IGNORE_INDEX
+from wavecam.labels.cam import channel_classes, threshold_channels
 
 
 def search_directions(radius: int) -> list[tuple[int, int]]:
@@ -339,6 +340,4 @@ def rw_to_label(rw, keys, bg_thres: float, size: Sequence[int], stride: int = 4)
         return np.zeros((height, width), dtype=np.int64)
     up = F.interpolate(rw[None], scale_factor=stride, mode="bilinear", align_corners=False)[0, :, :height, :width]
     up = up / up.max().clamp_min(1e-5)  # all-zero scores would divide by zero; they give background
-    scores = F.pad(up, (0, 0, 0, 0, 1, 0), value=bg_thres)  # (K+1, H, W), background first
-    class_of_channel = np.concatenate([[0], keys + 1])
-    return class_of_channel[scores.argmax(dim=0).cpu().numpy()]
+    return channel_classes(keys)[threshold_channels(up.cpu().numpy(), bg_thres)]

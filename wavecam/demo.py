@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from wavecam.crf import DEEPLAB_CRF
 from wavecam.data.synthetic import make_synthetic_coco, make_synthetic_voc
+from wavecam.labels.crf import DEEPLAB_CRF
 from wavecam.multi_stage.pretrain import PretrainSettings, pretrain
 from wavecam.multi_stage.runner import main as pipeline_main
 from wavecam.multi_stage.workspace import default_path, results_path
@@ -37,7 +37,7 @@ SEG_LAYOUT = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 
 
 
 # The demo's recipes live with the paper's, in the front doors' folder of the (editable) checkout.
-RECIPES = Path(__file__).resolve().parents[2] / "multi_stage" / "configs"
+RECIPES = Path(__file__).resolve().parents[1] / "multi_stage" / "configs"
 DEMO_RECIPE = RECIPES / "demo.yaml"
 STAGE3_RECIPE = RECIPES / "demo_stage3.yaml"
 

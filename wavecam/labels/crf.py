@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wavecam.io import WavecamError
+from wavecam.errors import WavecamError
 
 
 def _densecrf():

@@ -124,11 +124,20 @@ def _max_normalise(cams: torch.Tensor) -> torch.Tensor:
     return cams / (cams.amax(dim=(1, 2), keepdim=True) + 1e-5)
 
 
+def threshold_channels(scores: np.ndarray, bg_thres: float) -> np.ndarray:
+    """(K, ...) class scores -> (...) channel indices: 0 (the background) where no class scores above
+    `bg_thres` (a tie goes to the background), else 1 + the best class's channel. The one background
+    threshold of CAM seeds, cam_to_ir_label's confident labels and make_sem_seg's pseudo labels."""
+    background = np.full((1, *scores.shape[1:]), bg_thres, scores.dtype)
+    return np.concatenate([background, scores]).argmax(0)
+
+
+def channel_classes(keys: np.ndarray) -> np.ndarray:
+    """The label of each channel of `threshold_channels`: 0 for the background, then keys + 1 (keys
+    are a cam_mask file's 0-based foreground classes)."""
+    return np.concatenate([[0], np.asarray(keys, dtype=np.int64).reshape(-1) + 1])
+
+
 def seeds(cam: dict, bg_thres: float) -> np.ndarray:
-    """Label map from a cam_mask file's high-resolution CAMs: background wins where every class is below bg_thres."""
-    hr = cam["high_res"]
-    keys = np.concatenate([[0], cam["keys"] + 1])
-    if hr.shape[0] == 0:
-        return np.zeros(hr.shape[1:], dtype=np.uint8)
-    scores = np.concatenate([np.full((1, *hr.shape[1:]), bg_thres, hr.dtype), hr])
-    return keys[scores.argmax(0)].astype(np.uint8)
+    """(H, W) uint8 label map of a cam_mask file's high-resolution CAMs at the background threshold."""
+    return channel_classes(cam["keys"])[threshold_channels(cam["high_res"], bg_thres)].astype(np.uint8)

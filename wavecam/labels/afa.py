@@ -29,8 +29,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from wavecam.data.classes import IGNORE_INDEX
-from wavecam.par import PAR
+from wavecam.classes import IGNORE_INDEX
+from wavecam.labels.par import PAR
 
 Boxes = torch.Tensor | Sequence[Sequence[int]]
 CamFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # images -> (raw CAMs, affinity (B, N, N))
