@@ -15,7 +15,9 @@ from wavecam.data.synthetic import make_synthetic_voc
 from wavecam.data.voc import VOC12
 from wavecam.errors import WavecamError
 from wavecam.io import save_cam, save_json, save_png
+from wavecam.metrics import unsure_as_background
 from wavecam.report import fg_precision_recall, pick, report
+from wavecam.report.gallery import sem_seg_label
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CLASS = len(VOC_CLASSES) + 1
@@ -202,3 +204,12 @@ def test_pick_best_median_worst():
 def test_fg_precision_recall_ignores_absent_classes():
     result = {"precision": [0.9, 0.5, None, None], "recall": [0.8, 0.7, 0.3, None]}
     assert fg_precision_recall(result) == pytest.approx((0.25, 0.5))
+
+
+def test_gallery_scores_pseudo_labels_as_eval_sem_seg_does(tmp_path):
+    label = np.array([[0, 3, IGNORE_INDEX], [IGNORE_INDEX, 5, 0]], dtype=np.uint8)
+    scored = unsure_as_background(label)
+    assert scored.dtype == np.uint8 and scored.tolist() == [[0, 3, 0], [0, 5, 0]]
+    assert (label == IGNORE_INDEX).sum() == 2  # a copy: the caller's label keeps its unsure pixels
+    save_png(tmp_path / "label.png", label)
+    assert np.array_equal(sem_seg_label(tmp_path / "label.png"), scored)

@@ -110,6 +110,15 @@ def calc_semantic_segmentation_confusion(
     return cm.mat
 
 
+def unsure_as_background(label: np.ndarray) -> np.ndarray:
+    """A pseudo label (H, W) as it is scored: a copy with 255 (IGNORE_INDEX, "unsure" in a label
+    map) set to 0, background, as IRN's eval_sem_seg scores it. One definition, so that the
+    report's gallery ranks images by the very labels eval_sem_seg scored."""
+    label = label.copy()
+    label[label == IGNORE_INDEX] = 0
+    return label
+
+
 def _nan_to_none(a: np.ndarray) -> list:
     return [None if np.isnan(v) else float(v) for v in a]
 

@@ -9,16 +9,15 @@ import os
 
 from tqdm import tqdm
 
-from wavecam.classes import IGNORE_INDEX
 from wavecam.data.datasets import checked_gt, prepare_gt, split_ids
 from wavecam.engine import runtime
 from wavecam.engine.provenance import folder_maker
 from wavecam.errors import BadFileError, WavecamError
 from wavecam.io import load_label_map, load_npz, save_json
 from wavecam.labels.randomwalk import rw_to_label
-from wavecam.metrics import ConfusionMatrix, format_iou_table
-from wavecam.multi_stage.common import make_source
+from wavecam.metrics import ConfusionMatrix, format_iou_table, unsure_as_background
 from wavecam.multi_stage.evaluation import settings, sweep_line, sweep_summary, sweep_thresholds
+from wavecam.multi_stage.pass_io import make_source
 from wavecam.multi_stage.workspace import SEM_SEG, SEM_SEG_SCORES, results_path
 
 log = logging.getLogger("wavecam")
@@ -51,8 +50,8 @@ def run(args) -> None:
                                "with --infer_list covering the evaluation set")
         gt = checked_gt(source, image_id)
         pred = load_label_map(path, source.num_classes, size=gt.shape, size_of="its ground truth",
-                              what="pseudo label", fix="delete it and re-run --make_sem_seg_pass").copy()
-        pred[pred == IGNORE_INDEX] = 0
+                              what="pseudo label", fix="delete it and re-run --make_sem_seg_pass")
+        pred = unsure_as_background(pred)
         cm.update(pred, gt)
         if ts:
             scores = read_scores(args, image_id)
