@@ -124,6 +124,7 @@ def chain(voc_root, tmp_path_factory):
     return ws, seen
 
 
+@pytest.mark.slow
 def test_make_recam_replaces_the_cams_of_make_cam(chain):
     _, (cam, recam, _) = chain
     assert set(recam["cams"]) == set(cam["cams"])
@@ -132,11 +133,13 @@ def test_make_recam_replaces_the_cams_of_make_cam(chain):
     assert recam["ir"] != cam["ir"], "labels made from the old CAMs were redone too"
 
 
+@pytest.mark.slow
 def test_make_cam_again_gives_back_its_own_cams(chain):
     _, (cam, _, again) = chain
     assert again["cams"] == cam["cams"] and again["ir"] == cam["ir"]
 
 
+@pytest.mark.slow
 def test_each_evaluation_reads_the_maps_of_the_pass_that_ran_last(chain):
     ws, seen = chain
     assert [s["eval"]["cams_made_by"]["maker"]["pass"] for s in seen] == ["make_cam", "make_recam", "make_cam"]
@@ -146,6 +149,7 @@ def test_each_evaluation_reads_the_maps_of_the_pass_that_ran_last(chain):
     assert maker["cam_weights"] == P.file_identity(ws / "res50_cam.pth")
 
 
+@pytest.mark.slow
 def test_new_cams_retrain_irn_and_relabel(voc_root, tmp_path):
     ws = tmp_path / "ws"
     second = ["--cam_to_ir_label_pass", "True", "--train_irn_pass", "True", "--make_sem_seg_pass", "True", *IRN]
@@ -162,6 +166,7 @@ def test_new_cams_retrain_irn_and_relabel(voc_root, tmp_path):
     assert digests(ws / "sem_seg", "*.png").keys() == labels.keys()
 
 
+@pytest.mark.slow
 def test_retrained_segmenter_repredicts(voc_root, tmp_path):
     ws = tmp_path / "ws"
     run(voc_root, ws, *SEG, "--train_seg_pass", "True", "--make_seg_pass", "True")
@@ -173,6 +178,7 @@ def test_retrained_segmenter_repredicts(voc_root, tmp_path):
     assert maker["seg_weights"] == P.file_identity(ws / "res101_seg.pth")
 
 
+@pytest.mark.slow
 def test_other_settings_retrain_and_the_same_skip(voc_root, tmp_path):
     ws = tmp_path / "ws"
     log = ws / "sample_train_eval.log"  # the runner's log file (it sets up logging of its own)
