@@ -11,9 +11,9 @@ test: setup
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest tests
 
-# The tests a developer runs often: all but those marked slow, in under 2 minutes on 2 shared CPU
-# cores. One OpenMP thread unless OMP_NUM_THREADS says otherwise: the tests' tensors are tiny, and on
-# a busy machine a process's threads wait for each other (measured: 35 s, against 110-140 s with 2).
+# The tests a developer runs often: all but those marked slow. One OpenMP thread unless
+# OMP_NUM_THREADS says otherwise: the tests' tensors are tiny, and on a busy machine a process's
+# threads wait for each other.
 test-fast: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -m "not slow" tests
 

@@ -33,13 +33,3 @@ def run_killed_when(cmd, ready, env) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
-
-def fails_in_one_line(cmd, env=None) -> str:
-    """Run a command that must refuse its input the way every front door does: exit code 2, no
-    traceback, exactly one `error: ` line on stderr, which is returned."""
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    return errors[0]

@@ -5,6 +5,7 @@ key maps are the same as ResNet-101's, only shorter. The real ResNet-101 layouts
 """
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -65,6 +66,33 @@ def deeplab_pytorch_state_dict(n_blocks, num_classes=C, head="aspp", prefix="bas
         sd[f"{prefix}fc.weight"] = torch.randn(num_classes, 2048, 1, 1, generator=g)
         sd[f"{prefix}fc.bias"] = torch.randn(num_classes, generator=g)
     return sd
+
+
+# Our bottleneck parts -> deeplab-pytorch's (branch, conv|bn), written out here rather than inverted
+# from the library's table, so that the round trip checks that table.
+_THEIR_PART = {"conv1": ("reduce", "conv"), "bn1": ("reduce", "bn"), "conv2": ("conv3x3", "conv"),
+               "bn2": ("conv3x3", "bn"), "conv3": ("increase", "conv"), "bn3": ("increase", "bn"),
+               "downsample.0": ("shortcut", "conv"), "downsample.1": ("shortcut", "bn")}
+
+
+def to_deeplab_pytorch_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One of our DeepLabV2MSC state dicts under deeplab-pytorch's names (`base.*`), as its
+    `DeepLabV2_ResNet101_MSC` would load it strictly."""
+    out = {}
+    for k, v in state_dict.items():
+        if not k.startswith("base."):
+            continue
+        name = k.removeprefix("base.")
+        if m := re.fullmatch(r"backbone\.(conv1|bn1)\.(\w+)", name):
+            out[f"base.layer1.conv1.{'conv' if m[1] == 'conv1' else 'bn'}.{m[2]}"] = v
+        elif m := re.fullmatch(r"backbone\.layer([1-4])\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)", name):
+            branch, kind = _THEIR_PART[m[3]]
+            out[f"base.layer{int(m[1]) + 1}.block{int(m[2]) + 1}.{branch}.{kind}.{m[4]}"] = v
+        elif m := re.fullmatch(r"aspp\.(\d+)\.(\w+)", name):
+            out[f"base.aspp.c{m[1]}.{m[2]}"] = v
+        else:
+            raise ValueError(f"{k}: not a DeepLabV2 key")
+    return out
 
 
 # --- architecture --------------------------------------------------------------------------------
@@ -201,7 +229,7 @@ def test_deeplab_pytorch_checkpoint_loads_by_key_map():
     assert model.convention == D.CAFFE and model.input_norm == D.CAFFE_BGR and bb.stride_in_1x1
 
     # Back to their names, key for key.
-    theirs = D.to_deeplab_pytorch_layout(model.state_dict())
+    theirs = to_deeplab_pytorch_layout(model.state_dict())
     assert set(theirs) == set(sd)
     assert all(torch.equal(theirs[k], sd[k]) for k in sd)
 
@@ -301,7 +329,7 @@ def test_unknown_network_name():
 def test_torchvision_deeplabv3_in_the_same_interface(monkeypatch):
     torch.manual_seed(0)
     imagenet = randomise_batchnorm(models.resnet101(weights=None)).state_dict()
-    monkeypatch.setattr(D, "_imagenet_state_dict", lambda arch: imagenet if arch == "resnet101" else None)
+    monkeypatch.setattr(D, "imagenet_state_dict", lambda arch: imagenet if arch == "resnet101" else None)
     model = D.build_seg_network("deeplabv3_resnet101", 5, pretrained="imagenet")
     assert model.convention == D.TORCHVISION
     backbone = model.backbone.state_dict()

@@ -78,7 +78,7 @@ def test_missing_keys_are_listed_in_one_message(tmp_path):
 def test_an_old_config_is_told_what_replaced_samples_per_gpu(tmp_path):
     old = tmp_path / "old.yaml"
     old.write_text(VOC.read_text().replace("  batch_size: 4", "  samples_per_gpu: 2"))
-    with pytest.raises(WavecamError, match="samples_per_gpu is gone: set train.batch_size"):
+    with pytest.raises(WavecamError, match="samples_per_gpu is not a key of this config: set train.batch_size"):
         load_config(old)
 
 

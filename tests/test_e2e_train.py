@@ -18,7 +18,7 @@ from wavecam.end_to_end.config import Config, as_dict, load_config
 from wavecam.end_to_end.data import make_source, train_dataset, train_loader
 from wavecam.end_to_end.evaluation import settings
 from wavecam.end_to_end.model import build_model, grid_size, poly_warmup_adamw
-from wavecam.end_to_end.train import micro_batch_losses, schedule
+from wavecam.end_to_end.train import micro_batch_losses, stage_at
 from wavecam.engine import runtime
 from wavecam.engine.loop import accumulated_step, optimizer_step
 from wavecam.engine.runtime import loss_scaler
@@ -311,7 +311,7 @@ def test_accumulating_micro_batches_steps_as_the_processes_they_replace(voc96):
     aff_mask = afa.radius_mask(*grid_size((64, 64)), cfg.cam.radius)
 
     def run(world: int, rank: int):
-        ctx = runtime.Context(rank, world, rank, torch.device("cpu"))
+        ctx = runtime.Context(rank, world, torch.device("cpu"))
         plan = batch_plan(4, world, 2)
         model = copy.deepcopy(net)
         opt, _ = poly_warmup_adamw(model, cfg)
@@ -342,13 +342,13 @@ def test_schedule_switches_where_afa_does():
     lr * (1 - g / max_iter) ** power."""
     voc = load_config(E2E / "configs" / "voc.yaml")
     coco = load_config(E2E / "configs" / "coco.yaml")
-    assert schedule(voc, 2000).weights == {"cls": 1.0, "wave": 0.0, "seg": 0.0, "aff": 0.0}
-    assert schedule(voc, 2001).weights == {"cls": 1.0, "wave": 1.0, "seg": 0.1, "aff": 0.1}
-    assert (schedule(voc, 6000).propagated_target, schedule(voc, 6001).propagated_target) == (False, True)
-    assert (schedule(voc, 4000).wavecam_cams, schedule(voc, 4001).wavecam_cams) == (False, True)
-    assert schedule(coco, 5000).weights["seg"] == 0 and schedule(coco, 5001).weights == {
+    assert stage_at(voc, 2000).weights == {"cls": 1.0, "wave": 0.0, "seg": 0.0, "aff": 0.0}
+    assert stage_at(voc, 2001).weights == {"cls": 1.0, "wave": 1.0, "seg": 0.1, "aff": 0.1}
+    assert (stage_at(voc, 6000).propagated_target, stage_at(voc, 6001).propagated_target) == (False, True)
+    assert (stage_at(voc, 4000).wavecam_cams, stage_at(voc, 4001).wavecam_cams) == (False, True)
+    assert stage_at(coco, 5000).weights["seg"] == 0 and stage_at(coco, 5001).weights == {
         "cls": 1.0, "wave": 0.1, "seg": 0.1, "aff": 0.1}
-    assert (schedule(coco, 15000).propagated_target, schedule(coco, 15001).propagated_target) == (False, True)
+    assert (stage_at(coco, 15000).propagated_target, stage_at(coco, 15001).propagated_target) == (False, True)
     assert coco.train.aff_from_seg_target and not voc.train.aff_from_seg_target
 
     def afa_lr(g: int, cfg: Config) -> float:

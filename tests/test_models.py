@@ -11,10 +11,10 @@ from torch import nn
 
 from wavecam.errors import BadFileError
 from wavecam.io import save_checkpoint
-from wavecam.labels.cam import multiscale_cam, multiscale_cam_batch
+from wavecam.labels.cam import multiscale_cam_batch
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet, WaveModeling, cam_weight, load_cam_weights
 from wavecam.models.cam import class_features, normalised_cams, to_reference_layout
-from wavecam.models.resnet import build_resnet50, checkpoint_follows
+from wavecam.models.resnet import build_resnet, no_random_weights_warning
 
 C = 20
 
@@ -229,7 +229,7 @@ class _ReCAMLayout(nn.Module):
 
     def __init__(self, num_classes):
         super().__init__()
-        self.resnet50 = build_resnet50(None)
+        self.resnet50 = build_resnet("resnet50", None)
         r = self.resnet50
         self.stage1 = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1)
         self.stage2 = nn.Sequential(r.layer2)
@@ -277,6 +277,12 @@ def test_wrong_checkpoint_raises_readable_error(cam_net, tmp_path):
 
 
 # --- multi-scale CAM inference -----------------------------------------------------------------
+
+def multiscale_cam(features_fn, image, weight, keys, **options):
+    """`multiscale_cam_batch` for one image (3, H, W): its (strided, high_res) pair."""
+    (out,) = multiscale_cam_batch(features_fn, image[None], weight, [keys], **options)
+    return out
+
 
 def test_multiscale_cam_shapes_and_normalisation(cam_net):
     torch.manual_seed(5)
@@ -374,7 +380,7 @@ def test_random_weights_warn_unless_a_checkpoint_follows(caplog):
         CAMNet(20, pretrained=None, arch="resnet18")
     assert "RANDOM weights" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"), checkpoint_follows():
+    with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"), no_random_weights_warning():
         CAMNet(20, pretrained=None, arch="resnet18")
     assert "RANDOM weights" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"):

@@ -42,40 +42,40 @@ DEMO_RECIPE = RECIPES / "demo.yaml"
 STAGE3_RECIPE = RECIPES / "demo_stage3.yaml"
 
 
-def demo_flags(a, weights: Path | None) -> list[str]:
+def demo_flags(args, weights: Path | None) -> list[str]:
     """Flags of every pass of the demo: its recipe, then the settings that the demo's own flags choose
     (sizes, backbone, schedules), which win over the recipe's. `weights` is the backbone file every
     pass starts from, None for random initialisation."""
-    crop = a.size
+    crop = args.size
     return [
         "--config", str(DEMO_RECIPE),
-        "--pretrained", str(weights or "none"), "--num_workers", str(a.workers),
-        "--cam_network", a.network, "--irn_network", a.network,
+        "--pretrained", str(weights or "none"), "--num_workers", str(args.workers),
+        "--cam_network", args.network, "--irn_network", args.network,
         "--cam_crop_size", str(crop), "--cam_resize_long", str(int(crop * 0.8)), str(int(crop * 1.2)),
-        "--cam_num_epoches", str(a.cam_epochs), "--cam_learning_rate", str(a.cam_lr),
-        "--wavecam_num_epoches", str(a.wavecam_epochs), "--wavecam_learning_rate", str(a.wavecam_lr),
-        "--irn_crop_size", str(crop), "--irn_num_epoches", str(a.irn_epochs),
-        "--irn_path_radius", str(a.irn_path_radius),
+        "--cam_num_epoches", str(args.cam_epochs), "--cam_learning_rate", str(args.cam_lr),
+        "--wavecam_num_epoches", str(args.wavecam_epochs), "--wavecam_learning_rate", str(args.wavecam_lr),
+        "--irn_crop_size", str(crop), "--irn_num_epoches", str(args.irn_epochs),
+        "--irn_path_radius", str(args.irn_path_radius),
         # The walk's reach grows with its steps (2^exp_times of radius 5 at stride 4) whatever the image
         # size: 256 steps suit VOC's 125 x 94 maps, while on 24 x 24 maps they spread every class over
         # the whole image (measured in the README's demo section).
-        "--exp_times", str(a.exp_times),
+        "--exp_times", str(args.exp_times),
     ]
 
 
-def seg_flags(a, weights: Path | None) -> list[str]:
+def seg_flags(args, weights: Path | None) -> list[str]:
     """Flags of stage 3, after demo_flags': its recipe (the passes, batches, lists, single scale), then
     the settings that the demo's own flags choose."""
-    block, n_blocks = SEG_LAYOUT[a.network]
+    block, n_blocks = SEG_LAYOUT[args.network]
     return [
         "--config", str(STAGE3_RECIPE),
         "--seg_block", block, "--seg_n_blocks", *map(str, n_blocks), "--seg_pretrained", str(weights or "none"),
-        "--seg_crop_size", str(a.seg_crop), "--seg_num_iters", str(a.seg_iters),
-        "--seg_learning_rate", str(a.seg_lr), "--seg_warmup_iters", str(min(a.seg_warmup, a.seg_iters)),
-        "--seg_save_iters", str(max(a.seg_iters // 2, 1)),
+        "--seg_crop_size", str(args.seg_crop), "--seg_num_iters", str(args.seg_iters),
+        "--seg_learning_rate", str(args.seg_lr), "--seg_warmup_iters", str(min(args.seg_warmup, args.seg_iters)),
+        "--seg_save_iters", str(max(args.seg_iters // 2, 1)),
         # deeplab-pytorch's CRF but for its colour std: 3 suits photographs; the synthetic objects'
         # noise and textures vary more than that within one object (a sweep on the 64 val images).
-        "--seg_crf_bi", str(DEEPLAB_CRF["bi_w"]), str(DEEPLAB_CRF["bi_xy_std"]), str(a.seg_crf_rgb),
+        "--seg_crf_bi", str(DEEPLAB_CRF["bi_w"]), str(DEEPLAB_CRF["bi_xy_std"]), str(args.seg_crf_rgb),
     ]
 
 
@@ -116,16 +116,16 @@ def table(ws_cam: Path, ws_wave: Path) -> str:
     return "\n".join(lines) + f"\n(evaluated on {seeds['n_images']} '{seeds['eval_set']}' images)"
 
 
-def backbone_weights(a, out: Path) -> Path | None:
+def backbone_weights(args, out: Path) -> Path | None:
     """The file every pass starts from: --pretrained-weights, the pretraining's (made now or
     reused), or None (random initialisation) with --pretrain-steps 0."""
-    if a.pretrained_weights:
-        return Path(a.pretrained_weights).resolve()
-    if a.pretrain_steps <= 0:
+    if args.pretrained_weights:
+        return Path(args.pretrained_weights).resolve()
+    if args.pretrain_steps <= 0:
         return None
-    settings = PretrainSettings(arch=a.network, size=a.pretrain_size, steps=a.pretrain_steps,
-                                batch=a.pretrain_batch)
-    path = pretrain(settings, out / "pretrained", workers=a.workers)
+    settings = PretrainSettings(arch=args.network, size=args.pretrain_size, steps=args.pretrain_steps,
+                                batch=args.pretrain_batch)
+    path = pretrain(settings, out / "pretrained", workers=args.workers)
     info = json.loads(path.with_suffix(".json").read_text())
     print(f"pretrained backbone: {path} ({info['steps']} steps of {info['batch']} scenes of {info['size']} px, "
           f"{info['seconds']:.0f} s when trained; held-out exact-match accuracy {info['held_out_exact_match']:.3f})")
@@ -157,11 +157,12 @@ def regime_parser(description: str | None, out: str) -> argparse.ArgumentParser:
                    help="IRN's pair radius at stride 4 (the paper's 10 leaves a 24 x 24 map few source pixels)")
     p.add_argument("--exp-times", type=int, default=1, help="the random walk takes 2^N steps (the paper's: 8)")
     p.add_argument("--seg-iters", type=int, default=0,
-                   help="stage 3's optimiser steps (0, the default: no stage 3, which does not fit the demo's 8 "
-                        "minutes; 600 take its labels' mIoU and 3 minutes: the README's demo section)")
+                   help="stage 3's optimiser steps (0, the default: no stage 3, to keep the demo short; "
+                        "docs/demo.md measures 600)")
     p.add_argument("--seg-lr", type=float, default=0.002, help="stage 3's learning rate (x10, x20 for the head)")
     p.add_argument("--seg-warmup", type=int, default=50,
-                   help="stage 3's steps of linear warm-up (without, lr 0.002 derails the new head: 14 mIoU)")
+                   help="stage 3's steps of linear warm-up, so that the demo's high rate does not derail the new "
+                        "head in its first steps (docs/demo.md)")
     p.add_argument("--seg-crf-rgb", type=float, default=15,
                    help="the colour std of stage 3's CRF (deeplab-pytorch's: 3)")
     p.add_argument("--seg-crop", type=int, default=64,
@@ -183,30 +184,30 @@ def main() -> None:
     p.add_argument("--dataset", choices=("voc", "coco"), default="voc", help="layout of the synthetic dataset")
     p.add_argument("--seg-from", choices=("cam", "wavecam", "both"), default="cam",
                    help="whose pseudo labels stage 3 trains on (with --seg-iters)")
-    a = parse(p)
+    args = parse(p)
 
     start = time.perf_counter()
-    out = Path(a.out).resolve()
-    make = make_synthetic_voc if a.dataset == "voc" else make_synthetic_coco
-    root = make(out / a.dataset, n_train=a.n_train, n_val=a.n_val, size=a.size, seed=0)
+    out = Path(args.out).resolve()
+    make = make_synthetic_voc if args.dataset == "voc" else make_synthetic_coco
+    root = make(out / args.dataset, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=0)
     ws_cam, ws_wave = out / "ws_cam", out / "ws_wavecam"
-    root_flag = "--voc12_root" if a.dataset == "voc" else "--mscoco_root"
-    weights = backbone_weights(a, out)
-    common = [root_flag, str(root), *demo_flags(a, weights)]
+    root_flag = "--voc12_root" if args.dataset == "voc" else "--mscoco_root"
+    weights = backbone_weights(args, out)
+    common = [root_flag, str(root), *demo_flags(args, weights)]
 
     irn = ["--cam_to_ir_label_pass", "True", "--train_irn_pass", "True", "--make_sem_seg_pass", "True",
            "--eval_sem_seg_pass", "True"]
     cam = [*common, "--work_space", str(ws_cam)]
-    run(a.dataset, [*cam, "--train_cam_pass", "True", "--make_cam_pass", "True", "--eval_cam_pass", "True"])
-    run(a.dataset, [*cam, *irn])
+    run(args.dataset, [*cam, "--train_cam_pass", "True", "--make_cam_pass", "True", "--eval_cam_pass", "True"])
+    run(args.dataset, [*cam, *irn])
     wave = [*common, "--work_space", str(ws_wave), "--cam_weights_name", default_path(ws_cam, "cam_weights_name")]
     # The paper's two command lines, verbatim apart from the demo's sizes.
-    run(a.dataset, [*wave, "--train_wavecam_pass", "True", "--make_wavecam_pass", "True", "--eval_cam_pass", "True"])
-    run(a.dataset, [*wave, *irn])
-    if a.seg_iters > 0:
-        for name, args in (("cam", cam), ("wavecam", wave)):
-            if a.seg_from in (name, "both"):
-                run(a.dataset, [*args, *seg_flags(a, weights)])
+    run(args.dataset, [*wave, "--train_wavecam_pass", "True", "--make_wavecam_pass", "True", "--eval_cam_pass", "True"])
+    run(args.dataset, [*wave, *irn])
+    if args.seg_iters > 0:
+        for name, flags in (("cam", cam), ("wavecam", wave)):
+            if args.seg_from in (name, "both"):
+                run(args.dataset, [*flags, *seg_flags(args, weights)])
 
     print("\n" + table(ws_cam, ws_wave))
     report([ws_cam, ws_wave], out / "report", gallery=9, names=["CAM", "WaveCAM"])

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from wavecam.classes import COCO_CATEGORIES, IGNORE_INDEX
 from wavecam.data.voc import default_cache_dir, file_stamp, load_image, read_id_list
+from wavecam.engine.cli import run_cli
 from wavecam.errors import BadFileError, DatasetRootError, WavecamError
 from wavecam.io import is_complete, load_npz, load_png, save_npz, save_png
 
@@ -375,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coco_crowd", choices=CROWD, default=CROWD[0],
                    help="crowd regions in the masks: background (ReCAM's) or ignore (255)")
     args = p.parse_args(argv)
-    try:
+
+    def prepare() -> None:
         ds = COCO2014(args.mscoco_root, args.cache_dir, args.jobs, args.coco_split_images, args.coco_crowd)
         for s in ("train", "val"):
             ids = ds.split(s)
@@ -386,10 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"masks: {rendered} rendered now, {len(ids) - rendered} already there")
         if ds.layout == "official":
             print(f"masks (crowds as {ds.crowd}) in {ds.rendered_mask_dir}")
-    except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(prepare, "--cache_dir")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ A *source* (VOC12, COCO2014) knows where files are: `load_image(id)`, `labels(id
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 
 from wavecam.data import transforms as T
 from wavecam.engine.sampling import SampleKey, sample_generator
-from wavecam.errors import BadFileError, WavecamError
+from wavecam.errors import BadFileError, DatasetRootError, WavecamError
 from wavecam.io import check_label_map, load_label_map
 from wavecam.labels.randomwalk import affinity_labels, downsample_label
 
@@ -34,6 +35,27 @@ class Source(Protocol):
     def mask_path(self, image_id: str) -> Path | None: ...
     def split(self, name_or_path: str) -> list[str]: ...
     def check_ids(self, ids: list[str]) -> None: ...
+
+
+def open_source(dataset: str, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                root_option: str = "root", voc_label_source: str = "xml", coco_split_images: str = "all",
+                coco_crowd: str = "background") -> Source:
+    """The source of `dataset` ("voc" or "coco") at `root`, with the options of that dataset (see
+    VOC12 and COCO2014). A root that is missing or laid out otherwise raises DatasetRootError led by
+    `root_option`, the flag or config key that named it, since that is what the user has to fix."""
+    if dataset not in ("voc", "coco"):
+        raise ValueError(f"unknown dataset {dataset!r}: voc or coco")
+    try:
+        # Imported here: the COCO module (and its index) is only wanted by COCO runs.
+        if dataset == "voc":
+            from wavecam.data.voc import VOC12
+
+            return VOC12(root, cache_dir, voc_label_source)
+        from wavecam.data.coco import COCO2014
+
+        return COCO2014(root, cache_dir, split_images=coco_split_images, crowd=coco_crowd)
+    except DatasetRootError as e:
+        raise DatasetRootError(f"{root_option}: {e}") from None
 
 
 def split_ids(source: Source, name: str) -> list[str]:

@@ -71,10 +71,6 @@ def normalize(img: np.ndarray) -> np.ndarray:
     return (img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def denormalize(img: np.ndarray) -> np.ndarray:
-    return np.clip((img * IMAGENET_STD + IMAGENET_MEAN) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
 def random_crop(arrays: list[np.ndarray], size: int, fill: list[float], rng: torch.Generator | None = None
                 ) -> list[np.ndarray]:
     """One random `size` x `size` window applied to every array (same H, W). Where an array is

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wavecam.classes import IGNORE_INDEX, VOC_CLASSES
+from wavecam.engine.cli import run_cli
 from wavecam.errors import BadFileError, DatasetRootError, WavecamError
 from wavecam.io import load_npz, load_png, save_npz
 
@@ -233,16 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--voc12_label_source", choices=LABEL_SOURCES, default="xml")
     args = p.parse_args(argv)
-    try:
+
+    def summarise() -> None:
         ds = VOC12(args.voc12_root, args.cache_dir, args.voc12_label_source)
         for s in SPLITS[:-1]:  # test has no labels
             ids = ds.split(s)
             labels = ds.labels(ids)
             print(f"{s:<10} {len(ids):6d} images  {labels.sum(0).astype(int).tolist()}")
-    except WavecamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(summarise, "--cache_dir")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from wavecam.engine.state import settings_changes
 from wavecam.errors import WavecamError
 from wavecam.ranges import Range, nonneg_float, nonneg_int, pos_float, pos_int, unit_float
 
@@ -191,8 +192,9 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     if not isinstance(given, dict):
         raise WavecamError(f"{path}: expected a mapping of sections, got {type(given).__name__}")
     if isinstance(given.get("train"), dict) and "samples_per_gpu" in given["train"]:
-        raise WavecamError(f"{path}: train.samples_per_gpu is gone: set train.batch_size (the global batch, "
-                           "over all processes) and train.micro_batch (images per forward pass of one process); "
+        raise WavecamError(f"{path}: train.samples_per_gpu is not a key of this config: set train.batch_size "
+                           "(the global batch, over all processes) and train.micro_batch (images per forward pass "
+                           "of one process); "
                            f"see {REFERENCE}")
     cfg = merged(OmegaConf.structured(Config), given, str(path))
     for item in overrides:
@@ -280,17 +282,6 @@ def config_changes(old: dict, new: Config) -> list[str]:
     try:
         old = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), old))
     except OmegaConfBaseException:
-        pass  # an older layout (train.samples_per_gpu): compared as it was written
-    return changed_keys(old, as_dict(new))
+        pass  # a layout this config cannot read (train.samples_per_gpu): compared as it was written
+    return settings_changes(old, as_dict(new))
 
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changed.append(f"{prefix}{key}")
-    return changed

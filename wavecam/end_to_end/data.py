@@ -6,30 +6,22 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset, prepare_gt, split_ids
+from wavecam.data.datasets import E2ETrainDataset, SegmentationDataset, open_source, prepare_gt, split_ids
 from wavecam.end_to_end.config import Config
 from wavecam.end_to_end.preflight import check_dataset_root
 from wavecam.engine import runtime, sampling
 from wavecam.engine.sampling import BatchPlan
-from wavecam.errors import DatasetRootError, WavecamError
+from wavecam.errors import WavecamError
 
 
 def make_source(cfg: Config):
-    """The dataset of `dataset.root`; a root laid out otherwise is reported with that key."""
+    """The dataset of `dataset.name` at `dataset.root`."""
     data = cfg.dataset
     check_dataset_root(cfg)
-    try:
-        if data.name == "voc":
-            from wavecam.data.voc import VOC12
-
-            return VOC12(data.root, data.cache_dir)
-        if data.name == "coco":
-            from wavecam.data.coco import COCO2014
-
-            return COCO2014(data.root, data.cache_dir, split_images=data.coco_split_images, crowd=data.coco_crowd)
-    except DatasetRootError as e:
-        raise DatasetRootError(f"dataset.root: {e}") from None
-    raise WavecamError(f"dataset.name must be voc or coco, got {data.name!r}")
+    if data.name not in ("voc", "coco"):
+        raise WavecamError(f"dataset.name must be voc or coco, got {data.name!r}")
+    return open_source(data.name, data.root, data.cache_dir, root_option="dataset.root",
+                       coco_split_images=data.coco_split_images, coco_crowd=data.coco_crowd)
 
 
 def train_dataset(cfg: Config, source) -> E2ETrainDataset:

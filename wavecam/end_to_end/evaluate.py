@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def wavecam_cams(choice: str, cfg: Config, iteration: int | None, parts: tuple[str, ...]) -> bool:
     """Whether the CAMs come from the WaveCAM kernel. A checkpoint written after iteration T was last
     trained at step T - 1, whose pseudo labels used the WaveCAM kernel when T - 1 > wavecam.cams_iter
-    (train.schedule); only a checkpoint with the WaveCAM parts can."""
+    (train.stage_at); only a checkpoint with the WaveCAM parts can."""
     if choice != "auto":
         return choice == "wavecam"
     has_wavecam = all(p in parts for p in WAVECAM_PARTS)

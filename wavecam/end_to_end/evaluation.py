@@ -103,7 +103,7 @@ def run_test(net: WaveAFA, cfg: Config, ctx: runtime.Context, work_dir: str | os
     dataset = SegmentationDataset(source, ids, test.evaluate)
     cm = ConfusionMatrix(source.num_classes + 1)
     net.eval()
-    with BackgroundPool(test.crf_workers if test.crf else 0, _crf_prediction) as post:
+    with BackgroundPool(test.crf_workers if test.crf else 0, _crf_prediction) as crf_pool:
         for item in tqdm(eval_loader(dataset, cfg, ctx), desc=f"test {name}", disable=not ctx.is_main):
             with runtime.autocast(cfg.train.amp, ctx.device):
                 logits = segment(net, item["img"].to(ctx.device), test.scales, test.flip, test.resize_long)
@@ -111,15 +111,15 @@ def run_test(net: WaveAFA, cfg: Config, ctx: runtime.Context, work_dir: str | os
             path = out_dir / f"{item['name'][0]}.png"
             if test.crf:
                 image = source.load_image(item["name"][0])
-                done = post.submit((image, logits.softmax(0).cpu().numpy(), path), gt)
+                finished = crf_pool.submit((image, logits.softmax(0).cpu().numpy(), path), gt)
             else:
-                done = [(_save_prediction(logits.argmax(0).cpu().numpy(), path), gt)]
-            for pred, gt_done in done:
-                if gt_done is not None:
-                    cm.update(pred, gt_done)
-        for pred, gt_done in post.drain():
-            if gt_done is not None:
-                cm.update(pred, gt_done)
+                finished = [(_save_prediction(logits.argmax(0).cpu().numpy(), path), gt)]
+            for pred, its_gt in finished:
+                if its_gt is not None:
+                    cm.update(pred, its_gt)
+        for pred, its_gt in crf_pool.drain():
+            if its_gt is not None:
+                cm.update(pred, its_gt)
     if not test.evaluate:
         log.info("test: wrote %s (no evaluation: test.evaluate is false)", out_dir)
         return None

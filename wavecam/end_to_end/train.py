@@ -66,13 +66,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- one step ------------------------------------------------------------------------------------
 
-class Schedule(NamedTuple):
+class Stage(NamedTuple):
+    """The losses and label sources one iteration trains with (the learning rate is the scheduler's)."""
+
     weights: dict[str, float]  # of the losses cls, wave, seg, aff
     propagated_target: bool  # the seg target is the affinity-propagated label, not the refined CAM label
     wavecam_cams: bool  # pseudo labels come from the WaveCAM kernel
 
 
-def schedule(cfg: Config, t: int) -> Schedule:
+def stage_at(cfg: Config, t: int) -> Stage:
     """What iteration t (0-based) trains with, from t alone, so a resumed run gets it right by construction.
 
     Every switch at a key N acts from iteration N + 1, as AFA's `n_iter > N` (scripts/dist_train_voc.py:
@@ -90,10 +92,10 @@ def schedule(cfg: Config, t: int) -> Schedule:
                "wave": wave.loss_weight if t > wave.start_iter else 0.0,
                "seg": cfg.loss.seg_weight if joint else 0.0,
                "aff": cfg.loss.aff_weight if joint else 0.0}
-    return Schedule(weights, t > train.prop_label_iters, t > wave.cams_iter)
+    return Stage(weights, t > train.prop_label_iters, t > wave.cams_iter)
 
 
-def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Schedule, cfg: Config, ctx: runtime.Context,
+def train_step(model: torch.nn.Module, par: PAR, batch: dict, stage: Stage, cfg: Config, ctx: runtime.Context,
                aff_mask: torch.Tensor, panels: bool = False
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor, TrainPanels | None]:
     """Every loss of one micro-batch (unweighted), the predictor's accuracy and, with `panels`, what
@@ -137,7 +139,7 @@ def micro_batch_losses(model: torch.nn.Module, par: PAR, chunk: dict, t: int, cf
     """The losses of one micro-batch at iteration t for the engine's loop: the weighted total
     (`loss`), the losses that count at t and, with the WaveCAM loss, the predictor's accuracy
     `wave_acc`. With `panels` (a list), the TensorBoard panels of the micro-batch are appended to it."""
-    stage = schedule(cfg, t)
+    stage = stage_at(cfg, t)
     losses, acc, shown = train_step(model, par, chunk, stage, cfg, ctx, aff_mask, panels is not None)
     if shown is not None:
         panels.append(shown)

@@ -49,7 +49,7 @@ def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: t
     raises `Diverged` before its backward, so the parameters keep their last finite values."""
     opt.zero_grad(set_to_none=True)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
-    done = []
+    chunk_losses = []
     for k, chunk in enumerate(chunks):
         last = k == len(chunks) - 1
         with contextlib.nullcontext() if last or not ddp else model.no_sync():
@@ -59,10 +59,10 @@ def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, scaler: t
             if not math.isfinite(losses["loss"].item()):
                 raise Diverged(losses)
             scaler.scale(losses["loss"] / len(chunks)).backward()
-        done.append(losses)
+        chunk_losses.append(losses)
     scaler.step(opt)
     scaler.update()
-    return done
+    return chunk_losses
 
 
 def micro_batches(batch: dict, size: int) -> list[dict]:

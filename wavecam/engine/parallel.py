@@ -58,13 +58,13 @@ class BackgroundPool:
         if self.pool is None:
             return [(self.fn(*args), payload)]
         self.waiting.append((self.pool.apply_async(self.fn, args), payload))
-        done = []
+        finished = []
         while len(self.waiting) > 2 * self.workers or (self.waiting and self.waiting[0][0].ready()):
-            job, payload_done = self.waiting.pop(0)
-            done.append((job.get(), payload_done))
-        return done
+            job, its_payload = self.waiting.pop(0)
+            finished.append((job.get(), its_payload))
+        return finished
 
     def drain(self) -> list[tuple[Any, Any]]:
-        done = [(job.get(), payload) for job, payload in self.waiting]
+        finished = [(job.get(), payload) for job, payload in self.waiting]
         self.waiting = []
-        return done
+        return finished

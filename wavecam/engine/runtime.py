@@ -21,7 +21,6 @@ import torch.distributed as tdist
 class Context:
     rank: int
     world_size: int
-    local_rank: int
     device: torch.device
 
     @property
@@ -59,7 +58,7 @@ def init(device: str = "auto") -> Context:
         torch.cuda.set_device(dev)
     if world > 1 and not tdist.is_initialized():
         tdist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    _contexts[device] = Context(rank, world, local_rank, dev)
+    _contexts[device] = Context(rank, world, dev)
     return _contexts[device]
 
 

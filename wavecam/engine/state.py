@@ -71,7 +71,7 @@ class TrainState:
         path = Path(path or self.path)
         state = load_checkpoint(path)
         if isinstance(state, dict) and "config" in state and "settings" not in state:
-            state["settings"] = state["config"]  # the end-to-end trainer's checkpoints before the engine
+            state["settings"] = state["config"]  # end-to-end checkpoints that name their settings "config"
         missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
         if missing:
             raise WavecamError(f"{path}: not a train state of {self.name} (no {', '.join(missing)}); "

@@ -31,31 +31,6 @@ def strided_up_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
     return h * stride, w * stride
 
 
-def multiscale_cam(
-    features_fn: FeaturesFn,
-    image: torch.Tensor,
-    weight: torch.Tensor,
-    keys: torch.Tensor,
-    scales: Sequence[float] = DEFAULT_SCALES,
-    stride: int = 4,
-    feature_stride: int = 16,
-    device: torch.device | str | None = None,
-    amp_dtype: torch.dtype | None = None,
-    memory_format: torch.memory_format | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CAMs of one normalised image (3, H, W) for the classes `keys` (K,), from the 1x1 kernel
-    `weight` (C, D, 1, 1) applied to `features_fn`'s output.
-
-    Returns float32 (K, ceil(H/stride), ceil(W/stride)) and (K, H, W) maps on `device`, each divided
-    by its maximum (+1e-5). `features_fn`'s model must already be on `device` (default: the image's);
-    `amp_dtype` (torch.bfloat16 / torch.float16) runs the backbone under autocast; `memory_format`
-    (torch.channels_last) is the layout the backbone gets its input in (that of its weights).
-    """
-    (out,) = multiscale_cam_batch(features_fn, image[None], weight, [keys], scales, stride, feature_stride,
-                                  device, amp_dtype, memory_format)
-    return out
-
-
 @torch.no_grad()
 def multiscale_cam_batch(
     features_fn: FeaturesFn,
@@ -70,7 +45,15 @@ def multiscale_cam_batch(
     memory_format: torch.memory_format | None = None,
     scaled: Sequence[torch.Tensor] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`multiscale_cam` for N images of one size (N, 3, H, W), with one `keys` tensor per image.
+    """CAMs of N normalised images of one size (N, 3, H, W), one (strided, high_res) pair per image
+    for the classes of its `keys` (K,), from the 1x1 kernel `weight` (C, D, 1, 1) applied to
+    `features_fn`'s output.
+
+    Each pair is float32 (K, ceil(H/stride), ceil(W/stride)) and (K, H, W) maps on `device`, each
+    divided by its maximum (+1e-5). `features_fn`'s model must already be on `device` (default: the
+    images'); `amp_dtype` (torch.bfloat16 / torch.float16) runs the backbone under autocast;
+    `memory_format` (torch.channels_last) is the layout the backbone gets its input in (that of its
+    weights).
 
     `scaled`, one (N, 3, h_s, w_s) batch per scale, are the inputs already resized as the reference
     does (see `InferenceDataset`); without them the images are resized here, on their device.

@@ -33,9 +33,9 @@ def crf_inference_labels(img: np.ndarray, label_maps: Sequence[np.ndarray], n_la
                          gt_prob: float = 0.7) -> list[np.ndarray]:
     """`crf_inference_label` of several label maps of one image, sharing the pairwise terms.
 
-    Building the bilateral term's permutohedral lattice takes about two thirds of one inference
-    (1.0 of 1.6 s at 500x375); it depends on the image only, so every map after the first costs
-    the mean-field steps alone. The results equal separate calls exactly.
+    Building the bilateral term's permutohedral lattice is most of one inference's cost
+    (docs/benchmarks.md); it depends on the image only, so every map after the first costs the
+    mean-field steps alone. The results equal separate calls exactly.
     """
     dcrf, unary_from_labels = _densecrf()
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
@@ -86,6 +86,8 @@ def crf_inference_prob(img: np.ndarray, probs: np.ndarray, t: int = 10, pos_xy_s
 # deeplab-pytorch's test-time CRF (configs/voc12.yaml and coco.yaml, section CRF; libs/utils/crf.py
 # runs it on softmax probabilities, as `crf_inference_prob`).
 DEEPLAB_CRF = {"t": 10, "pos_w": 3, "pos_xy_std": 1, "bi_w": 4, "bi_xy_std": 67, "bi_rgb_std": 3}
+# The caffe-converted ResNets' BGR input mean: deeplab-pytorch's input convention (models.deeplab
+# CAFFE_BGR) and the picture its CRF is handed.
 CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
 
 

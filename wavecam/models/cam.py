@@ -227,7 +227,7 @@ def load_cam_weights(model: CAMNet, checkpoint: str | os.PathLike | Mapping[str,
 
 def torchvision_backbone(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ResNet-50 of a CAM checkpoint (ours or ReCAM's) under torchvision's names, for
-    `build_resnet50(pretrained=...)`: lets IRN start from the trained CAM backbone when no
+    `build_resnet("resnet50", pretrained=...)`: lets IRN start from the trained CAM backbone when no
     ImageNet weights are at hand."""
     sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     ours = {}

@@ -14,8 +14,9 @@ from wavecam.io import load_checkpoint
 KeyMap = Callable[[str], "str | None"]
 
 
-def _as_state_dict(obj, source: str) -> Mapping[str, torch.Tensor]:
-    # Accept a bare state dict, or the common wrappers {"model": sd} / {"state_dict": sd}.
+def as_state_dict(obj, source: str) -> Mapping[str, torch.Tensor]:
+    """The state dict in a loaded checkpoint `obj`: a bare one, or the common wrappers {"model": sd} /
+    {"state_dict": sd}. Anything else raises BadFileError naming `source` (the file)."""
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
@@ -31,7 +32,7 @@ def read_state_dict(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]
     {"model": sd} / {"state_dict": sd}; for loaders that look at the keys before choosing a key map."""
     source = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict"
     sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    return source, _as_state_dict(sd, source)
+    return source, as_state_dict(sd, source)
 
 
 def load_weights(

@@ -55,8 +55,9 @@ from torchvision import models
 from wavecam.classes import IGNORE_INDEX
 from wavecam.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pil_nearest_indices
 from wavecam.errors import BadFileError, WavecamError
+from wavecam.labels.crf import CAFFE_MEAN_BGR
 from wavecam.models.checkpoints import load_weights, read_state_dict
-from wavecam.models.resnet import IMAGENET, _imagenet_state_dict
+from wavecam.models.resnet import IMAGENET, imagenet_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class InputNorm:
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-CAFFE_BGR = InputNorm(CAFFE, bgr=True, divisor=1.0, mean=(104.008, 116.669, 122.675), std=(1.0, 1.0, 1.0))
+CAFFE_BGR = InputNorm(CAFFE, bgr=True, divisor=1.0, mean=CAFFE_MEAN_BGR, std=(1.0, 1.0, 1.0))
 TORCHVISION_RGB = InputNorm(TORCHVISION, bgr=False, divisor=255.0, mean=tuple(IMAGENET_MEAN.tolist()),
                             std=tuple(IMAGENET_STD.tolist()))
 _NORMS = {CAFFE: CAFFE_BGR, TORCHVISION: TORCHVISION_RGB}
@@ -324,7 +325,7 @@ def build_seg_network(name: str = "deeplabv2_resnet101_msc", num_classes: int = 
     if pretrained is None or str(pretrained).lower() == "none":
         log.warning("%s starts from RANDOM weights: results will be far from the paper's.", name)
     elif isinstance(pretrained, (str, os.PathLike)) and str(pretrained) == IMAGENET:
-        load_seg_weights(model, _imagenet_state_dict("resnet101"))
+        load_seg_weights(model, imagenet_state_dict("resnet101"))
     else:
         load_seg_weights(model, pretrained)
     return model
@@ -336,13 +337,9 @@ OURS, DEEPLAB_PYTORCH, TORCHVISION_RESNET = "wavecam", "deeplab-pytorch", "torch
 
 _BRANCHES = {"reduce": ("conv1", "bn1"), "conv3x3": ("conv2", "bn2"), "increase": ("conv3", "bn3"),
              "shortcut": ("downsample.0", "downsample.1")}
-_FROM_BRANCH = {ours: (branch, kind) for branch, pair in _BRANCHES.items() for kind, ours in zip(("conv", "bn"), pair)}
 _REF_STEM = re.compile(r"layer1\.conv1\.(conv|bn)\.(\w+)")
 _REF_BLOCK = re.compile(r"layer([2-5])\.block(\d+)\.(reduce|conv3x3|increase|shortcut)\.(conv|bn)\.(\w+)")
 _REF_ASPP = re.compile(r"aspp\.c(\d+)\.(\w+)")
-_OUR_STEM = re.compile(r"backbone\.(conv1|bn1)\.(\w+)")
-_OUR_BLOCK = re.compile(r"backbone\.layer([1-4])\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)")
-_OUR_ASPP = re.compile(r"aspp\.(\d+)\.(\w+)")
 
 
 def checkpoint_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -370,27 +367,6 @@ def deeplab_pytorch_key(key: str) -> str | None:
     if key.startswith("fc."):
         return None
     return key
-
-
-def to_deeplab_pytorch_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One of our DeepLabV2MSC state dicts under deeplab-pytorch's names (`base.*`), so that its
-    `DeepLabV2_ResNet101_MSC` loads it strictly (the input convention is not theirs to hold: the
-    weights must be caffe-convention ones to mean the same there)."""
-    out = {}
-    for k, v in state_dict.items():
-        if not k.startswith("base."):
-            continue
-        name = k.removeprefix("base.")
-        if m := _OUR_STEM.fullmatch(name):
-            out[f"base.layer1.conv1.{'conv' if m[1] == 'conv1' else 'bn'}.{m[2]}"] = v
-        elif m := _OUR_BLOCK.fullmatch(name):
-            branch, kind = _FROM_BRANCH[m[3]]
-            out[f"base.layer{int(m[1]) + 1}.block{int(m[2]) + 1}.{branch}.{kind}.{m[4]}"] = v
-        elif m := _OUR_ASPP.fullmatch(name):
-            out[f"base.aspp.c{m[1]}.{m[2]}"] = v
-        else:
-            raise ValueError(f"{k}: not a DeepLabV2 key")
-    return out
 
 
 def torchvision_resnet_key(key: str) -> str | None:

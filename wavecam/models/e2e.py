@@ -35,7 +35,7 @@ from torch import nn
 from wavecam.errors import WavecamError
 from wavecam.io import load_checkpoint
 from wavecam.models.cam import cam_weight, class_features, normalised_cams, wave_features, wave_grid_size
-from wavecam.models.checkpoints import _as_state_dict, load_weights
+from wavecam.models.checkpoints import as_state_dict, load_weights
 from wavecam.models.mit import CONFIGS, mit, nvlabs_imagenet_key
 from wavecam.models.wave import ClassPredictor, WaveModeling
 
@@ -218,7 +218,7 @@ def load_pretrained(model: WaveAFA, path: str | os.PathLike) -> str:
     listing what does not). Returns one line on what was loaded, for the log."""
     if not Path(path).is_file():
         raise WavecamError(f"pretrained weights not found: {path}. {MIT_WEIGHTS}")
-    sd = _as_state_dict(load_checkpoint(path), str(path))
+    sd = as_state_dict(load_checkpoint(path), str(path))
     if not is_segformer(sd):
         load_weights(model.encoder, sd, key_map=nvlabs_imagenet_key)
         return f"encoder from {path} (ImageNet MiT weights)"
@@ -278,7 +278,7 @@ def load_wave_afa_weights(model: WaveAFA, checkpoint: str | os.PathLike | Mappin
     would tell the user neither the file nor the network."""
     source = name or (str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "state dict")
     sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
-    sd = _as_state_dict(sd, source)
+    sd = as_state_dict(sd, source)
     variant = mit_variant(model.encoder.embed_dims, model.encoder.depths)
     network = (f"the end-to-end WaveCAM network on {_shown(variant) if variant else 'MiT'} with "
                f"{model.num_classes} classes")

@@ -152,7 +152,7 @@ class EdgeDisplacement(IRNet):
     def from_checkpoint(cls, path: str | os.PathLike, crop_size: int = 512, stride: int = 4,
                         arch: str = "resnet50", pad_to_crop: bool = False) -> EdgeDisplacement:
         """An eval-mode network holding the weights of an IRN checkpoint (ours or IRN's)."""
-        with resnet.checkpoint_follows():
+        with resnet.no_random_weights_warning():
             model = cls(pretrained=None, crop_size=crop_size, stride=stride, arch=arch, pad_to_crop=pad_to_crop)
         load_irn_weights(model, path)
         return model.eval()

@@ -55,17 +55,13 @@ def build_resnet(
         log.warning("%s starts from RANDOM weights: results will be far from the paper's. "
                     "Pass --pretrained imagenet or a path to ImageNet weights.", arch)
         return net
-    sd = _imagenet_state_dict(arch) if str(pretrained) == IMAGENET else pretrained
+    sd = imagenet_state_dict(arch) if str(pretrained) == IMAGENET else pretrained
     load_weights(net, sd, key_map=lambda k: None if k.startswith("fc.") else k)
     return net
 
 
-def build_resnet50(pretrained: str | os.PathLike | dict | None = IMAGENET, strides=(2, 2, 2, 1)) -> nn.Module:
-    return build_resnet("resnet50", pretrained, strides)
-
-
 @contextlib.contextmanager
-def checkpoint_follows():
+def no_random_weights_warning():
     """Build networks at random initialisation without the warning: a trained checkpoint is loaded
     right after construction, and a random-weights warning would mislead."""
     level = log.level
@@ -76,7 +72,9 @@ def checkpoint_follows():
         log.setLevel(level)
 
 
-def _imagenet_state_dict(arch: str) -> dict:
+def imagenet_state_dict(arch: str) -> dict:
+    """torchvision's IMAGENET1K_V1 state dict of `arch` (from its cache, else downloaded); where it
+    cannot be had, a WavecamError that says how to supply the file by hand."""
     weights = getattr(models, f"ResNet{arch[len('resnet'):]}_Weights").IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=False)

@@ -19,7 +19,7 @@ from wavecam.engine import runtime
 from wavecam.io import save_cam
 from wavecam.labels.cam import multiscale_cam_batch
 from wavecam.models import CAMNet
-from wavecam.multi_stage.common import (
+from wavecam.multi_stage.pass_io import (
     claim_outputs,
     data_identity,
     loader_options,

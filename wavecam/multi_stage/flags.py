@@ -263,7 +263,9 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
     a("--sem_seg_out_dir", default=PATH_FLAGS["sem_seg_out_dir"])
     a("--sem_seg_score_dir", default=PATH_FLAGS["sem_seg_score_dir"],
       help="make_sem_seg's walked scores, with --sem_seg_eval_sweep")
-    a("--seg_weights_name", default=PATH_FLAGS["seg_weights_name"])
+    a("--seg_weights_name", default=PATH_FLAGS["seg_weights_name"],
+      help="the stage-3 segmenter's weights, written by train_seg and read by make_seg, whatever its network "
+           "and depth (the default is the reference's name)")
     a("--seg_out_dir", default=PATH_FLAGS["seg_out_dir"], help="make_seg's predictions: <dir>/<set>[_crf]/<id>.png")
     a("--force", type=str2bool, default=False, help="redo outputs that already exist")
     a("--resume", type=str2bool, default=True,

@@ -1,6 +1,7 @@
-"""What several passes need: the dataset source, id lists, loader settings, the images a pass has
-still to do, CAM files and the list of skipped images. The process, devices, precision and the
-training loop are the engine's (wavecam.engine)."""
+"""A pass's inputs and outputs, for every pass: the dataset source and loader settings it reads
+with, the CAM files it reads, the images it has still to write (its claimed output folder), the
+identities that make up an output's maker, and the list of images it skipped. The process, devices,
+precision and the training loop are the engine's (wavecam.engine)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import hashlib
 import logging
 from pathlib import Path
 
-from wavecam.data.voc import VOC12
+from wavecam.data.datasets import open_source
 from wavecam.engine.provenance import claim_folder, file_identity
 from wavecam.engine.runtime import Context, barrier, shard
-from wavecam.errors import BadFileError, DatasetRootError, WavecamError
+from wavecam.errors import BadFileError, WavecamError
 from wavecam.io import is_complete
 from wavecam.multi_stage.workspace import CAMS, skipped_images_path
 
@@ -20,17 +21,12 @@ log = logging.getLogger("wavecam")
 
 
 def make_source(args):
-    """The dataset of --voc12_root or --mscoco_root; a root that is missing or laid out otherwise is
-    reported with the flag that named it."""
-    flag = "--voc12_root" if args.dataset == "voc" else "--mscoco_root"
-    try:
-        if args.dataset == "voc":
-            return VOC12(args.voc12_root, args.cache_dir, args.voc12_label_source)
-        from wavecam.data.coco import COCO2014
-
-        return COCO2014(args.mscoco_root, args.cache_dir, split_images=args.coco_split_images, crowd=args.coco_crowd)
-    except DatasetRootError as e:
-        raise DatasetRootError(f"{flag}: {e}") from None
+    """The dataset of --dataset at --voc12_root or --mscoco_root, with its label options."""
+    if args.dataset == "voc":
+        return open_source("voc", args.voc12_root, args.cache_dir, root_option="--voc12_root",
+                           voc_label_source=args.voc12_label_source)
+    return open_source("coco", args.mscoco_root, args.cache_dir, root_option="--mscoco_root",
+                       coco_split_images=args.coco_split_images, coco_crowd=args.coco_crowd)
 
 
 def loader_options(args, ctx: Context, workers: int | None = None, reused: bool = False) -> dict:

@@ -23,7 +23,7 @@ from wavecam.engine.sampling import BatchPlan, epoch_steps, train_loader
 from wavecam.engine.state import TrainState
 from wavecam.engine.trainer import Trainer
 from wavecam.io import is_complete
-from wavecam.multi_stage.common import loader_options
+from wavecam.multi_stage.pass_io import loader_options
 from wavecam.multi_stage.workspace import resume_path, tensorboard_dir
 
 log = logging.getLogger("wavecam")

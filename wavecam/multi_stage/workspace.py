@@ -20,9 +20,14 @@ keeps it, as the reference's do):
                                    recipe: --config reads it); the log keeps each run's arguments
     resume/<pass>.pth              a training pass's state after each epoch, until the pass ends
     skipped_images.txt             the images --skip_bad_images skipped, pass by pass
-    tb/<pass>/                     TensorBoard scalars of a training pass (train_seg)
+    tb/<pass>/                     TensorBoard scalars of a training pass
+    <folder>/.made_by.json         what made an image-wise output folder, <weights>.made_by.json what
+                                   trained a weights file (engine.provenance)
 
-Paths named by a flag are strings, as the flags are; the files of fixed names are Paths.
+Paths named by a flag are strings, as the flags are; the files of fixed names are Paths. The weights
+files keep the reference's default names whatever the network: res101_seg.pth is the stage-3
+segmenter's file at any depth (a ResNet-18 DeepLab with --seg_block basic), as res50_cam.pth and
+res50_irn.pth are with --cam_network / --irn_network resnet18.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from wavecam.engine.provenance import folder_identity
 from wavecam.io import save_png
 from wavecam.labels.cam import channel_classes, threshold_channels
 from wavecam.labels.crf import crf_inference_labels
-from wavecam.multi_stage.common import claim_outputs, data_identity, load_image_or_skip, make_source, pick, read_cam
+from wavecam.multi_stage.pass_io import claim_outputs, data_identity, load_image_or_skip, make_source, pick, read_cam
 from wavecam.multi_stage.workspace import CAMS, IR_LABELS
 
 log = logging.getLogger("wavecam")

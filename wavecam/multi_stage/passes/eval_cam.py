@@ -15,8 +15,8 @@ from wavecam.errors import BadFileError
 from wavecam.io import save_json
 from wavecam.labels.cam import seeds
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-from wavecam.multi_stage.common import make_source, read_cam
 from wavecam.multi_stage.evaluation import settings, sweep_line, sweep_summary, sweep_thresholds
+from wavecam.multi_stage.pass_io import make_source, read_cam
 from wavecam.multi_stage.workspace import CAMS, results_path
 
 log = logging.getLogger("wavecam")

@@ -16,8 +16,8 @@ from wavecam.engine.runtime import init, shard, sum_confusions
 from wavecam.errors import WavecamError
 from wavecam.io import load_label_map
 from wavecam.metrics import ConfusionMatrix, format_iou_table
-from wavecam.multi_stage.common import make_source
 from wavecam.multi_stage.evaluation import settings
+from wavecam.multi_stage.pass_io import make_source
 from wavecam.multi_stage.workspace import results_path, seg_predictions
 
 log = logging.getLogger("wavecam")

@@ -6,14 +6,14 @@ from __future__ import annotations
 from wavecam.engine.provenance import file_identity
 from wavecam.models import CAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
-from wavecam.models.resnet import checkpoint_follows
+from wavecam.models.resnet import no_random_weights_warning
 from wavecam.multi_stage.cams import write_cams
-from wavecam.multi_stage.common import make_source
+from wavecam.multi_stage.pass_io import make_source
 
 
 def run(args) -> None:
     source = make_source(args)
-    with checkpoint_follows():
+    with no_random_weights_warning():
         model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
     load_cam_weights(model, args.cam_weights_name)
     write_cams(args, model, cam_weight(model.classifier.weight), "make_cam",

@@ -13,22 +13,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wavecam.data.datasets import split_ids
-from wavecam.data.voc import VOC12
+from wavecam.data.datasets import open_source, split_ids
 from wavecam.engine.parallel import BackgroundPool
 from wavecam.engine.provenance import file_identity
 from wavecam.engine.runtime import autocast, barrier, init, place
-from wavecam.errors import DatasetRootError
 from wavecam.io import save_png
 from wavecam.labels.crf import crf_inference_deeplab
 from wavecam.models.deeplab import SegNetwork, build_seg_network
-from wavecam.multi_stage.common import claim_outputs, load_image_or_skip, make_source, pick
+from wavecam.multi_stage.pass_io import claim_outputs, load_image_or_skip, make_source, pick
 from wavecam.multi_stage.workspace import seg_predictions, voc_server_dir
 
 log = logging.getLogger("wavecam")
@@ -61,11 +60,18 @@ def refine(image: np.ndarray, probs: np.ndarray, crf_path: str, server_path: str
         save_png(server_path, pred, palette=True)
 
 
-def predict(net: SegNetwork, source, ids: list[str], folders: list[str], args) -> None:
-    """Write each image's prediction into `folders`: without CRF, with CRF (with --seg_crf), the
-    server's layout (where given), the CRFs in --num_workers processes beside the network."""
-    crf_dir = folders[1] if args.seg_crf else None
-    server = folders[-1] if len(folders) > 1 + args.seg_crf else None
+class PredictionFolders(NamedTuple):
+    """Where one set's predictions go."""
+
+    plain: str  # the network's argmax
+    crf: str | None  # its dense CRF (with --seg_crf)
+    server: str | None  # the evaluation server's layout, with colours (the CRF ones with --seg_crf)
+
+
+def predict(net: SegNetwork, source, ids: list[str], folders: PredictionFolders, args) -> None:
+    """Write each image's prediction into `folders`, the CRFs in --num_workers processes beside the
+    network."""
+    crf_dir, server = folders.crf, folders.server
     with BackgroundPool(args.num_workers if args.seg_crf else 0, refine) as crf:
         for image_id in tqdm(ids, desc="make_seg", disable=not ids):
             image = load_image_or_skip(source, args, "make_seg", image_id)
@@ -73,7 +79,7 @@ def predict(net: SegNetwork, source, ids: list[str], folders: list[str], args) -
                 continue
             probs = probabilities(net, image, args.amp)
             pred = probs.argmax(0).numpy().astype(np.uint8)
-            save_png(os.path.join(folders[0], f"{image_id}.png"), pred)
+            save_png(os.path.join(folders.plain, f"{image_id}.png"), pred)
             server_path = os.path.join(server, f"{image_id}.png") if server else None
             if crf_dir is None:
                 if server_path:
@@ -90,27 +96,24 @@ def run(args) -> None:
     net = build_seg_network(args.seg_network, source.num_classes + 1, pretrained=args.seg_weights_name,
                             scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks, block=args.seg_block)
     place(net, ctx, args.channels_last).eval()
-    sets = [(args.seg_eval_set, source, [])]
+    sets = [(args.seg_eval_set, source, None)]
     if getattr(args, "voc12_test_root", None):
-        try:
-            test_images = VOC12(args.voc12_test_root, args.cache_dir)
-        except DatasetRootError as e:
-            raise DatasetRootError(f"--voc12_test_root: {e}") from None
-        sets.append(("test", test_images, [str(voc_server_dir(args.work_space))]))
+        test_images = open_source("voc", args.voc12_test_root, args.cache_dir, root_option="--voc12_test_root")
+        sets.append(("test", test_images, str(voc_server_dir(args.work_space))))
     maker = {"pass": "make_seg", "seg_weights": file_identity(args.seg_weights_name),
              **pick(args, "seg_network", "seg_n_blocks", "seg_block", "seg_msc_scales", "amp")}
     crf_maker = {**maker, "crf": crf_settings(args), **pick(args, "seg_crf_image")}
-    for name, images, extra in sets:
+    for name, images, server in sets:
         of_images = {"images": str(Path(images.root).resolve())}
-        folders = [(seg_predictions(args, name, crf=False), {**maker, **of_images})]
-        if args.seg_crf:
-            folders.append((seg_predictions(args, name, crf=True), {**crf_maker, **of_images}))
-        folders += [(folder, {**(crf_maker if args.seg_crf else maker), **of_images}) for folder in extra]
+        folders = PredictionFolders(seg_predictions(args, name, crf=False),
+                                    seg_predictions(args, name, crf=True) if args.seg_crf else None, server)
+        makers = (maker, crf_maker, crf_maker if args.seg_crf else maker)  # of plain, crf, server
+        claims = [(folder, {**folder_maker, **of_images}) for folder, folder_maker in zip(folders, makers) if folder]
         all_ids = split_ids(images, name)
         todo = set()
-        for folder, folder_maker in folders:
+        for folder, folder_maker in claims:
             todo |= set(claim_outputs(all_ids, folder, ".png", folder_maker, args, ctx, "make_seg"))
         ids = [i for i in all_ids if i in todo]
-        log.info("make_seg: %d %s images to predict into %s", len(ids), name, ", ".join(f for f, _ in folders))
-        predict(net, images, ids, [f for f, _ in folders], args)
+        log.info("make_seg: %d %s images to predict into %s", len(ids), name, ", ".join(f for f, _ in claims))
+        predict(net, images, ids, folders, args)
     barrier(ctx)

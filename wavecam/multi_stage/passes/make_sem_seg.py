@@ -28,7 +28,7 @@ from wavecam.engine.provenance import file_identity, folder_identity
 from wavecam.io import save_npz, save_png
 from wavecam.labels.randomwalk import propagate, rw_to_label
 from wavecam.models.irn import EdgeDisplacement
-from wavecam.multi_stage.common import (
+from wavecam.multi_stage.pass_io import (
     claim_outputs,
     data_identity,
     loader_options,

@@ -13,7 +13,7 @@ from wavecam.engine.provenance import record_file
 from wavecam.engine.runtime import autocast, place, shard, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.models import CAMNet
-from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
+from wavecam.multi_stage.pass_io import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import claim_training, train_epochs
 from wavecam.optim import poly_sgd
 

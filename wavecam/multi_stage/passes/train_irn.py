@@ -20,7 +20,7 @@ from wavecam.errors import WavecamError
 from wavecam.labels.randomwalk import PathIndex
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
-from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
+from wavecam.multi_stage.pass_io import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import claim_training, train_epochs
 from wavecam.optim import poly_sgd
 

@@ -33,7 +33,7 @@ from wavecam.engine.sampling import batch_plan, train_loader
 from wavecam.engine.state import TrainState
 from wavecam.engine.trainer import Trainer
 from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
-from wavecam.multi_stage.common import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
+from wavecam.multi_stage.pass_io import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import claim_training
 from wavecam.multi_stage.workspace import resume_path, seg_labels, tensorboard_dir
 
