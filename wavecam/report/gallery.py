@@ -21,8 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wavecam.classes import IGNORE_INDEX, voc_palette
-from wavecam.data.coco import COCO2014
-from wavecam.data.voc import VOC12
+from wavecam.data import datasets
 from wavecam.errors import WavecamError
 from wavecam.io import atomic_path, load_cam, load_png, save_png
 from wavecam.labels.cam import seeds
@@ -35,16 +34,17 @@ THUMB_SIDE = 240  # longest side of gallery pictures, in pixels
 HEAT_ALPHA = 0.5
 
 def open_source(settings: dict):
+    """The dataset a run was evaluated on, as its results record it (data.datasets.open_source)."""
     dataset, root = settings.get("dataset"), settings.get("data_root")
     if not root or not Path(root).is_dir():
         raise WavecamError(f"the dataset root recorded in the results ({root}) is not a folder; the gallery "
                            "needs the images and ground truth the run was evaluated on")
-    if dataset != "coco":
-        return VOC12(root, settings.get("cache_dir"))
-    # The run's own policies, so the gallery shows the ground truth it was scored against; results
-    # written before they were recorded had the stricter ones.
-    return COCO2014(root, settings.get("cache_dir"), split_images=settings.get("coco_split_images", "annotated"),
-                    crowd=settings.get("coco_crowd", "ignore"))
+    # The run's own COCO policies, so the gallery shows the ground truth it was scored against; results
+    # that do not record them were scored with the stricter ones.
+    return datasets.open_source("coco" if dataset == "coco" else "voc", root, settings.get("cache_dir"),
+                                root_option="the recorded data_root",
+                                coco_split_images=settings.get("coco_split_images", "annotated"),
+                                coco_crowd=settings.get("coco_crowd", "ignore"))
 
 
 def result_dir(run: Run, result: dict | None, key: str) -> Path:
@@ -74,7 +74,7 @@ def sem_seg_label(path: Path) -> np.ndarray:
 @dataclass
 class GalleryRun:
     run: Run
-    source: VOC12 | COCO2014
+    source: datasets.Source
     cam_dir: Path
     sem_dir: Path | None  # None: rank by CAM seeds
     threshold: float | None  # None: the run has no eval_cam results, so no seeds are shown
