@@ -91,6 +91,16 @@ def test_weights_are_kept_unless_another_maker_recorded_them(tmp_path):
     assert P.file_identity(weights) != first
 
 
+def test_equal_weights_saved_twice_have_one_identity(tmp_path):
+    import torch
+
+    from wavecam.io import save_checkpoint
+
+    for name in ("a.pth", "b.pth"):
+        save_checkpoint(tmp_path / name, {"w": torch.arange(6.0)})
+    assert P.file_identity(tmp_path / "a.pth") == P.file_identity(tmp_path / "b.pth")
+
+
 def test_an_edited_xml_is_read_again(voc_root, tmp_path):
     import shutil
 

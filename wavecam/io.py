@@ -230,12 +230,15 @@ _NEARLY_FULL = 1 << 20
 
 
 def save_checkpoint(path: str | os.PathLike, obj: Any) -> None:
-    """torch.save, atomically. Torch's zip writer reports a write that fails half-way as a RuntimeError
-    with no errno ('unexpected pos ...', even when writing through a Python file); the free space left
-    on the device then tells a full disk from anything else."""
+    """torch.save, atomically. Through a file object, whose archive torch names "archive" where it
+    would name it after the (random) temporary file: equal tensors then give equal bytes, and so the
+    same identity to engine.provenance. Torch's zip writer reports a write that fails half-way as a
+    RuntimeError with no errno ('unexpected pos ...'); the free space left on the device then tells a
+    full disk from anything else."""
     with atomic_path(path) as tmp:
         try:
-            torch.save(obj, tmp)
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
         except RuntimeError as e:
             said = str(e).splitlines()[0]
             if shutil.disk_usage(tmp.parent).free < _NEARLY_FULL:
