@@ -235,26 +235,28 @@ def patch_of_255(shape) -> np.ndarray:
     return patch_of_50(shape) // 50 * 255
 
 
+def label_files(at, folder: str, make) -> tuple[list[str], tuple]:
+    """Two train images' label maps in WS/<folder>, each `make(its image's (H, W))`: (ids, files)."""
+    source = VOC12(at.root)
+    ids = source.split("train")[:2]
+    files = tuple(at.ws / folder / f"{i}.png" for i in ids)
+    for i, path in zip(ids, files):
+        save_png(path, make(source.load_image(i).shape[:2]))
+    return ids, files
+
+
 def pseudo_labels(make, workers: int = 0):
     def setup(at):
-        source = VOC12(at.root)
-        ids = source.split("train")[:2]
-        files = [at.ws / "sem_seg" / f"{i}.png" for i in ids]
-        for i, path in zip(ids, files):
-            save_png(path, make(source.load_image(i).shape[:2]))
+        ids, files = label_files(at, "sem_seg", make)
         return Bad(voc_run(at, "--num_workers", str(workers), "--seg_train_list", id_list(at, ids),
-                           "--train_seg_pass", "True", sizes=TINY), tuple(files))
+                           "--train_seg_pass", "True", sizes=TINY), files)
     return setup
 
 
 def ir_labels(at):
-    source = VOC12(at.root)
-    ids = source.split("train")[:2]
-    files = [at.ws / "ir_label" / f"{i}.png" for i in ids]
-    for i, path in zip(ids, files):
-        save_png(path, patch_of_50(source.load_image(i).shape[:2]))
+    ids, files = label_files(at, "ir_label", patch_of_50)
     cam_weights(at)  # IRN's backbone
-    return Bad(voc_run(at, "--train_list", id_list(at, ids), "--train_irn_pass", "True", sizes=TINY), tuple(files))
+    return Bad(voc_run(at, "--train_list", id_list(at, ids), "--train_irn_pass", "True", sizes=TINY), files)
 
 
 def sem_seg_at_eval(at):
