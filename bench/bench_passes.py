@@ -78,7 +78,7 @@ def train_case(name: str, variant: str, a, device: torch.device) -> dict:
     if name == "train_seg":
         from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
 
-        net = build_seg_network("deeplabv2_resnet101_msc", 21, pretrained=None, n_blocks=a.seg_blocks)
+        net = build_seg_network("deeplabv2_resnet101_msc", 21, n_blocks=a.seg_blocks)
         params = [p for g in param_groups(net, 2.5e-4, 5e-4) for p in g["params"]]
         target = torch.randint(0, 21, (batch, crop, crop), generator=gen).to(device)
 
@@ -91,7 +91,7 @@ def train_case(name: str, variant: str, a, device: torch.device) -> dict:
     elif name == "train_irn":
         path_index = PathIndex(min(10, a.crop // 8), (a.crop // 4, a.crop // 4))  # IRN: radius 10
         d, s = len(path_index.search_dst), len(path_index.src_indices)
-        net = IRNet(pretrained=None, arch=a.arch)
+        net = IRNet(arch=a.arch)
         loss_fn = AffinityDisplacementLoss(path_index).to(device)
         labels = [(torch.rand(batch, d, s, generator=gen) < p).float().to(device) for p in (0.3, 0.3, 0.2)]
         params = [p for group in net.trainable_parameters() for p in group]
@@ -104,13 +104,13 @@ def train_case(name: str, variant: str, a, device: torch.device) -> dict:
         label[:, 0] = 1
         label = label.to(device)
         if name == "train_cam":
-            net = CAMNet(20, pretrained=None, arch=a.arch)
+            net = CAMNet(20, arch=a.arch)
             params = list(net.parameters())
 
             def losses():
                 return F.multilabel_soft_margin_loss(net(images).float(), label)
         else:
-            net = WaveCAMNet(20, pretrained=None, arch=a.arch)
+            net = WaveCAMNet(20, arch=a.arch)
             predictor = ClassPredictor(20, net.classifier.in_channels).to(device)
             params = [*net.parameters(), *predictor.parameters()]
             if not ours:  # ReCAM's (B, C, D, h*w) product and its per-image predictor loop
@@ -210,7 +210,7 @@ def make_wavecam_case(variant: str, a, device: torch.device) -> dict:
     ours = variant == "ours"
     torch.backends.cudnn.benchmark = False  # as the pipeline: VOC image sizes vary
     torch.manual_seed(0)
-    net = CAMNet(20, pretrained=None, arch=a.arch)
+    net = CAMNet(20, arch=a.arch)
     # make_wavecam's kernel: classifier times predictor weight.
     weight = cam_weight(net.classifier.weight, torch.randn_like(net.classifier.weight)).to(device)
     fmt = torch.channels_last if ours else torch.contiguous_format
@@ -329,7 +329,7 @@ def _sem_seg_at(size, ours: bool, a, device: torch.device) -> dict:
     from wavecam.models.irn import EdgeDisplacement
 
     torch.manual_seed(0)
-    model = EdgeDisplacement(pretrained=None, crop_size=max(512, *size), arch=a.arch)
+    model = EdgeDisplacement(crop_size=max(512, *size), arch=a.arch)
     model.to(device, memory_format=torch.channels_last if ours else torch.contiguous_format).eval()
     gen = torch.Generator().manual_seed(1)
     image = torch.randn(3, *size, generator=gen).to(device)
@@ -386,7 +386,7 @@ def make_seg_case(variant: str, a, device: torch.device) -> dict:
 
     ours = variant == "ours"
     torch.manual_seed(0)
-    net = build_seg_network("deeplabv2_resnet101_msc", 21, pretrained=None, n_blocks=a.seg_blocks)
+    net = build_seg_network("deeplabv2_resnet101_msc", 21, n_blocks=a.seg_blocks)
     fmt = torch.channels_last if ours else torch.contiguous_format
     net.to(device, memory_format=fmt).eval()
     gen = torch.Generator().manual_seed(2)

@@ -9,10 +9,10 @@ the "before"): the quick demo (`multi_stage/run_demo.py --quick`: both work spac
 and a 12-iteration end-to-end run on the synthetic data (validation and checkpoints at 6 and 12,
 then the test with the CRF). Then every output file is hashed: label maps, CAMs and images by
 their bytes, checkpoints by their tensors (torch.save's bytes differ between runs, the tensors do
-not), JSON files with their timing fields dropped (a record's time of writing too); the run's
-folders are replaced by placeholders in JSON, text files and checkpoints' settings. Logs,
-TensorBoard event files and the dataset caches (which hold their source files' times) are left
-out. `compare` lists every file whose hash differs or that only one run wrote; exit 1 if any.
+not), JSON files with their timing fields dropped (a record's time of writing too, and the hashes
+of the input records it names, which hold theirs); the run's folders are replaced by placeholders
+in JSON, text files and checkpoints' settings. Logs, TensorBoard event files and the dataset caches
+(which hold their source files' times) are left out. `compare` lists every file whose hash differs or that only one run wrote; exit 1 if any.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ import torch
 SKIPPED_SUFFIXES = (".log", ".html", ".txt")
 TEXT_SUFFIXES = (".yaml", ".csv", ".md")
 TIME_KEYS = ("time", "seconds", "written", "date", "elapsed", "eta")
+# A provenance record names its input folders by a hash of their own records, which hold when they were
+# written: that hash differs between any two runs. The input records are hashed themselves.
+DERIVED_KEYS = ("record",)
 
 
 def _replace(text: str, places: dict[str, str]) -> str:
@@ -55,7 +58,8 @@ def _tensor_hash(obj, digest, places: dict[str, str]) -> None:
 
 def _json_clean(obj, places: dict[str, str]):
     if isinstance(obj, dict):
-        return {k: _json_clean(v, places) for k, v in obj.items() if not any(t in k.lower() for t in TIME_KEYS)}
+        return {k: _json_clean(v, places) for k, v in obj.items()
+                if k not in DERIVED_KEYS and not any(t in k.lower() for t in TIME_KEYS)}
     if isinstance(obj, list):
         return [_json_clean(v, places) for v in obj]
     if isinstance(obj, str):

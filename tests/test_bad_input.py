@@ -117,7 +117,7 @@ def id_list(at: Place, ids: list[str]) -> str:
 
 def cam_weights(at: Place, classes: int = 20) -> None:
     """Weights of the CAM network in the work space, so that a pass reading them gets to its input."""
-    save_checkpoint(at.ws / "res50_cam.pth", CAMNet(classes, pretrained=None).state_dict())
+    save_checkpoint(at.ws / "res50_cam.pth", CAMNet(classes).state_dict())
 
 
 # --- the VOC runner: dataset, checkpoints, CAM files, flags, training, work space ---------------------
@@ -348,7 +348,7 @@ def e2e_evaluate(state_dict: Callable[[], dict]):
 
 
 def resnet_cam() -> dict:
-    return CAMNet(20, pretrained=None, arch="resnet18").state_dict()
+    return CAMNet(20, arch="resnet18").state_dict()
 
 
 def mit_b0_train_state() -> dict:
@@ -357,7 +357,7 @@ def mit_b0_train_state() -> dict:
     from wavecam.models.e2e import SegFormerHead
     from wavecam.models.mit import mit
 
-    encoder = mit("mit_b0", None, (4, 2, 2, 1))
+    encoder = mit("mit_b0", (4, 2, 2, 1))
     model = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     model |= {f"decoder.{k}": v for k, v in SegFormerHead(encoder.embed_dims, 256, 21).state_dict().items()}
     return {"model": model, "iteration": 4}

@@ -131,8 +131,9 @@ def test_basic_blocks_take_a_torchvision_resnet18_at_output_stride_8():
     torch.manual_seed(0)
     tv = models.resnet18()
     randomise_batchnorm(tv)
-    net = D.build_seg_network("deeplabv2_resnet101_msc", C, pretrained=tv.state_dict(), scales=(),
-                              n_blocks=(2, 2, 2, 2), block="basic").eval()
+    net = D.build_seg_network("deeplabv2_resnet101_msc", C, scales=(), n_blocks=(2, 2, 2, 2), block="basic")
+    D.load_pretrained(net, tv.state_dict())
+    net.eval()
     bb = net.backbone
     for layer, d in ((bb.layer3, 2), (bb.layer4, 4)):
         assert layer[0].downsample[0].stride == (1, 1)
@@ -150,8 +151,9 @@ def test_basic_blocks_take_a_torchvision_resnet18_at_output_stride_8():
         assert out.shape == (1, C, 13, 11)
         # stride 8 everywhere: the dilated layers see the same grid as layer2
         assert bb(x).shape[-2:] == bb.layer2(bb.layer1(bb.maxpool(bb.relu(bb.bn1(bb.conv1(x)))))).shape[-2:]
-        again = D.build_seg_network("deeplabv2_resnet101_msc", C, pretrained=net.state_dict(), scales=(),
-                                    n_blocks=(2, 2, 2, 2), block="basic").eval()
+        again = D.build_seg_network("deeplabv2_resnet101_msc", C, scales=(), n_blocks=(2, 2, 2, 2), block="basic")
+        D.load_seg_weights(again, net.state_dict())
+        again.eval()
         assert torch.equal(again(x), out)
     with pytest.raises(WavecamError, match="bottleneck"):
         D.DilatedResNet((1, 1, 1, 1), stride_in_1x1=True, block="basic")
@@ -250,7 +252,8 @@ def test_deeplab_v1_coco_init_loads_backbone_and_keeps_aspp(tmp_path):
 def test_real_resnet101_layouts_map_onto_deeplabv2():
     """ResNet-101's 23-block layer3 through both foreign key maps, shapes and all."""
     ref = deeplab_pytorch_state_dict(D.RESNET101_BLOCKS)
-    model = D.build_seg_network("deeplabv2_resnet101_msc", C, pretrained=ref)
+    model = D.build_seg_network("deeplabv2_resnet101_msc", C)
+    D.load_pretrained(model, ref)
     assert torch.equal(model.base.backbone.layer3[22].conv2.weight, ref["base.layer4.block23.conv3x3.conv.weight"])
     assert model.convention == D.CAFFE
 
@@ -258,7 +261,8 @@ def test_real_resnet101_layouts_map_onto_deeplabv2():
     tv = models.resnet101(weights=None)
     randomise_batchnorm(tv)
     sd = {k: v for k, v in tv.state_dict().items() if not k.endswith("num_batches_tracked")}  # as pre-0.4.1 files
-    model = D.build_seg_network("deeplabv2_resnet101_msc", C, pretrained=sd)
+    model = D.build_seg_network("deeplabv2_resnet101_msc", C)
+    D.load_pretrained(model, sd)
     assert model.convention == D.TORCHVISION and not model.backbone.stride_in_1x1
     ours = model.base.backbone.state_dict()
     for k, v in sd.items():
@@ -321,7 +325,7 @@ def test_files_that_do_not_fit_are_refused_with_their_keys(tmp_path):
 
 def test_unknown_network_name():
     with pytest.raises(WavecamError, match="deeplabv2_resnet101_msc"):
-        D.build_seg_network("deeplabv2_resnet50", C, pretrained=None)
+        D.build_seg_network("deeplabv2_resnet50", C)
 
 
 # --- DeepLab-v3 ----------------------------------------------------------------------------------
@@ -330,7 +334,8 @@ def test_torchvision_deeplabv3_in_the_same_interface(monkeypatch):
     torch.manual_seed(0)
     imagenet = randomise_batchnorm(models.resnet101(weights=None)).state_dict()
     monkeypatch.setattr(D, "imagenet_state_dict", lambda arch: imagenet if arch == "resnet101" else None)
-    model = D.build_seg_network("deeplabv3_resnet101", 5, pretrained="imagenet")
+    model = D.build_seg_network("deeplabv3_resnet101", 5)
+    D.load_pretrained(model, "imagenet")
     assert model.convention == D.TORCHVISION
     backbone = model.backbone.state_dict()
     assert all(torch.equal(backbone[k], v) for k, v in imagenet.items() if not k.startswith("fc."))

@@ -47,7 +47,7 @@ def calibrated_resnet() -> torch.nn.Module:
     normalise (as ImageNet statistics do) instead of letting activations grow layer after layer,
     where float rounding would be amplified."""
     torch.manual_seed(0)
-    net = build_resnet(ARCH, None)
+    net = build_resnet(ARCH)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative average

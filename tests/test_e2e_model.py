@@ -9,7 +9,7 @@ from wavecam.io import save_checkpoint
 from wavecam.labels import afa
 from wavecam.labels.par import PAR
 from wavecam.models.e2e import WaveAFA, load_pretrained, load_wave_afa_weights
-from wavecam.models.mit import mit
+from wavecam.models.mit import load_imagenet_weights, mit
 
 AFA_STRIDE = (4, 2, 2, 1)
 
@@ -96,7 +96,9 @@ def test_mit_b0_round_trip_through_nvlabs_layout(tmp_path):
     save_checkpoint(tmp_path / "mit_b0.pth", {**sd, **head})
 
     torch.manual_seed(1)
-    dst = mit("mit_b0", pretrained=tmp_path / "mit_b0.pth", stride=AFA_STRIDE).eval()
+    dst = mit("mit_b0", stride=AFA_STRIDE)
+    load_imagenet_weights(dst, tmp_path / "mit_b0.pth")
+    dst.eval()
     x = torch.randn(2, 3, 64, 64)
     for a, b in zip(src(x), dst(x)):
         assert torch.equal(a, b)
@@ -104,7 +106,7 @@ def test_mit_b0_round_trip_through_nvlabs_layout(tmp_path):
     del sd["block4.1.mlp.fc2.bias"]
     save_checkpoint(tmp_path / "broken.pth", sd)
     with pytest.raises(BadFileError, match="block4.1.mlp.fc2.bias"):
-        mit("mit_b0", pretrained=tmp_path / "broken.pth")
+        load_imagenet_weights(mit("mit_b0"), tmp_path / "broken.pth")
 
 
 def test_mit_attention_maps_and_strides():
@@ -288,10 +290,11 @@ def test_imagenet_weights_start_the_encoder_and_a_missing_file_says_where_they_c
     src = mit("mit_b1", stride=AFA_STRIDE)
     save_checkpoint(tmp_path / "mit_b1.pth", {**src.state_dict(), "head.weight": torch.zeros(1000, 512),
                                              "head.bias": torch.zeros(1000)})
-    model = WaveAFA("mit_b1", pretrained=tmp_path / "mit_b1.pth", stride=AFA_STRIDE)
+    model = WaveAFA("mit_b1", stride=AFA_STRIDE)
+    load_pretrained(model, tmp_path / "mit_b1.pth")
     assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in src.state_dict().items())
     with pytest.raises(WavecamError, match="NVlabs/SegFormer.*ImageNet-1K"):
-        WaveAFA("mit_b1", pretrained=tmp_path / "nowhere" / "mit_b1.pth")
+        load_pretrained(WaveAFA("mit_b1"), tmp_path / "nowhere" / "mit_b1.pth")
 
 
 # --- PAR ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ SIZE = 64  # input pixels; features are SIZE // 4
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return IRNet(pretrained=None)
+    return IRNet()
 
 
 def batch_labels(pi, n):
@@ -120,7 +120,7 @@ def test_loads_irn_layout_state_dict(net, tmp_path):
     torch.save({f"module.{k}": v for k, v in irn_sd.items()}, path)
 
     torch.manual_seed(1)
-    fresh = IRNet(pretrained=None)
+    fresh = IRNet()
     load_irn_weights(fresh, path)
     ours = net.state_dict()
     assert fresh.state_dict().keys() == ours.keys()
@@ -137,7 +137,7 @@ def test_loads_irn_layout_state_dict(net, tmp_path):
 
 
 def test_edge_displacement_inference(net):
-    model = EdgeDisplacement(pretrained=None, crop_size=SIZE)
+    model = EdgeDisplacement(crop_size=SIZE)
     model.load_state_dict(net.state_dict())
     model.eval()
     img = torch.randn(3, 50, 45)
@@ -157,9 +157,9 @@ def test_edge_displacement_pads_only_on_request(net):
     img = torch.randn(3, 50, 45)
     both = torch.stack([img, img.flip(-1)])
     with torch.no_grad():
-        plain = EdgeDisplacement(pretrained=None, crop_size=SIZE)
+        plain = EdgeDisplacement(crop_size=SIZE)
         plain.load_state_dict(net.state_dict())
-        padded = EdgeDisplacement(pretrained=None, crop_size=SIZE, pad_to_crop=True)
+        padded = EdgeDisplacement(crop_size=SIZE, pad_to_crop=True)
         padded.load_state_dict(net.state_dict())
         edge, dp = plain.eval()(img)
         edge_pad, dp_pad = padded.eval()(img)

@@ -14,7 +14,8 @@ from wavecam.io import save_checkpoint
 from wavecam.labels.cam import multiscale_cam_batch
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet, WaveModeling, cam_weight, load_cam_weights
 from wavecam.models.cam import class_features, normalised_cams, to_reference_layout
-from wavecam.models.resnet import build_resnet, no_random_weights_warning
+from wavecam.models.irn import EdgeDisplacement, IRNet
+from wavecam.models.resnet import build_resnet, load_pretrained
 
 C = 20
 
@@ -22,7 +23,7 @@ C = 20
 @pytest.fixture(scope="module")
 def cam_net():
     torch.manual_seed(0)
-    return CAMNet(C, pretrained=None).eval()
+    return CAMNet(C).eval()
 
 
 # --- WaveModeling ------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_wave_parameter_names():
 # --- CAM nets ----------------------------------------------------------------------------------
 
 def test_cam_net_keeps_backbone_statistics_and_stem_frozen():
-    cam_net, wave_net = CAMNet(C, pretrained=None), WaveCAMNet(C)
+    cam_net, wave_net = CAMNet(C), WaveCAMNet(C)
     for net in (cam_net, wave_net):
         net.train()
         for stage in net.backbone_stages():
@@ -122,7 +123,7 @@ def test_cam_net_keeps_backbone_statistics_and_stem_frozen():
 
 
 def test_random_init_learns_batchnorm_statistics():
-    net = CAMNet(C, pretrained=None, freeze_bn=False).train()
+    net = CAMNet(C, freeze_bn=False).train()
     assert all(m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d))
 
 
@@ -145,7 +146,7 @@ def test_wave_cam_net_loads_cam_net_checkpoint(cam_net, tmp_path):
     # ... and its own checkpoint back into a WaveCAMNet (all keys) or a CAMNet (backbone + classifier).
     again = WaveCAMNet(C).eval()
     load_cam_weights(again, wave_net.state_dict())
-    plain = CAMNet(C, pretrained=None).eval()
+    plain = CAMNet(C).eval()
     load_cam_weights(plain, wave_net.state_dict(), cam_only=True)
     with torch.no_grad():
         torch.testing.assert_close(again(x)[1], fused)
@@ -229,7 +230,7 @@ class _ReCAMLayout(nn.Module):
 
     def __init__(self, num_classes):
         super().__init__()
-        self.resnet50 = build_resnet("resnet50", None)
+        self.resnet50 = build_resnet("resnet50")
         r = self.resnet50
         self.stage1 = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1)
         self.stage2 = nn.Sequential(r.layer2)
@@ -253,7 +254,7 @@ def test_recam_checkpoint_loads_with_identical_outputs(tmp_path):
     sd["resnet50.fc.weight"], sd["resnet50.fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
     save_checkpoint(tmp_path / "res50_cam.pth", sd)
 
-    net = CAMNet(C, pretrained=None).eval()
+    net = CAMNet(C).eval()
     load_cam_weights(net, tmp_path / "res50_cam.pth")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -261,7 +262,7 @@ def test_recam_checkpoint_loads_with_identical_outputs(tmp_path):
 
     # The `resnet50.*` aliases alone are enough, and ours go back into their layout strictly.
     only_resnet = {k: v for k, v in sd.items() if k.startswith("resnet50.") or k == "classifier.weight"}
-    load_cam_weights(CAMNet(C, pretrained=None), only_resnet)
+    load_cam_weights(CAMNet(C), only_resnet)
     _ReCAMLayout(C).load_state_dict(to_reference_layout(net.state_dict()), strict=True)
 
 
@@ -269,11 +270,11 @@ def test_wrong_checkpoint_raises_readable_error(cam_net, tmp_path):
     path = tmp_path / "res50_cam.pth"
     save_checkpoint(path, cam_net.state_dict())
     with pytest.raises(BadFileError, match=r"(?s)res50_cam\.pth.*shape mismatch.*classifier\.weight"):
-        load_cam_weights(CAMNet(80, pretrained=None), path)
+        load_cam_weights(CAMNet(80), path)
 
     partial = {k: v for k, v in cam_net.state_dict().items() if not k.startswith("stage4.")}
     with pytest.raises(BadFileError, match=r"(?s)missing: stage4\.0\.0\..*60 in all"):
-        load_cam_weights(CAMNet(C, pretrained=None), partial)
+        load_cam_weights(CAMNet(C), partial)
 
 
 # --- multi-scale CAM inference -----------------------------------------------------------------
@@ -373,16 +374,25 @@ def test_multiscale_cam_resizes_as_the_reference(cam_net, voc_root):
         multiscale_cam_batch(cam_net.features, item["img"][None], weight, [keys], scales, scaled=item["scaled"][:2])
 
 
-def test_random_weights_warn_unless_a_checkpoint_follows(caplog):
-    """Training from random weights is worth a warning; a network built only to load a checkpoint
-    into (make_cam, the fine-tuning passes, IRN's inference) is not, and the warning would mislead."""
-    with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"):
-        CAMNet(20, pretrained=None, arch="resnet18")
-    assert "RANDOM weights" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"), no_random_weights_warning():
-        CAMNet(20, pretrained=None, arch="resnet18")
-    assert "RANDOM weights" not in caplog.text
-    with caplog.at_level(logging.WARNING, logger="wavecam.models.resnet"):
-        CAMNet(20, pretrained=None, arch="resnet18")  # the level comes back afterwards
-    assert "RANDOM weights" in caplog.text
+def test_networks_are_built_without_weights_and_loaded_second(caplog):
+    """Constructors build at random initialisation and say nothing: a network built to load a trained
+    checkpoint into (make_cam, the fine-tuning passes, IRN's inference) must not warn. Starting
+    training from random weights (`load_pretrained(net, None)`) is worth a warning; a file fills
+    the backbone of CAM and IRN nets alike, whose modules are grouped differently."""
+    with caplog.at_level(logging.WARNING, logger="wavecam"):
+        cam, irn = CAMNet(20, arch="resnet18"), IRNet(arch="resnet18")
+        EdgeDisplacement(arch="resnet18")
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="wavecam"):
+        load_pretrained(cam, None)
+    assert "resnet18 starts from RANDOM weights" in caplog.text
+
+    torch.manual_seed(0)
+    tv = build_resnet("resnet18").state_dict()
+    for net in (cam, irn):
+        load_pretrained(net, tv)
+        assert all(torch.equal(v, net.resnet().state_dict()[k]) for k, v in tv.items())
+    assert torch.equal(cam.stage4[0][1].conv2.weight, tv["layer4.1.conv2.weight"])
+    assert torch.equal(irn.stage2[0][0].bn1.running_var, tv["layer1.0.bn1.running_var"])
+    with pytest.raises(BadFileError, match="does not fit ResNet"):
+        load_pretrained(cam, build_resnet("resnet34").state_dict())

@@ -90,7 +90,7 @@ def test_both_command_lines_with_default_lists(coco_root, tmp_path):
 
     # The default kernel on COCO: the fine-tuned network's classifier alone.
     image_id = next(i for i, label in zip(train, labels) if label.any())
-    model = CAMNet(80, pretrained=None, arch="resnet18").eval()
+    model = CAMNet(80, arch="resnet18").eval()
     load_cam_weights(model, ws / "wavecam_weight" / "res50_wavecam_1.pth", cam_only=True)
     item = InferenceDataset(source, [image_id])[0]
     [(_, high_res)] = multiscale_cam_batch(model.features, item["img"][None], model.classifier.weight,
@@ -113,7 +113,7 @@ def test_make_pass_kernel(coco_root, tmp_path, monkeypatch, method, kernel):
     net_path, predictor_path = fine_tune_checkpoints(args, method)
     assert net_path == str(tmp_path / f"{method}_weight" / f"res50_{method}_2.pth")
     torch.manual_seed(0)
-    fine_tuned = CAMNet(80, pretrained=None, arch="resnet18")
+    fine_tuned = CAMNet(80, arch="resnet18")
     save_checkpoint(net_path, fine_tuned.state_dict())
     predictor = ClassPredictor(80, 512)
     if kernel == "product":  # ReCAM's COCO make_recam never reads the predictor: with `classifier` it may be absent

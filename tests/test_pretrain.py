@@ -12,7 +12,9 @@ from wavecam.data.synthetic import render_scene
 from wavecam.io import load_checkpoint, load_json
 from wavecam.models.cam import CAMNet
 from wavecam.models.deeplab import build_seg_network
+from wavecam.models.deeplab import load_pretrained as load_seg_pretrained
 from wavecam.models.irn import IRNet
+from wavecam.models.resnet import load_pretrained
 from wavecam.multi_stage.pretrain import PretrainSettings, SceneStream, pretrain
 
 TINY = PretrainSettings(arch="resnet18", size=48, steps=3, batch=4, seed=5)
@@ -41,13 +43,15 @@ def test_pretrained_file_starts_every_pass_and_is_reused(tmp_path, caplog):
     assert info["steps"] == 3 and 0 <= info["held_out_exact_match"] <= 1
 
     # train_cam (BatchNorm statistics and stem frozen, as from ImageNet), IRN's frozen backbone, DeepLab-v2
-    cam = CAMNet(20, pretrained=str(path), arch="resnet18")
+    cam = CAMNet(20, arch="resnet18")
+    load_pretrained(cam, str(path))
     assert torch.equal(cam.stage1[0].weight, sd["conv1.weight"])
     assert torch.equal(cam.stage4[0][0].conv1.weight, sd["layer4.0.conv1.weight"])
-    irn = IRNet(pretrained=str(path), arch="resnet18")
+    irn = IRNet(arch="resnet18")
+    load_pretrained(irn, str(path))
     assert torch.equal(irn.stage5[0][1].bn2.running_var, sd["layer4.1.bn2.running_var"])
-    seg = build_seg_network("deeplabv2_resnet101_msc", 21, pretrained=str(path), scales=(),
-                            n_blocks=(2, 2, 2, 2), block="basic")
+    seg = build_seg_network("deeplabv2_resnet101_msc", 21, scales=(), n_blocks=(2, 2, 2, 2), block="basic")
+    load_seg_pretrained(seg, str(path))
     assert torch.equal(seg.backbone.layer3[1].conv2.weight, sd["layer3.1.conv2.weight"])
 
     # The same settings find the file; other settings train their own.

@@ -27,7 +27,7 @@ class _ReCAMCAM(nn.Module):
 
     def __init__(self, num_classes: int, arch: str = "resnet50"):
         super().__init__()
-        self.resnet50 = r = build_resnet(arch, None, (2, 2, 2, 1))
+        self.resnet50 = r = build_resnet(arch, (2, 2, 2, 1))
         self.stage1 = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool, r.layer1)
         self.stage2 = nn.Sequential(r.layer2)
         self.stage3 = nn.Sequential(r.layer3)
@@ -132,7 +132,7 @@ def test_train_recam_is_train_wavecam_without_the_wave_module(voc_root, tmp_path
     those files load into ReCAM's modules strictly."""
     torch.manual_seed(11)
     ws = tmp_path / "ws"
-    save_checkpoint(ws / "res50_cam.pth", CAMNet(20, pretrained=None, arch="resnet18").state_dict())
+    save_checkpoint(ws / "res50_cam.pth", CAMNet(20, arch="resnet18").state_dict())
     flags = (f"--voc12_root {voc_root} --work_space {ws} --pretrained none --num_workers 0 --cam_network resnet18 "
              "--train_list train --cam_crop_size 48 --cam_resize_long 40 56 --cam_batch_size 4 --sgd_momentum 0.9 "
              "--recam_num_epoches 1 --wavecam_num_epoches 1 --recam_learning_rate 0.01 --wavecam_learning_rate 0.01 "

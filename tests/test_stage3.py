@@ -183,7 +183,7 @@ def test_two_processes_train_seg_as_one_accumulating(voc_root, tmp_path):
     torch.manual_seed(1)  # the runs' initial weights: --seed 1, random initialisation
     from wavecam.models.deeplab import build_seg_network
 
-    init = build_seg_network(n_blocks=(1, 1, 1, 1), pretrained=None).state_dict()
+    init = build_seg_network(n_blocks=(1, 1, 1, 1)).state_dict()
     head = [k for k in one if k.startswith("base.aspp.") and k.endswith("weight")]
     update = max((one[k] - init[k]).abs().max().item() for k in head)
     gap = max((two[k] - one[k]).abs().max().item() for k in one if one[k].is_floating_point())

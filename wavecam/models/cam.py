@@ -25,7 +25,7 @@ from torch import nn
 
 from wavecam.io import load_checkpoint
 from wavecam.models.checkpoints import load_weights
-from wavecam.models.resnet import IMAGENET, build_resnet, freeze_bn_stats, stage_channels
+from wavecam.models.resnet import TorchvisionNames, build_resnet, freeze_bn_stats, resolve_arch, stage_channels
 from wavecam.models.wave import WaveModeling
 
 CAM_PARTS = ("stage1", "stage2", "stage3", "stage4", "classifier")
@@ -34,10 +34,10 @@ CAM_PARTS = ("stage1", "stage2", "stage3", "stage4", "classifier")
 class CAMNet(nn.Module):
     """ResNet-50 (output stride 16) + a bias-free 1x1 classifier on globally pooled features."""
 
-    def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = IMAGENET, strides=(2, 2, 2, 1),
-                 freeze_bn: bool = True, arch: str = "resnet50"):
+    def __init__(self, num_classes: int = 20, strides=(2, 2, 2, 1), freeze_bn: bool = True, arch: str = "resnet50"):
         super().__init__()
-        net = build_resnet(arch, pretrained, strides)
+        self.arch = resolve_arch(arch)
+        net = build_resnet(self.arch, strides)
         self.num_classes = num_classes
         # Frozen statistics presuppose trained ones: a network started from random weights must
         # learn them (the reference always starts from ImageNet).
@@ -73,6 +73,11 @@ class CAMNet(nn.Module):
     def backbone_stages(self) -> tuple[nn.Module, ...]:
         return self.stage1, self.stage2, self.stage3, self.stage4
 
+    def resnet(self) -> TorchvisionNames:
+        """The backbone under torchvision's names, for `resnet.load_pretrained`."""
+        return TorchvisionNames(self.stage1[0], self.stage1[1], (self.stage1[4], self.stage2[0], self.stage3[0],
+                                                                 self.stage4[0]))
+
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone, classifier) trainable parameters, for the 1x and 10x learning rates."""
         backbone = [p for s in self.backbone_stages() for p in s.parameters() if p.requires_grad]
@@ -88,9 +93,9 @@ class WaveCAMNet(CAMNet):
     module, so one class with a switch keeps them from drifting apart.
     """
 
-    def __init__(self, num_classes: int = 20, pretrained: str | os.PathLike | None = None, strides=(2, 2, 2, 1),
-                 freeze_bn: bool = True, arch: str = "resnet50", wave: bool = True):
-        super().__init__(num_classes, pretrained, strides, freeze_bn, arch)
+    def __init__(self, num_classes: int = 20, strides=(2, 2, 2, 1), freeze_bn: bool = True, arch: str = "resnet50",
+                 wave: bool = True):
+        super().__init__(num_classes, strides, freeze_bn, arch)
         self.wave = WaveModeling(num_classes) if wave else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,7 +232,7 @@ def load_cam_weights(model: CAMNet, checkpoint: str | os.PathLike | Mapping[str,
 
 def torchvision_backbone(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ResNet-50 of a CAM checkpoint (ours or ReCAM's) under torchvision's names, for
-    `build_resnet("resnet50", pretrained=...)`: lets IRN start from the trained CAM backbone when no
+    `resnet.load_pretrained`: lets IRN start from the trained CAM backbone when no
     ImageNet weights are at hand."""
     sd = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     ours = {}

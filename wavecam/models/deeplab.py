@@ -305,30 +305,32 @@ class TorchvisionDeepLabV3(SegNetwork):
 
 
 def build_seg_network(name: str = "deeplabv2_resnet101_msc", num_classes: int = 21,
-                      pretrained: str | os.PathLike | Mapping[str, torch.Tensor] | None = IMAGENET,
                       scales: Sequence[float] = MSC_SCALES,
                       n_blocks: Sequence[int] = RESNET101_BLOCKS, block: str = "bottleneck") -> SegNetwork:
-    """A segmenter by name (`SEG_NETWORKS`), started from `pretrained`:
-    "imagenet"        torchvision's ResNet-101 IMAGENET1K_V1 backbone (downloaded once), head at init;
-    None / "none"     random weights (with a warning);
-    a path or dict    see `load_seg_weights`: ours, deeplab-pytorch's, or a torchvision ResNet-101.
-    The input convention follows the weights (`model.input_norm`). `scales` are DeepLab-v2's MSC scales,
+    """A segmenter by name (`SEG_NETWORKS`) at random initialisation; `load_pretrained` starts it
+    from ImageNet, `load_seg_weights` loads a trained one. `scales` are DeepLab-v2's MSC scales,
     `n_blocks` its blocks per stage (ResNet-101's; fewer make a small network for tests and demos,
     which only a checkpoint of its own shape fits) and `block` their kind ("basic": ResNet-18/34's).
     """
     if name == "deeplabv2_resnet101_msc":
-        model: SegNetwork = DeepLabV2MSC(DeepLabV2(num_classes, n_blocks=tuple(n_blocks), block=block), scales)
-    elif name == "deeplabv3_resnet101":
-        model = TorchvisionDeepLabV3(num_classes)
-    else:
-        raise WavecamError(f"unknown segmentation network {name!r}: choose one of {', '.join(SEG_NETWORKS)}")
+        return DeepLabV2MSC(DeepLabV2(num_classes, n_blocks=tuple(n_blocks), block=block), scales)
+    if name == "deeplabv3_resnet101":
+        return TorchvisionDeepLabV3(num_classes)
+    raise WavecamError(f"unknown segmentation network {name!r}: choose one of {', '.join(SEG_NETWORKS)}")
+
+
+def load_pretrained(model: SegNetwork, pretrained: str | os.PathLike | Mapping[str, torch.Tensor] | None) -> None:
+    """Start a segmenter for training from `pretrained`:
+    "imagenet"        torchvision's ResNet-101 IMAGENET1K_V1 backbone (downloaded once), head at init;
+    None / "none"     the random initialisation, with a warning;
+    a path or dict    see `load_seg_weights`: ours, deeplab-pytorch's, or a torchvision ResNet-101.
+    The input convention follows the weights (`model.input_norm`)."""
     if pretrained is None or str(pretrained).lower() == "none":
-        log.warning("%s starts from RANDOM weights: results will be far from the paper's.", name)
+        log.warning("%s starts from RANDOM weights: results will be far from the paper's.", type(model).__name__)
     elif isinstance(pretrained, (str, os.PathLike)) and str(pretrained) == IMAGENET:
         load_seg_weights(model, imagenet_state_dict("resnet101"))
     else:
         load_seg_weights(model, pretrained)
-    return model
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

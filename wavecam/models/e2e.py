@@ -36,7 +36,7 @@ from wavecam.errors import WavecamError
 from wavecam.io import load_checkpoint
 from wavecam.models.cam import cam_weight, class_features, normalised_cams, wave_features, wave_grid_size
 from wavecam.models.checkpoints import as_state_dict, load_weights
-from wavecam.models.mit import CONFIGS, mit, nvlabs_imagenet_key
+from wavecam.models.mit import CONFIGS, load_imagenet_weights, mit, nvlabs_imagenet_key
 from wavecam.models.wave import ClassPredictor, WaveModeling
 
 WAVECAM_PARTS = ("wave", "predictor")
@@ -94,15 +94,15 @@ class WaveAFAOutput(NamedTuple):
 
 
 class WaveAFA(nn.Module):
-    def __init__(self, backbone: str = "mit_b1", num_classes: int = 21, pretrained: str | os.PathLike | None = None,
-                 stride: Sequence[int] = (4, 2, 2, 1), embedding_dim: int = 256, pooling: str = "gmp",
+    def __init__(self, backbone: str = "mit_b1", num_classes: int = 21, stride: Sequence[int] = (4, 2, 2, 1),
+                 embedding_dim: int = 256, pooling: str = "gmp",
                  drop_path_rate: float = 0.1):
         super().__init__()
         if pooling not in ("gmp", "gap"):
             raise ValueError(f"pooling must be 'gmp' or 'gap', got {pooling!r}")
         self.num_classes = num_classes
         self.pooling = pooling
-        self.encoder = mit(backbone, None, stride, drop_path_rate)
+        self.encoder = mit(backbone, stride, drop_path_rate)
         dims = self.encoder.embed_dims
         wave_grid_size(dims[-1])  # fail now, not at the first batch, on a width WaveCAM cannot use (MiT-B0)
 
@@ -115,8 +115,6 @@ class WaveAFA(nn.Module):
         self.predictor = ClassPredictor(num_classes - 1, dims[-1])
         # Switched on by the trainer once the predictor has learnt enough; not saved in the state dict.
         self.use_wavecam_cams = False
-        if pretrained is not None:
-            load_pretrained(self, pretrained)
 
     def forward(self, x: torch.Tensor, cls_labels: torch.Tensor | None = None) -> WaveAFAOutput:
         """x (B, 3, H, W), cls_labels (B, C-1) multi-hot; with labels the predictor's loss is computed
@@ -220,7 +218,7 @@ def load_pretrained(model: WaveAFA, path: str | os.PathLike) -> str:
         raise WavecamError(f"pretrained weights not found: {path}. {MIT_WEIGHTS}")
     sd = as_state_dict(load_checkpoint(path), str(path))
     if not is_segformer(sd):
-        load_weights(model.encoder, sd, key_map=nvlabs_imagenet_key)
+        load_imagenet_weights(model.encoder, sd)
         return f"encoder from {path} (ImageNet MiT weights)"
     mapped = _segformer_state(sd)
     own, theirs = model.decoder.linear_pred, mapped.get("decoder.linear_pred.weight")

@@ -54,9 +54,10 @@ class IRNet(nn.Module):
     """forward(image (B, 3, H, W)) -> (boundary logits (B, 1, h, w), displacement (B, 2, h, w)),
     h, w = the stride-4 feature size. The backbone is frozen: no gradients, BatchNorm in eval."""
 
-    def __init__(self, pretrained: str | os.PathLike | dict | None = resnet.IMAGENET, arch: str = "resnet50"):
+    def __init__(self, arch: str = "resnet50"):
         super().__init__()
-        net = resnet.build_resnet(arch, pretrained, strides=(2, 2, 2, 1))
+        self.arch = resnet.resolve_arch(arch)
+        net = resnet.build_resnet(self.arch, strides=(2, 2, 2, 1))
         # ResNet-50's channels: 64, 256, 512, 1024, 2048 at strides 4, 4, 8, 16, 16
         c1, c2, c3, c4, c5 = resnet.stage_channels(arch)
         self.stage1 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -86,6 +87,11 @@ class IRNet(nn.Module):
 
     def backbone_stages(self) -> tuple[nn.Module, ...]:
         return (self.stage1, self.stage2, self.stage3, self.stage4, self.stage5)
+
+    def resnet(self) -> resnet.TorchvisionNames:
+        """The frozen backbone under torchvision's names, for `resnet.load_pretrained`."""
+        return resnet.TorchvisionNames(self.stage1[0], self.stage1[1], (self.stage2[0], self.stage3[0],
+                                                                        self.stage4[0], self.stage5[0]))
 
     def edge_layers(self) -> tuple[nn.Module, ...]:
         return (self.fc_edge1, self.fc_edge2, self.fc_edge3, self.fc_edge4, self.fc_edge5, self.fc_edge6)
@@ -141,9 +147,8 @@ class EdgeDisplacement(IRNet):
     shifts every pixel's boundary score.
     """
 
-    def __init__(self, pretrained: str | os.PathLike | None = resnet.IMAGENET, crop_size: int = 512, stride: int = 4,
-                 arch: str = "resnet50", pad_to_crop: bool = False):
-        super().__init__(pretrained, arch)
+    def __init__(self, crop_size: int = 512, stride: int = 4, arch: str = "resnet50", pad_to_crop: bool = False):
+        super().__init__(arch)
         self.crop_size = crop_size
         self.stride = stride
         self.pad_to_crop = pad_to_crop
@@ -152,8 +157,7 @@ class EdgeDisplacement(IRNet):
     def from_checkpoint(cls, path: str | os.PathLike, crop_size: int = 512, stride: int = 4,
                         arch: str = "resnet50", pad_to_crop: bool = False) -> EdgeDisplacement:
         """An eval-mode network holding the weights of an IRN checkpoint (ours or IRN's)."""
-        with resnet.no_random_weights_warning():
-            model = cls(pretrained=None, crop_size=crop_size, stride=stride, arch=arch, pad_to_crop=pad_to_crop)
+        model = cls(crop_size=crop_size, stride=stride, arch=arch, pad_to_crop=pad_to_crop)
         load_irn_weights(model, path)
         return model.eval()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -207,13 +207,14 @@ def nvlabs_imagenet_key(key: str) -> str | None:
     return None if key.startswith("head.") else key
 
 
-def mit(name: str = "mit_b1", pretrained: str | os.PathLike | None = None, stride: Sequence[int] = (4, 2, 2, 2),
-        drop_path_rate: float = 0.1) -> MixTransformer:
-    """Build MiT-B0..B5 by name; `pretrained` is a path to NVlabs' ImageNet weights (or a state dict
-    of ours). Their `head.*` classifier is dropped; any other mismatch raises a BadFileError listing it."""
+def mit(name: str = "mit_b1", stride: Sequence[int] = (4, 2, 2, 2), drop_path_rate: float = 0.1) -> MixTransformer:
+    """MiT-B0..B5 by name, at random initialisation (`load_imagenet_weights` starts it from NVlabs')."""
     if name not in CONFIGS:
         raise ValueError(f"unknown MiT variant {name!r}; choose from {', '.join(CONFIGS)}")
-    model = MixTransformer(CONFIGS[name], stride, drop_path_rate)
-    if pretrained is not None:
-        load_weights(model, pretrained, key_map=nvlabs_imagenet_key)
-    return model
+    return MixTransformer(CONFIGS[name], stride, drop_path_rate)
+
+
+def load_imagenet_weights(model: MixTransformer, checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> None:
+    """Load NVlabs' ImageNet MiT weights (or a state dict of ours) into `model`. Their `head.*`
+    classifier is dropped; any other mismatch raises a BadFileError listing it."""
+    load_weights(model, checkpoint, key_map=nvlabs_imagenet_key)

@@ -5,10 +5,12 @@ ResNet-50 is the paper's backbone; the other depths serve quick experiments (and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+from collections.abc import Mapping
+from typing import Protocol
 
+import torch
 from torch import nn
 from torchvision import models
 
@@ -35,12 +37,9 @@ def stage_channels(arch: str) -> tuple[int, int, int, int, int]:
     return (64, 64, 128, 256, 512) if resolve_arch(arch) in ("resnet18", "resnet34") else (64, 256, 512, 1024, 2048)
 
 
-def build_resnet(
-    arch: str = "resnet50", pretrained: str | os.PathLike | dict | None = IMAGENET, strides=(2, 2, 2, 1)
-) -> nn.Module:
-    """A torchvision ResNet whose conv1, layer2, layer3, layer4 have the given strides (output
-    stride 16 for the default), loaded from torchvision's IMAGENET1K_V1 weights (`"imagenet"`),
-    a local state-dict file or dict, or left at random initialisation (`None`, with a warning)."""
+def build_resnet(arch: str = "resnet50", strides=(2, 2, 2, 1)) -> nn.Module:
+    """A torchvision ResNet at random initialisation whose conv1, layer2, layer3, layer4 have the
+    given strides (output stride 16 for the default); `load_pretrained` gives it its weights."""
     arch = resolve_arch(arch)
     net = getattr(models, arch)(weights=None)
     net.fc = nn.Identity()  # the ImageNet head is never used
@@ -50,26 +49,37 @@ def build_resnet(
         # Bottleneck blocks stride in their 3x3 conv2, basic blocks in conv1.
         _set_stride(block.conv2 if isinstance(block, models.resnet.Bottleneck) else block.conv1, s)
         _set_stride(block.downsample[0], s)
-
-    if pretrained is None:
-        log.warning("%s starts from RANDOM weights: results will be far from the paper's. "
-                    "Pass --pretrained imagenet or a path to ImageNet weights.", arch)
-        return net
-    sd = imagenet_state_dict(arch) if str(pretrained) == IMAGENET else pretrained
-    load_weights(net, sd, key_map=lambda k: None if k.startswith("fc.") else k)
     return net
 
 
-@contextlib.contextmanager
-def no_random_weights_warning():
-    """Build networks at random initialisation without the warning: a trained checkpoint is loaded
-    right after construction, and a random-weights warning would mislead."""
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+class TorchvisionNames(nn.Module):
+    """The ResNet modules of a bigger network under torchvision's names (`conv1`, `bn1`,
+    `layer1`..`layer4`), sharing their parameters: a torchvision state dict loads into it as it is."""
+
+    def __init__(self, conv1: nn.Module, bn1: nn.Module, layers: tuple[nn.Module, ...]):
+        super().__init__()
+        self.conv1, self.bn1 = conv1, bn1
+        for i, layer in enumerate(layers, start=1):
+            self.add_module(f"layer{i}", layer)
+
+
+class HasResNet(Protocol):
+    arch: str
+
+    def resnet(self) -> nn.Module: ...
+
+
+def load_pretrained(model: HasResNet, pretrained: str | os.PathLike | Mapping[str, torch.Tensor] | None) -> None:
+    """Start the ResNet of `model` (its `resnet()`, under torchvision's names) from torchvision's
+    IMAGENET1K_V1 weights (`"imagenet"`), a local state-dict file or dict; `None` keeps the random
+    initialisation, with a warning, since results then stay far from the paper's. Networks that are
+    given a trained checkpoint next are not passed here: they were built without weights."""
+    if pretrained is None:
+        log.warning("%s starts from RANDOM weights: results will be far from the paper's. "
+                    "Pass --pretrained imagenet or a path to ImageNet weights.", model.arch)
+        return
+    sd = imagenet_state_dict(model.arch) if str(pretrained) == IMAGENET else pretrained
+    load_weights(model.resnet(), sd, key_map=lambda k: None if k.startswith("fc.") else k, network="ResNet")
 
 
 def imagenet_state_dict(arch: str) -> dict:

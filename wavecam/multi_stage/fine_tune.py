@@ -30,7 +30,6 @@ from wavecam.io import save_checkpoint
 from wavecam.models import CAMNet, ClassPredictor, WaveCAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
 from wavecam.models.checkpoints import load_weights
-from wavecam.models.resnet import no_random_weights_warning
 from wavecam.multi_stage.flags import FineTune
 from wavecam.multi_stage.pass_io import data_identity, ids_identity, make_source, pick, weights_identity
 from wavecam.multi_stage.training import claim_training, train_epochs
@@ -98,9 +97,7 @@ def train(args, method: Method) -> None:
     plan = batch_plan(batch, ctx.world_size)
 
     # As in train_cam: statistics learned from scratch keep being learned, ImageNet ones stay frozen.
-    with no_random_weights_warning():
-        net = WaveCAMNet(source.num_classes, pretrained=None, arch=args.cam_network,
-                         freeze_bn=args.pretrained is not None, wave=wave)
+    net = WaveCAMNet(source.num_classes, arch=args.cam_network, freeze_bn=args.pretrained is not None, wave=wave)
     load_cam_weights(net, args.cam_weights_name, cam_only=True)
     predictor = ClassPredictor(source.num_classes, net.classifier.in_channels)
     base, wave_params = net.param_groups()
@@ -149,8 +146,7 @@ def fine_tuned_cam(args, method: Method) -> tuple[CAMNet, torch.Tensor, dict]:
     aliases), its CAM kernel and the identity of the files they come from, for cams.write_cams."""
     source = make_source(args)
     net_path, predictor_path = fine_tune_checkpoints(args, method.name)
-    with no_random_weights_warning():
-        model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
+    model = CAMNet(source.num_classes, arch=args.cam_network)
     load_cam_weights(model, net_path, cam_only=True)
     kernel = method.settings(args).kernel
     weights = {"weights": file_identity(net_path), "kernel": kernel,

@@ -6,15 +6,13 @@ from __future__ import annotations
 from wavecam.engine.provenance import file_identity
 from wavecam.models import CAMNet
 from wavecam.models.cam import cam_weight, load_cam_weights
-from wavecam.models.resnet import no_random_weights_warning
 from wavecam.multi_stage.cams import write_cams
 from wavecam.multi_stage.pass_io import make_source
 
 
 def run(args) -> None:
     source = make_source(args)
-    with no_random_weights_warning():
-        model = CAMNet(source.num_classes, pretrained=None, arch=args.cam_network)
+    model = CAMNet(source.num_classes, arch=args.cam_network)
     load_cam_weights(model, args.cam_weights_name)
     write_cams(args, model, cam_weight(model.classifier.weight), "make_cam",
                {"cam_weights": file_identity(args.cam_weights_name)})

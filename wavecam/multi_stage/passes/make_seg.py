@@ -26,7 +26,7 @@ from wavecam.engine.provenance import file_identity
 from wavecam.engine.runtime import autocast, barrier, init, place
 from wavecam.io import save_png
 from wavecam.labels.crf import crf_inference_deeplab
-from wavecam.models.deeplab import SegNetwork, build_seg_network
+from wavecam.models.deeplab import SegNetwork, build_seg_network, load_seg_weights
 from wavecam.multi_stage.pass_io import claim_outputs, load_image_or_skip, make_source, pick
 from wavecam.multi_stage.workspace import seg_predictions, voc_server_dir
 
@@ -93,8 +93,9 @@ def predict(net: SegNetwork, source, ids: list[str], folders: PredictionFolders,
 def run(args) -> None:
     ctx = init(args.device)
     source = make_source(args)
-    net = build_seg_network(args.seg_network, source.num_classes + 1, pretrained=args.seg_weights_name,
-                            scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks, block=args.seg_block)
+    net = build_seg_network(args.seg_network, source.num_classes + 1, scales=args.seg_msc_scales,
+                            n_blocks=args.seg_n_blocks, block=args.seg_block)
+    load_seg_weights(net, args.seg_weights_name)
     place(net, ctx, args.channels_last).eval()
     sets = [(args.seg_eval_set, source, None)]
     if getattr(args, "voc12_test_root", None):

@@ -13,6 +13,7 @@ from wavecam.engine.provenance import record_file
 from wavecam.engine.runtime import autocast, place, shard, to_device, unwrap, wrap_ddp
 from wavecam.engine.sampling import batch_plan, epoch_steps
 from wavecam.models import CAMNet
+from wavecam.models.resnet import load_pretrained
 from wavecam.multi_stage.pass_io import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import claim_training, train_epochs
 from wavecam.optim import poly_sgd
@@ -50,8 +51,8 @@ def run(args) -> None:
     val_loader = DataLoader(val_set, batch_size=plan.per_process, shuffle=False,
                             **loader_options(args, ctx, reused=True))
 
-    net = CAMNet(source.num_classes, pretrained=args.pretrained, freeze_bn=args.pretrained is not None,
-                 arch=args.cam_network)
+    net = CAMNet(source.num_classes, freeze_bn=args.pretrained is not None, arch=args.cam_network)
+    load_pretrained(net, args.pretrained)
     backbone, new = net.param_groups()
     opt, sched = poly_sgd(
         [{"params": backbone, "lr": args.cam_learning_rate}, {"params": new, "lr": 10 * args.cam_learning_rate}],

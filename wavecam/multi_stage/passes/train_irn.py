@@ -20,6 +20,7 @@ from wavecam.errors import WavecamError
 from wavecam.labels.randomwalk import PathIndex
 from wavecam.models.cam import torchvision_backbone
 from wavecam.models.irn import AffinityDisplacementLoss, IRNet
+from wavecam.models.resnet import load_pretrained
 from wavecam.multi_stage.pass_io import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import claim_training, train_epochs
 from wavecam.optim import poly_sgd
@@ -76,7 +77,8 @@ def run(args) -> None:
                               rescale=tuple(args.irn_rescale), hflip=True)
     plan = batch_plan(args.irn_batch_size, ctx.world_size)
 
-    net = IRNet(pretrained=backbone_weights(args), arch=args.irn_network)
+    net = IRNet(arch=args.irn_network)
+    load_pretrained(net, backbone_weights(args))
     edge_params, dp_params = net.trainable_parameters()
     lr = args.irn_learning_rate
     opt, sched = poly_sgd([{"params": edge_params, "lr": lr}, {"params": dp_params, "lr": 10 * lr}],

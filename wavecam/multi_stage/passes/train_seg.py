@@ -32,7 +32,7 @@ from wavecam.engine.runtime import (
 from wavecam.engine.sampling import batch_plan, train_loader
 from wavecam.engine.state import TrainState
 from wavecam.engine.trainer import Trainer
-from wavecam.models.deeplab import build_seg_network, msc_loss, param_groups
+from wavecam.models.deeplab import build_seg_network, load_pretrained, msc_loss, param_groups
 from wavecam.multi_stage.pass_io import data_identity, ids_identity, loader_options, make_source, pick, weights_identity
 from wavecam.multi_stage.training import claim_training
 from wavecam.multi_stage.workspace import resume_path, seg_labels, tensorboard_dir
@@ -67,8 +67,9 @@ def run(args) -> None:
         return
     if labels is None:
         prepare_gt(source, ids)
-    net = build_seg_network(args.seg_network, source.num_classes + 1, pretrained=args.seg_pretrained,
-                            scales=args.seg_msc_scales, n_blocks=args.seg_n_blocks, block=args.seg_block)
+    net = build_seg_network(args.seg_network, source.num_classes + 1, scales=args.seg_msc_scales,
+                            n_blocks=args.seg_n_blocks, block=args.seg_block)
+    load_pretrained(net, args.seg_pretrained)
     dataset = SegTrainDataset(source, ids, labels, crop_size=args.seg_crop_size, scales=args.seg_scales,
                               hflip=True, preprocess=net.input_norm)
     plan = batch_plan(args.seg_batch_size * args.seg_iter_size, ctx.world_size, micro_batch=args.seg_batch_size)
