@@ -12,7 +12,8 @@ their bytes, checkpoints by their tensors (torch.save's bytes differ between run
 not), JSON files with their timing fields dropped (a record's time of writing too, and the hashes
 of the input records it names, which hold theirs); the run's folders are replaced by placeholders
 in JSON, text files and checkpoints' settings. Logs, TensorBoard event files and the dataset caches
-(which hold their source files' times) are left out. `compare` lists every file whose hash differs or that only one run wrote; exit 1 if any.
+(which hold their source files' times) are left out. `compare` lists every file whose hash differs
+or that only one run wrote; exit 1 if any.
 """
 
 from __future__ import annotations
