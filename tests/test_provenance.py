@@ -116,6 +116,22 @@ def test_an_edited_xml_is_read_again(voc_root, tmp_path):
     assert after[VOC12.class_names.index(new_class)] == 1 and after.sum() == before.sum() + 1
 
 
+def test_a_synthetic_set_drawn_again_with_other_settings_is_another_dataset(tmp_path):
+    """Same folder, other images: the settings the set was drawn with are part of what made an output."""
+    from argparse import Namespace
+
+    from wavecam.data.synthetic import make_synthetic_voc
+    from wavecam.multi_stage.pass_io import data_identity
+
+    args = Namespace(dataset="voc", voc12_root=str(tmp_path / "voc"), voc12_label_source="xml")
+    make_synthetic_voc(tmp_path / "voc", n_train=4, n_val=2, size=48, seed=0)
+    first = data_identity(args)
+    make_synthetic_voc(tmp_path / "voc", n_train=4, n_val=2, size=48, seed=0)
+    assert data_identity(args) == first
+    make_synthetic_voc(tmp_path / "voc", n_train=4, n_val=2, size=56, seed=0, style="proxy")
+    assert data_identity(args) != first and data_identity(args)["synthetic"]["style"] == "proxy"
+
+
 # --- chains of passes in one work space --------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,7 @@ import argparse
 import colorsys
 import dataclasses
 import functools
+import json
 import multiprocessing
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -69,6 +70,7 @@ from wavecam.classes import COCO_CATEGORIES, IGNORE_INDEX, NUM_VOC_CLASSES, VOC_
 from wavecam.io import atomic_path, save_json, save_png
 
 JPEG_QUALITY = 90
+SETTINGS_FILE = "wavecam_synthetic.json"
 MIN_SIZE = 32
 MAX_SCENE_TRIES = 100
 
@@ -695,6 +697,19 @@ def _write_voc_image(root: Path, seed: int, size: int, style: str, task: tuple[i
     save_png(root / "SegmentationClassAug" / f"{image_id}.png", label)
 
 
+def _save_settings(root: Path, layout: str, **settings) -> None:
+    """The settings the set was drawn with, written last: what made a dataset's content is then part of
+    the identity of every output made from it (`synthetic_identity`), since a set drawn again into the
+    same folder with other settings has the same path but other images."""
+    save_json(root / SETTINGS_FILE, {"layout": layout, **settings})
+
+
+def synthetic_identity(root: str | Path) -> dict | None:
+    """The settings a synthetic set at `root` was drawn with; None for any other dataset."""
+    path = Path(root) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def make_synthetic_voc(out: str | Path, n_train: int = 40, n_val: int = 10, size: int = 128, seed: int = 0,
                        jobs: int = 1, style: str = "basic") -> Path:
     """Write the VOC-layout set under `out` (used as the VOC2012 root) and return that root."""
@@ -715,6 +730,7 @@ def make_synthetic_voc(out: str | Path, n_train: int = 40, n_val: int = 10, size
     }
     for name, list_ids in lists.items():
         _save_ids(root / "ImageSets" / name, list_ids)
+    _save_settings(root, "voc", n_train=n_train, n_val=n_val, size=size, seed=seed, style=style)
     return root
 
 
@@ -792,6 +808,7 @@ def make_synthetic_coco(out: str | Path, n_train: int = 40, n_val: int = 10, siz
             "annotations": [ann for _, anns in results for ann in anns],
             "categories": categories,
         })
+    _save_settings(root, "coco", n_train=n_train, n_val=n_val, size=size, seed=seed, style=style)
     return root
 
 

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from wavecam.data.datasets import open_source
+from wavecam.data.synthetic import synthetic_identity
 from wavecam.engine.provenance import claim_folder, file_identity
 from wavecam.engine.runtime import Context, barrier, shard
 from wavecam.errors import BadFileError, WavecamError
@@ -60,10 +61,15 @@ def pick(args, *flags: str) -> dict:
 
 
 def data_identity(args) -> dict:
-    """The dataset an output is made from: its root and the options that change its labels."""
+    """The dataset an output is made from: its root, the options that change its labels and, for the
+    embedded synthetic set, the settings it was drawn with."""
     if args.dataset == "voc":
-        return {"voc12_root": str(Path(args.voc12_root).resolve()), "voc12_label_source": args.voc12_label_source}
-    return {"mscoco_root": str(Path(args.mscoco_root).resolve()), **pick(args, "coco_split_images", "coco_crowd")}
+        identity = {"voc12_root": str(Path(args.voc12_root).resolve()), "voc12_label_source": args.voc12_label_source}
+    else:
+        identity = {"mscoco_root": str(Path(args.mscoco_root).resolve()),
+                    **pick(args, "coco_split_images", "coco_crowd")}
+    drawn = synthetic_identity(args.voc12_root if args.dataset == "voc" else args.mscoco_root)
+    return identity if drawn is None else {**identity, "synthetic": drawn}
 
 
 def ids_identity(ids: list[str]) -> str:
