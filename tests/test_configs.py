@@ -1,12 +1,10 @@
 """--config recipes (multi_stage/configs/*.yaml) and the resolved settings a run writes."""
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from wavecam import demo
 from wavecam.errors import WavecamError
 from wavecam.multi_stage.flags import finalize, parse_args
 from wavecam.multi_stage.runner import PASSES, main
@@ -34,8 +32,7 @@ def recipe(tmp_path, text: str) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("name,datasets", [("voc", ["voc"]), ("coco", ["coco"]), ("demo", ["voc", "coco"]),
-                                           ("demo_stage3", ["voc", "coco"])])
+@pytest.mark.parametrize("name,datasets", [("voc", ["voc"]), ("coco", ["coco"])])
 def test_each_recipe_loads_and_passes_finalize(name, datasets, tmp_path):
     path = CONFIGS / f"{name}.yaml"
     for dataset in datasets:
@@ -44,7 +41,8 @@ def test_each_recipe_loads_and_passes_finalize(name, datasets, tmp_path):
 
 
 def test_every_recipe_file_is_tested():
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == ["coco", "demo", "demo_stage3", "voc"]
+    # proxy*.yaml are the proxy benchmark's recipes, whose sections tests/test_proxy.py loads
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml") if not p.stem.startswith("proxy")) == ["coco", "voc"]
 
 
 @pytest.mark.parametrize("dataset", ["voc", "coco"])
@@ -131,7 +129,9 @@ def test_a_bad_recipe_file_is_one_error_line(tmp_path, capsys, text, message):
 
 def test_the_resolved_settings_are_written_and_reload_to_the_same_flags(tmp_path):
     ws = tmp_path / "ws"
-    argv = ["--config", str(CONFIGS / "demo.yaml"), "--work_space", str(ws), "--device", "cpu",
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("irn_learning_rate: 0.05\ncam_resize_long: [76, 115]\n")
+    argv = ["--config", str(recipe), "--work_space", str(ws), "--device", "cpu",
             "--cam_batch_size", "4", "--seg_crf_bi", "4", "67", "15", "--cache_dir", str(tmp_path / "cache")]
     assert main("voc", argv) == 0  # no pass switched on: the settings are all it writes
     path = settings_path(ws)
@@ -141,83 +141,3 @@ def test_the_resolved_settings_are_written_and_reload_to_the_same_flags(tmp_path
     assert "config" not in written and "dataset" not in written
     reloaded = flags_of(parse_args("voc", ["--config", str(path)]))
     assert as_lists(reloaded) == as_lists(flags_of(parse_args("voc", argv)))
-
-
-# The argv lists demo.main passed to the runner before its settings moved to configs/demo.yaml and
-# demo_stage3.yaml, as recorded from that code with `--out /OUT` and the pretraining's file stubbed as
-# /OUT/pretrained/W.pth: each call is its run's common flags, then its work space and passes.
-COMMON_BEFORE = (
-    "--pretrained {weights} --num_workers {workers} --seed 0 --cam_network {net} --irn_network {net} "
-    "--train_list {train} --val_list val --infer_list train --chainer_eval_set train --cam_crop_size {crop} "
-    "--cam_resize_long {resize} --cam_batch_size 16 --cam_num_epoches {cam_epochs} --cam_learning_rate 0.01 "
-    "--sgd_momentum 0.9 --cam_scales 1.0 0.5 1.5 --cam_eval_sweep 0.05 0.95 0.05 "
-    "--sem_seg_eval_sweep 0.05 0.95 0.05 --wavecam_num_epoches {wave_epochs} --wavecam_learning_rate 0.0005 "
-    "--cam_eval_thres 0.5 --conf_fg_thres 0.5 --conf_bg_thres 0.25 --sem_seg_bg_thres 0.5 "
-    "--irn_crop_size {crop} --irn_batch_size 16 --irn_num_epoches {irn_epochs} --irn_learning_rate 0.05 "
-    "--irn_path_radius 5 --exp_times {exp_times}"
-)
-SEG_BEFORE = (
-    "--seg_block basic --seg_n_blocks {blocks} --seg_pretrained {weights} --seg_train_list train "
-    "--seg_eval_set train --seg_crop_size 64 --seg_batch_size 8 --seg_iter_size 1 --seg_msc_scales "
-    "--seg_num_iters {iters} --seg_learning_rate 0.002 --seg_lr_decay 1 --seg_warmup_iters {iters} "
-    "--seg_log_iters 20 --seg_save_iters {save} --seg_crf_bi 4 67 {rgb} --train_seg_pass True --make_seg_pass True "
-    "--eval_seg_pass True"
-)
-CAM_WS = "--work_space /OUT/ws_cam"
-WAVE_WS = "--work_space /OUT/ws_wavecam --cam_weights_name /OUT/ws_cam/res50_cam.pth"
-CAM_PASSES = "--train_cam_pass True --make_cam_pass True --eval_cam_pass True"
-WAVE_PASSES = "--train_wavecam_pass True --make_wavecam_pass True --eval_cam_pass True"
-IRN_PASSES = "--cam_to_ir_label_pass True --train_irn_pass True --make_sem_seg_pass True --eval_sem_seg_pass True"
-W = "/OUT/pretrained/W.pth"
-QUICK = dict(weights=W, workers=2, net="resnet18", crop=64, resize="51 76", cam_epochs=2, wave_epochs=1,
-             irn_epochs=1, exp_times=1)
-QUICK_SEG = SEG_BEFORE.format(blocks="2 2 2 2", weights=W, iters=2, save=1, rgb=15)
-DEMO_RUNS = {  # the demo's flags: (dataset, its common flags, the calls after them)
-    "default": ("voc", [],
-                dict(QUICK, crop=96, resize="76 115", cam_epochs=5, wave_epochs=4, irn_epochs=5), []),
-    "quick": ("voc", ["--quick"], QUICK, [f"{CAM_WS} {QUICK_SEG}"]),
-    "coco_quick_both": ("coco", ["--quick", "--dataset", "coco", "--seg-from", "both"], QUICK,
-                        [f"{CAM_WS} {QUICK_SEG}", f"{WAVE_WS} {QUICK_SEG}"]),
-    "custom": ("voc", "--cam-epochs 3 --seg-iters 7 --size 80 --network resnet34 --pretrain-steps 0 "
-                      "--seg-crf-rgb 9 --exp-times 2 --workers 1".split(),
-               dict(weights="none", workers=1, net="resnet34", crop=80, resize="64 96", cam_epochs=3, wave_epochs=4,
-                    irn_epochs=5, exp_times=2),
-               [f"{CAM_WS} " + SEG_BEFORE.format(blocks="3 4 6 3", weights="none", iters=7, save=3, rgb=9.0)]),
-}
-
-
-def calls_before(run: str) -> list[tuple[str, list[str]]]:
-    dataset, _, common, seg = DEMO_RUNS[run]
-    root = "--voc12_root /OUT/voc" if dataset == "voc" else "--mscoco_root /OUT/coco"
-    common = f"{root} " + COMMON_BEFORE.format(train="train_aug" if dataset == "voc" else "train", **common)
-    tails = [f"{CAM_WS} {CAM_PASSES}", f"{CAM_WS} {IRN_PASSES}", f"{WAVE_WS} {WAVE_PASSES}",
-             f"{WAVE_WS} {IRN_PASSES}", *seg]
-    return [(dataset, f"{common} {tail}".split()) for tail in tails]
-
-
-def demo_calls(monkeypatch, demo_argv: list[str]) -> list[tuple[str, list[str]]]:
-    """The (dataset, argv) of each runner call demo.main makes, with its data, pretraining and report stubbed."""
-    calls = []
-    monkeypatch.setattr(demo, "run", lambda dataset, argv: calls.append((dataset, list(argv))))
-    monkeypatch.setattr(demo, "make_synthetic_voc", lambda out, **kwargs: Path(out))
-    monkeypatch.setattr(demo, "make_synthetic_coco", lambda out, **kwargs: Path(out))
-    monkeypatch.setattr(demo, "backbone_weights", lambda a, out: None if a.pretrain_steps <= 0 else Path(W))
-    monkeypatch.setattr(demo, "table", lambda *args: "")
-    monkeypatch.setattr(demo, "report", lambda *args, **kwargs: None)
-    monkeypatch.setattr(sys, "argv", ["run_demo.py", "--out", "/OUT", *demo_argv])
-    demo.main()
-    return calls
-
-
-@pytest.mark.parametrize("run", list(DEMO_RUNS))
-def test_the_demo_passes_receive_the_flags_they_did_before_its_recipes(monkeypatch, run):
-    """Each pass of the demo gets exactly the values (and their types) of the flags it got when the demo
-    built every flag in code, so that its outputs stay bit-identical."""
-    after = demo_calls(monkeypatch, DEMO_RUNS[run][1])
-    before = calls_before(run)
-    assert [dataset for dataset, _ in after] == [dataset for dataset, _ in before]
-    for (dataset, new), (_, old) in zip(after, before):
-        assert "--config" in new and "--config" not in old
-        new_args, old_args = parse_args(dataset, new), parse_args(dataset, old)
-        assert repr(flags_of(new_args)) == repr(flags_of(old_args))
-        assert repr(flags_of(finalize(new_args))) == repr(flags_of(finalize(old_args)))

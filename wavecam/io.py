@@ -29,6 +29,12 @@ from wavecam.classes import IGNORE_INDEX, voc_palette
 from wavecam.errors import BadFileError, WavecamError, WriteError
 
 
+def user_cache() -> Path:
+    """The folder for what can be derived again (label caches, pretrained stand-ins): $WAVECAM_CACHE,
+    else ~/.cache/wavecam."""
+    return Path(os.environ.get("WAVECAM_CACHE", Path.home() / ".cache" / "wavecam"))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success fsync it and rename it onto `path`. Any

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from wavecam.classes import IGNORE_INDEX, VOC_CLASSES
 from wavecam.engine.cli import run_cli
 from wavecam.errors import BadFileError, DatasetRootError, WavecamError
-from wavecam.io import load_npz, load_png, save_npz
+from wavecam.io import load_npz, load_png, save_npz, user_cache
 
 VOC_LAYOUT_HELP = (
     "Expected the PASCAL VOC 2012 layout: ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClass/<id>.png, "
@@ -39,8 +39,7 @@ LABEL_SOURCES = ("xml", "mask")
 
 
 def default_cache_dir(root: Path) -> Path:
-    base = Path(os.environ.get("WAVECAM_CACHE", Path.home() / ".cache" / "wavecam"))
-    return base / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+    return user_cache() / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
 
 
 def file_stamp(path: Path) -> tuple[int, int]:

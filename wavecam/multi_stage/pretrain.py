@@ -50,10 +50,12 @@ class PretrainSettings:
     steps: int = 300
     batch: int = 64
     lr: float = 0.2        # the one-cycle schedule's peak
-    seed: int = 1000       # the scenes' stream; the demo's dataset is drawn from its own seeds
+    seed: int = 1000       # the scenes' stream and the initialisation; datasets are drawn from their own seeds
+    style: str = "basic"   # the scenes' style (synthetic.STYLES)
 
     def file_name(self) -> str:
-        return (f"{resolve_arch(self.arch)}_scenes{self.size}px_{self.steps}x{self.batch}"
+        style = "" if self.style == "basic" else f"{self.style}_"
+        return (f"{resolve_arch(self.arch)}_{style}scenes{self.size}px_{self.steps}x{self.batch}"
                 f"_lr{self.lr:g}_seed{self.seed}.pth")
 
 
@@ -61,15 +63,15 @@ class SceneStream(Dataset):
     """Scene `i` of the stream `seed`: ((3, size, size) float32 ImageNet-normalised, horizontally
     flipped half the time; (20,) float32 multi-hot class labels). A pure function of (seed, i)."""
 
-    def __init__(self, n: int, size: int, seed: int):
-        self.n, self.size, self.seed = n, size, seed
+    def __init__(self, n: int, size: int, seed: int, style: str = "basic"):
+        self.n, self.size, self.seed, self.style = n, size, seed, style
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, i])
-        scene = render_scene(rng, self.size, self.size, int(rng.integers(0, NUM_VOC_CLASSES)))
+        scene = render_scene(rng, self.size, self.size, int(rng.integers(0, NUM_VOC_CLASSES)), style=self.style)
         img = normalize(scene.image)
         if rng.random() < 0.5:
             img = img[:, ::-1]
@@ -82,7 +84,7 @@ class SceneStream(Dataset):
 def held_out_accuracy(net: torch.nn.Module, settings: PretrainSettings, n: int = 512) -> float:
     """Share of held-out scenes (another seed) whose every class is called right at logit 0."""
     net.eval()
-    loader = DataLoader(SceneStream(n, settings.size, settings.seed + 1), batch_size=128)
+    loader = DataLoader(SceneStream(n, settings.size, settings.seed + 1, settings.style), batch_size=128)
     right = sum(int(((net(x) > 0) == (y > 0)).all(dim=1).sum()) for x, y in loader)
     return right / n
 
@@ -98,7 +100,7 @@ def pretrain(settings: PretrainSettings, out_dir: str | Path, workers: int = 1) 
     opt = torch.optim.SGD(net.parameters(), lr=settings.lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.steps, pct_start=0.15)
     # One worker draws the scenes while the main process trains: drawing is ~5% of a step.
-    loader = DataLoader(SceneStream(settings.steps * settings.batch, settings.size, settings.seed),
+    loader = DataLoader(SceneStream(settings.steps * settings.batch, settings.size, settings.seed, settings.style),
                         batch_size=settings.batch, num_workers=min(workers, 1))
     ctx = runtime.init("cpu")
     trainer = Trainer("pretrain", ctx, net, opt, sched, runtime.loss_scaler(ctx.device, None), None,
