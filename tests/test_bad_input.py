@@ -194,6 +194,11 @@ def no_weights_written(at):
     assert not (at.ws / "res50_cam.pth").exists(), "no weights of a diverged run are written"
 
 
+def weights_of_a_pass_not_run(at):
+    """make_sem_seg before train_irn: the weights it reads are missing, not an unwritable disk."""
+    return Bad(voc_run(at, "--make_sem_seg_pass", "True"), (at.ws / "res50_irn.pth",))
+
+
 def unwritable_work_space(at):
     blocker = at.tmp / "not_a_folder"
     blocker.write_text("a file where the work space should go")
@@ -388,6 +393,8 @@ CASES = [
     # flags, training, the work space
     Case("voc-conflicting-flags", conflicting_flags, ("--make_cam_pass and --make_wavecam_pass",)),
     Case("voc-diverging-loss", diverging_loss, ("the loss became", "epoch 1, step"), then=no_weights_written),
+    Case("voc-weights-of-a-pass-not-run", weights_of_a_pass_not_run,
+         ("no such file; run the pass that writes it first",)),
     Case("voc-unwritable-work-space", unwritable_work_space, ("cannot write or read", "finished outputs are kept")),
     *(Case(f"flag-{name}", flags_at_the_front_door(line, named), then=nothing_written) for name, line, named in [
         ("seg-crop-size-0", "--seg_crop_size 0 --train_seg_pass True",

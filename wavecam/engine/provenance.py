@@ -58,9 +58,12 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 def file_identity(path: str | os.PathLike | None) -> str | None:
     """A file's content hash ("sha256:<hex>"; computed once per pass, a fraction of a second for a
     ResNet's weights): a weights file copied or touched keeps its identity, one retrained with other
-    results does not. None for no file."""
+    results does not. None for no file; a path that names no file is the user's to fix (the pass that
+    makes it has not run, or the flag names another place), so it is one error line."""
     if path is None:
         return None
+    if not os.path.isfile(path):
+        raise WavecamError(f"{path}: no such file; run the pass that writes it first, or give its path")
     st = os.stat(path)
     return "sha256:" + _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
