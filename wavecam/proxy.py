@@ -133,9 +133,8 @@ class SeedRun:
         return result
 
     def prepare(self) -> None:
-        data = {"n_train": 400, "n_val": 64, "size": 96, "style": "proxy", **self.recipe.data}
         self.root = self.timed("data", lambda: make_synthetic_voc(self.dir / "voc", seed=self.seed,
-                                                                  jobs=max(self.workers, 1), **data))
+                                                                  jobs=max(self.workers, 1), **self.recipe.data))
         weights = None
         if self.recipe.pretrain.get("steps", 1) > 0:
             settings = PretrainSettings(**{**self.recipe.pretrain, "seed": PRETRAIN_SEED + self.seed})
@@ -164,7 +163,7 @@ class SeedRun:
         if method != "cam":  # ReCAM and WaveCAM start from the CAM network, as in the paper's command lines
             argv += ["--cam_weights_name", default_path(self.ws("cam"), "cam_weights_name")]
         code = self.timed(stage, pipeline_main, "voc", argv)
-        if code:
+        if code:  # the runner has printed its one error line
             sys.exit(code)
 
     def score_on_val(self, method: str) -> None:
