@@ -5,7 +5,7 @@
     python scripts/output_hashes.py compare A/hashes.json B/hashes.json
 
 `run` drives a checkout's front doors (default: this one; give an older commit's worktree to get
-the "before"): the quick demo (`multi_stage/run_demo.py --quick`: both work spaces, their report)
+the "before"): the quick demo (`multi_stage/run_demo.py --quick --stage3`: both work spaces, their report)
 and a 12-iteration end-to-end run on the synthetic data (validation and checkpoints at 6 and 12,
 then the test with the CRF). Then every output file is hashed: label maps, CAMs and images by
 their bytes, checkpoints by their tensors (torch.save's bytes differ between runs, the tensors do
@@ -99,7 +99,7 @@ def run(out: Path, repo: Path) -> None:
         print("+", " ".join(argv), flush=True)
         subprocess.run([py, *argv], cwd=repo, env=env, check=True)
 
-    call("multi_stage/run_demo.py", "--quick", "--out", str(out / "demo"))
+    call("multi_stage/run_demo.py", "--quick", "--stage3", "--out", str(out / "demo"))
     data, e2e = out / "synthetic_voc", out / "e2e"
     call("-m", "wavecam.data.synthetic", "--out", str(data), "--n-train", "40", "--n-val", "10", "--size", "128",
          "--seed", "0")
