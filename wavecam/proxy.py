@@ -174,12 +174,13 @@ class SeedRun:
                  "--sem_seg_score_dir", str(ws / "sem_seg_score"), stage=f"{NAMES[method]} labels scored on val",
                  work_space=ws / "on_val")
 
-    def summary(self, methods: tuple[str, ...], stage3_from: tuple[str, ...]) -> dict:
+    def summary(self, methods: tuple[str, ...], irn_from: tuple[str, ...], stage3_from: tuple[str, ...]) -> dict:
         rows: dict[str, float] = {}
         for m in methods:
             ws = self.ws(m)
             rows[f"{m}.seeds"] = _miou(results_path(ws, "eval_cam"))
-            rows[f"{m}.irn"] = _miou(results_path(ws, "eval_sem_seg"))
+            if m in irn_from:
+                rows[f"{m}.irn"] = _miou(results_path(ws, "eval_sem_seg"))
             if m in stage3_from:
                 rows[f"{m}.irn_val"] = _miou(results_path(ws / "on_val", "eval_sem_seg"))
                 rows[f"{m}.seg_val"] = _miou(results_path(ws, "eval_seg"))
@@ -203,23 +204,27 @@ def _miou(path: Path) -> float:
 
 
 def run_seed(recipe: Recipe, seed: int, out: str | Path, methods: tuple[str, ...] = METHODS,
-             stage3_from: tuple[str, ...] = ("cam", "wavecam"), workers: int = 1) -> dict:
-    """Run one seed of the proxy; write and return its summary (mIoU per row, seconds per stage)."""
-    unknown = set(methods) - set(METHODS) or set(stage3_from) - set(methods)
-    if "cam" not in methods or unknown:
-        raise WavecamError(f"methods must include cam and come from {', '.join(METHODS)}; stage 3 runs on some of "
-                           f"them (got {', '.join(methods)} / {', '.join(stage3_from)})")
+             stage3_from: tuple[str, ...] = ("cam", "wavecam"), workers: int = 1,
+             irn_from: tuple[str, ...] | None = None) -> dict:
+    """Run one seed of the proxy; write and return its summary (mIoU per row, seconds per stage).
+    IRN runs on the seeds of `irn_from` (all methods by default), stage 3 on the labels of `stage3_from`."""
+    irn_from = methods if irn_from is None else irn_from
+    if "cam" not in methods or not set(stage3_from) <= set(irn_from) <= set(methods) <= set(METHODS):
+        raise WavecamError(f"methods must include cam and come from {', '.join(METHODS)}; IRN runs on some of them, "
+                           f"stage 3 on some of those (got {', '.join(methods)} / {', '.join(irn_from)} / "
+                           f"{', '.join(stage3_from)})")
     s = SeedRun(recipe, seed, Path(out).resolve(), workers)
     s.prepare()
     for m in methods:
         s.run(m, (f"train_{m}",), stage=f"{NAMES[m]} seeds")
         # make_cam and its kin read --train_list, as in the reference; here it covers val too.
         s.run(m, (f"make_{m}", "eval_cam"), "--train_list", s.infer_list, stage=f"{NAMES[m]} seeds")
-        s.run(m, IRN, stage=f"IRN from {NAMES[m]}")
+        if m in irn_from:
+            s.run(m, IRN, stage=f"IRN from {NAMES[m]}")
         if m in stage3_from:
             s.run(m, STAGE3, "--config", str(s.stage3), stage=f"stage 3 from {NAMES[m]}")
             s.score_on_val(m)
-    result = s.summary(methods, stage3_from)
+    result = s.summary(methods, irn_from, stage3_from)
     save_json(s.dir / "summary.json", result)
     return result
 
