@@ -12,8 +12,25 @@ import yaml
 from wavecam.multi_stage.workspace import settings_path
 from wavecam.proxy import load_recipe
 
-DEMO = Path(__file__).resolve().parents[1] / "multi_stage" / "run_demo.py"
-RECIPE = Path(__file__).resolve().parents[1] / "multi_stage" / "configs" / "proxy_demo.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "multi_stage" / "run_demo.py"
+RECIPE = ROOT / "multi_stage" / "configs" / "proxy_demo.yaml"
+
+
+def _row_names(text: str) -> list[str]:
+    """The first column of a printed table's rows and stage lines: what they are, not their numbers."""
+    names = []
+    for line in text.splitlines():
+        head = line.split("  ")[0].strip()
+        if head and line[:1].isalpha() and not head.startswith(("labels", "(mIoU", "seconds per")):
+            names.append(" ".join(w for w in head.split() if w not in ("train", "val")))
+    return names
+
+
+def _readme_demo_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### What `make demo` prints"):]
+    return section.split("```")[1]
 
 
 @pytest.mark.slow
@@ -29,6 +46,11 @@ def test_quick_demo_runs_the_chain(tmp_path):
     for stage in ("data", "pretrain", "CAM seeds", "IRN from CAM", "WaveCAM seeds", "stage 3 from CAM", "report",
                   "total"):
         assert f"\n{stage} " in table
+    # The README shows what the demo prints: the same rows and stages, in the same order (--stage3 adds its
+    # own, and the rows on val it is compared with).
+    printed = _row_names("\n".join(line for line in table[:table.index("\nwork spaces:")].splitlines()
+                                   if "stage 3" not in line and " val " not in line))
+    assert printed == _row_names(_readme_demo_block())
     out = tmp_path / "demo"
     assert (out / "report" / "results.md").is_file() and (out / "report" / "gallery.html").is_file()
     # Every pass starts from the pretraining's file (in the user's cache), as the paper's from ImageNet's.
