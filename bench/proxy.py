@@ -6,7 +6,8 @@ seeds of the whole chain, in a regime calibrated on the published baselines (doc
 
 Each seed runs in `<out>/seed<k>/` and writes its summary there; the table printed at the end merges
 every seed found under `<out>`, so the seeds may run as separate commands (in one folder). A seed
-already summarised is not run again: delete its folder to rerun it.
+already summarised is not run again (delete its folder to rerun it), and one summarised under
+another recipe is refused: a table merges the seeds of one recipe.
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ import sys
 from pathlib import Path
 
 from wavecam.engine.cli import run_cli
-from wavecam.proxy import METHODS, load_recipe, load_summaries, run_seed, table, times_table, with_changes
+from wavecam.errors import WavecamError
+from wavecam.proxy import (
+    METHODS,
+    load_recipe,
+    load_summaries,
+    recipe_changes,
+    run_seed,
+    table,
+    times_table,
+    with_changes,
+)
 
 RECIPE = Path(__file__).resolve().parents[1] / "multi_stage" / "configs" / "proxy.yaml"
 
@@ -38,7 +49,15 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(a.out)
     if not a.table_only:
         recipe = with_changes(load_recipe(a.recipe), a.set)
-        done = {s["seed"] for s in load_summaries(out)}
+        summaries = load_summaries(out)
+        for s in summaries:  # refused before a seed runs, not after its half hour
+            changed = recipe_changes(s, recipe)
+            if changed:
+                folder = out / f"seed{s['seed']}"
+                raise WavecamError(f"{folder} was run with another recipe ({', '.join(changed[:4])}"
+                                   f"{' ...' if len(changed) > 4 else ''}): delete it to run that seed with this "
+                                   "one, or give this recipe another --out")
+        done = {s["seed"] for s in summaries}
         for seed in a.seeds:
             if seed in done:
                 print(f"seed {seed}: summarised already ({out / f'seed{seed}' / 'summary.json'})")

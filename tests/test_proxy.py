@@ -12,7 +12,7 @@ import yaml
 
 from wavecam.errors import WavecamError
 from wavecam.multi_stage.flags import finalize, parse_args
-from wavecam.proxy import CRITERIA, ROWS, TOY_CHANGES, load_recipe, table, with_changes
+from wavecam.proxy import CRITERIA, ROWS, SECTIONS, TOY_CHANGES, load_recipe, table, with_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "proxy.py"
@@ -48,14 +48,19 @@ def test_recipe_mistakes_are_refused(tmp_path):
 
 def test_table_shows_every_seed_mean_range_and_criteria():
     rows = {key: 0.1 * (i + 1) / len(ROWS) for i, (key, _, _) in enumerate(ROWS)}
-    summaries = [{"seed": k, "rows": {key: v + 0.01 * k for key, v in rows.items()}, "n_eval": {"train": 8, "val": 4}}
-                 for k in (0, 2)]
+    recipe = {k: getattr(load_recipe(RECIPES[0]), k) for k in SECTIONS}
+    summaries = [{"seed": k, "rows": {key: v + 0.01 * k for key, v in rows.items()}, "n_eval": {"train": 8, "val": 4},
+                  "recipe": recipe} for k in (0, 2)]
     text = table(summaries)
     body = text.splitlines()
     assert body[0].split()[2:] == ["seed", "0", "seed", "2", "mean", "min-max"]
     assert len([line for line in body if line.startswith(("CAM", "ReCAM", "WaveCAM", "IRN", "stage"))]) == len(ROWS)
     criteria = [line for line in body if line.startswith(("1.", "2.", "3."))]
     assert len(criteria) == len(CRITERIA) and all("seed 0" in c and "seed 2" in c for c in criteria)
+    # Seeds of two regimes make no table.
+    summaries[1]["recipe"] = {**recipe, "data": {**recipe["data"], "size": 128}}
+    with pytest.raises(WavecamError, match="seeds 0 and 2 ran different recipes \\(data.size\\)"):
+        table(summaries)
 
 
 @pytest.mark.slow
@@ -88,3 +93,8 @@ def test_proxy_command_at_toy_sizes_merges_seeds_run_apart(tmp_path):
     again = proxy("--seeds", "0", "1", "--set", *TOY).stdout
     assert "seed 0: summarised already" in again and again.endswith(merged)
     assert proxy("--table-only").stdout.strip() == merged.strip()
+    # A seed summarised under another recipe is refused before anything runs, and kept.
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--seeds", "2",
+                           "--set", *TOY, "data.size=72"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "seed0 was run with another recipe (data.size)" in proc.stderr
+    assert not (out / "seed2").exists() and (out / "seed0" / "summary.json").is_file()

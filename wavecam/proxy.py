@@ -35,6 +35,7 @@ import numpy as np
 import yaml
 
 from wavecam.data.synthetic import make_synthetic_voc
+from wavecam.engine.state import settings_changes
 from wavecam.errors import WavecamError
 from wavecam.io import atomic_path, save_json, user_cache
 from wavecam.multi_stage.pretrain import PretrainSettings, pretrain
@@ -252,10 +253,28 @@ def load_summaries(out: str | Path) -> list[dict]:
     return sorted((_read(p) for p in Path(out).glob("seed*/summary.json")), key=lambda s: s["seed"])
 
 
+def recipe_changes(summary: dict, recipe: Recipe | dict) -> list[str]:
+    """The `section.key` settings where a seed's summary was run under another recipe (its file aside):
+    a table must not merge seeds of two regimes, nor a rerun keep a seed of another."""
+    values = recipe if isinstance(recipe, dict) else vars(recipe)
+    return settings_changes({k: summary["recipe"].get(k) for k in SECTIONS}, {k: values.get(k) for k in SECTIONS})
+
+
+def _one_recipe(summaries: list[dict]) -> None:
+    first = summaries[0]
+    for s in summaries[1:]:
+        changed = recipe_changes(s, first["recipe"])
+        if changed:
+            raise WavecamError(f"seeds {first['seed']} and {s['seed']} ran different recipes ({', '.join(changed[:4])}"
+                               f"{' ...' if len(changed) > 4 else ''}); a table merges the seeds of one recipe: "
+                               "give each recipe its own --out")
+
+
 def table(summaries: list[dict]) -> str:
     """Rows by seeds, with mean and min-max over several, then the criteria per seed. mIoU in percent."""
     if not summaries:
         raise WavecamError("no seed has finished: no seed*/summary.json")
+    _one_recipe(summaries)
     several = len(summaries) > 1
     head = f"{'labels':<26} {'on':<5} " + " ".join(f"{'seed ' + str(s['seed']):>7}" for s in summaries)
     head += f" {'mean':>6}  min-max" if several else ""
